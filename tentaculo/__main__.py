@@ -1,0 +1,3 @@
+from tentaculo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""create_app(): wiring only. Resources open and close in cleanup contexts, in dependency order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+
+from tentaculo import keys
+from tentaculo.audit import AuditWriter
+from tentaculo.auth import TokenStore
+from tentaculo.db.migrate import MigrationError, migrate
+from tentaculo.db.pool import create_pool
+from tentaculo.metrics import RequestMetrics
+from tentaculo.middlewares import MIDDLEWARES, add_correlation_header
+from tentaculo.settings import Settings
+from tentaculo.views import health, tokens
+
+log = structlog.get_logger("tentaculo.app")
+
+MIGRATION_RETRY_MAX = 10.0
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the gateway application for ``settings``; performs no I/O."""
+    if not settings.database_url or not settings.redis_url:
+        raise ValueError("create_app needs database_url and redis_url (the CLI starts embedded servers otherwise)")
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app[keys.SETTINGS] = settings
+    app[keys.LIFECYCLE] = keys.Lifecycle()
+    app[keys.SCHEMA] = keys.SchemaState()
+    app[keys.METRICS] = RequestMetrics()
+    app.on_response_prepare.append(add_correlation_header)
+    app.on_shutdown.append(_start_draining)
+    app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx])
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health.health)
+    app.router.add_get("/ready", health.ready)
+    app.router.add_get("/operator/api/whoami", tokens.whoami)
+    app.router.add_get("/operator/api/tokens", tokens.list_tokens)
+    app.router.add_post("/operator/api/tokens", tokens.create_token)
+    app.router.add_delete("/operator/api/tokens/{name}", tokens.revoke_token)
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[keys.LIFECYCLE].draining = True
+
+
+async def _migrate_until_done(app: web.Application, pool: asyncpg.Pool) -> None:
+    """Apply migrations, retrying with backoff while PostgreSQL is unreachable."""
+    state = app[keys.SCHEMA]
+    delay = 0.5
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                state.applied = await migrate(conn)
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            state.ok, state.reason = False, f"waiting for PostgreSQL: {type(exc).__name__}"
+            log.warning("migrations_waiting", error=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MIGRATION_RETRY_MAX)
+            continue
+        state.ok, state.reason = True, "up to date"
+        if state.applied:
+            log.info("migrations_applied", versions=state.applied)
+        return
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The PostgreSQL pool; migrations at start-up (retried in the background if PostgreSQL is away)."""
+    settings = app[keys.SETTINGS]
+    # min_size=0: start even while PostgreSQL is down; the pool connects on first use.
+    pool = await create_pool(settings.database_url or "", min_size=0, max_size=settings.db_pool_max)
+    app[keys.DB_POOL] = pool
+    retry: asyncio.Task[None] | None = None
+    if settings.migrate_on_start:
+        try:
+            async with asyncio.timeout(15):
+                await _migrate_until_done(app, pool)
+        except TimeoutError:
+            retry = asyncio.create_task(_migrate_until_done(app, pool), name="migrations")
+        except MigrationError:
+            await pool.close()
+            raise
+    else:
+        app[keys.SCHEMA].ok, app[keys.SCHEMA].reason = True, "not managed by this instance"
+    yield
+    if retry is not None:
+        retry.cancel()
+        await asyncio.gather(retry, return_exceptions=True)
+    try:
+        async with asyncio.timeout(5):
+            await pool.close()
+    except TimeoutError:
+        pool.terminate()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Redis client; it connects lazily and reconnects by itself."""
+    client = Redis.from_url(
+        app[keys.SETTINGS].redis_url or "",
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+    )
+    app[keys.REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The token store over the pool."""
+    settings = app[keys.SETTINGS]
+    app[keys.TOKENS] = TokenStore(
+        app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds
+    )
+    yield
+
+
+async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The audit writer; on shutdown it flushes before the pool closes."""
+    settings = app[keys.SETTINGS]
+    writer = AuditWriter(
+        app[keys.DB_POOL],
+        capacity=settings.audit_buffer,
+        batch_size=settings.audit_batch,
+        flush_seconds=settings.audit_flush_seconds,
+    )
+    app[keys.AUDIT] = writer
+    writer.start()
+    yield
+    await writer.close(timeout=settings.shutdown_timeout)

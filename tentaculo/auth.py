@@ -1,0 +1,130 @@
+"""Scoped tokens: hashing, the token store with its short cache, and route scope declarations."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from tentaculo.db import queries
+
+SCOPES = ("read", "chat", "operate", "admin")
+PUBLIC = "public"
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+# Query parameters that look like credentials; tokens are refused there (contract).
+QUERY_TOKEN_NAMES = frozenset({"token", "access_token", "api_key", "apikey", "x-vx11-token", "auth"})
+_SCOPE_ATTR = "__tentaculo_scope__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+ScopeRule = str | Callable[[Any], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who made a request: the token's name and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+def hash_token(token: str) -> bytes:
+    """SHA-256 of a token: what the database keeps."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits)."""
+    return "vx11_" + secrets.token_urlsafe(32)
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    """``read,chat`` -> frozenset; raise ValueError on an unknown scope."""
+    scopes = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = scopes - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be a comma list of {', '.join(SCOPES)}")
+    return scopes
+
+
+def requires(scope: ScopeRule) -> Callable[[F], F]:
+    """Declare the scope a handler needs: a scope name, ``PUBLIC``, or a function of the request."""
+
+    def mark(handler: F) -> F:
+        setattr(handler, _SCOPE_ATTR, scope)
+        return handler
+
+    return mark
+
+
+def required_scope(handler: Any, request: Any) -> str:
+    """The scope a matched handler needs; undeclared handlers need ``admin`` (deny by default)."""
+    rule = getattr(handler, _SCOPE_ATTR, "admin")
+    return rule(request) if callable(rule) else rule
+
+
+class TokenStoreUnavailable(Exception):
+    """The token database could not be asked and nothing cached answers."""
+
+
+@dataclass(slots=True)
+class _Cached:
+    expires: float
+    principal: Principal | None
+
+
+class TokenStore:
+    """Resolves presented tokens to principals: the bootstrap admin token, then PostgreSQL."""
+
+    MAX_CACHE = 10_000
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        admin_token: str | None,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._admin_hash = hash_token(admin_token) if admin_token else None
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[bytes, _Cached] = {}
+
+    def invalidate(self) -> None:
+        """Forget cached answers (after a revocation on this instance)."""
+        self._cache.clear()
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The principal for ``token``, or None when it is malformed, unknown or revoked."""
+        if not TOKEN_SHAPE.match(token):
+            return None
+        digest = hash_token(token)
+        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
+            return Principal("admin", frozenset(SCOPES))
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and now < cached.expires:
+            return cached.principal
+        try:
+            row = await queries.find_active_token(self._pool, digest)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Database away: keep honouring what was valid a moment ago rather than lock everyone out.
+            if cached is not None:
+                return cached.principal
+            raise TokenStoreUnavailable(str(exc)) from exc
+        principal = Principal(row["name"], frozenset(row["scopes"])) if row else None
+        if self._cache_seconds > 0:
+            if len(self._cache) >= self.MAX_CACHE:
+                self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
+                if len(self._cache) >= self.MAX_CACHE:
+                    self._cache.clear()
+            self._cache[digest] = _Cached(now + self._cache_seconds, principal)
+        return principal

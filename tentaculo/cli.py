@@ -1,0 +1,186 @@
+"""The ``tentaculo`` command: run, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import asyncpg
+
+from tentaculo import __version__
+from tentaculo.auth import SCOPES, hash_token, new_token, parse_scopes
+from tentaculo.db import queries
+from tentaculo.db.migrate import MigrationError, migrate
+from tentaculo.settings import Settings, SettingsError
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tentaculo", description="The VX11 gateway.")
+    parser.add_argument("--version", action="version", version=f"tentaculo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    token = sub.add_parser("token", help="manage API tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    create = tsub.add_parser("create", help="create a token and print it once")
+    create.add_argument("name")
+    create.add_argument("--scopes", default="read", help=f"comma list of {','.join(SCOPES)} (default: read)")
+    tsub.add_parser("list", help="list tokens (never their secrets)")
+    revoke = tsub.add_parser("revoke", help="revoke the active token with this name")
+    revoke.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tentaculo`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"tentaculo: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    from tentaculo.logging import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level, secrets=[settings.admin_token or ""])
+    try:
+        with _databases(settings, need_redis=args.command == "run") as settings:
+            if args.command == "run":
+                return _run(settings)
+            if args.command == "migrate":
+                applied = asyncio.run(_migrate(settings))
+                print(f"applied migrations: {applied}" if applied else "schema is up to date")
+                return 0
+            return asyncio.run(_token_command(settings, args))
+    except MigrationError as exc:
+        print(f"tentaculo: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tentaculo: cannot reach PostgreSQL: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _databases(settings: Settings, *, need_redis: bool) -> Iterator[Settings]:
+    """Yield settings with database and Redis URLs, starting embedded servers for what is unset."""
+    from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    with contextlib.ExitStack() as stack:
+        changes: dict[str, str] = {}
+        if not settings.database_url:
+            pg = EmbeddedPostgres(settings.state_dir / "postgres")
+            print(f"starting embedded PostgreSQL in {pg.directory}", file=sys.stderr)
+            changes["database_url"] = pg.start()
+            stack.callback(pg.stop)
+        if need_redis and not settings.redis_url:
+            redis = EmbeddedRedis(settings.state_dir / "redis")
+            changes["redis_url"] = redis.start()
+            print(f"started embedded Redis at {redis.url}", file=sys.stderr)
+            stack.callback(redis.stop)
+        yield dataclasses.replace(settings, **changes)
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    return await asyncpg.connect(settings.database_url, timeout=10)
+
+
+async def _migrate(settings: Settings) -> list[int]:
+    conn = await _connect(settings)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _bootstrap_admin(settings: Settings) -> None:
+    """Apply migrations; with no token anywhere, create the first admin token and print it once."""
+    conn = await _connect(settings)
+    try:
+        await migrate(conn)
+        if settings.admin_token or await queries.count_active_tokens(conn):
+            return
+        token = new_token()
+        await queries.insert_token(conn, "admin", hash_token(token), list(SCOPES), "bootstrap")
+    finally:
+        await conn.close()
+    path = settings.state_dir / ADMIN_TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    print(
+        "\nFirst admin token (every scope). It is shown once here and kept in "
+        f"{path.resolve()} (mode 600):\n\n    {token}\n\n"
+        f"Try: curl -H 'X-VX11-Token: {token}' http://{settings.host}:{settings.port}/operator/api/whoami\n",
+        flush=True,
+    )
+
+
+def _run(settings: Settings) -> int:
+    from aiohttp import web
+
+    from tentaculo.app import create_app
+
+    asyncio.run(_bootstrap_admin(settings))
+    loop = _new_loop()
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout,
+        loop=loop,
+        print=lambda msg: print(msg.replace("======== ", "tentaculo ").replace(" ========", ""), file=sys.stderr),
+    )
+    return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await _connect(settings)
+    try:
+        await migrate(conn)
+        if args.token_command == "create":
+            try:
+                scopes = parse_scopes(args.scopes)
+            except ValueError as exc:
+                print(f"tentaculo: --scopes: {exc}", file=sys.stderr)
+                return 2
+            token = new_token()
+            try:
+                await queries.insert_token(conn, args.name, hash_token(token), sorted(scopes), "cli")
+            except asyncpg.UniqueViolationError:
+                print(f"tentaculo: an active token named {args.name!r} exists; revoke it first", file=sys.stderr)
+                return 1
+            print(token)
+            print(f"created token {args.name!r} with scopes {','.join(sorted(scopes))}; it is not shown again",
+                  file=sys.stderr)
+            return 0
+        if args.token_command == "list":
+            rows = await queries.list_tokens(conn)
+            print(f"{'NAME':<24} {'SCOPES':<28} {'CREATED':<20} REVOKED")
+            for r in rows:
+                revoked = r["revoked_at"].strftime("%Y-%m-%d %H:%M:%S") if r["revoked_at"] else "-"
+                print(f"{r['name']:<24} {','.join(r['scopes']):<28} "
+                      f"{r['created_at'].strftime('%Y-%m-%d %H:%M:%S'):<20} {revoked}")
+            return 0
+        if await queries.revoke_token(conn, args.name):
+            print(f"revoked token {args.name!r}", file=sys.stderr)
+            return 0
+        print(f"tentaculo: no active token named {args.name!r}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()

@@ -1,0 +1,76 @@
+"""Problem codes of the contract and the exception that carries them to the error middleware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> (HTTP status, title). The contract fixes the codes; statuses follow RFC 9110.
+PROBLEMS: dict[str, tuple[int, str]] = {
+    "auth_required": (401, "Authentication required"),
+    "invalid_token": (401, "Invalid token"),
+    "forbidden": (403, "Forbidden"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "invalid_json": (400, "Invalid JSON"),
+    "validation_error": (422, "Validation error"),
+    "payload_too_large": (413, "Payload too large"),
+    "rate_limited": (429, "Too many requests"),
+    "feature_disabled": (503, "Feature disabled"),
+    "provider_unavailable": (503, "Provider unavailable"),
+    "upstream_unavailable": (502, "Upstream unavailable"),
+    "upstream_timeout": (504, "Upstream timeout"),
+    "path_forbidden": (403, "Path forbidden"),
+    "invalid_path": (400, "Invalid path"),
+    "internal_error": (500, "Internal error"),
+}
+
+PROBLEM_TYPE_BASE = "https://vx11.dev/problems/"
+
+
+class Problem(Exception):
+    """A failure the client should see as ``application/problem+json`` with ``code``."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        if code not in PROBLEMS:
+            raise ValueError(f"unknown problem code {code!r}")
+        super().__init__(detail)
+        self.code = code
+        self.status = status or PROBLEMS[code][0]
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, correlation_id: str) -> dict[str, Any]:
+        """The RFC 9457 document for this problem."""
+        return problem_body(self.code, self.detail, correlation_id, status=self.status, **self.extra)
+
+
+def problem_body(
+    code: str, detail: str, correlation_id: str, *, status: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Build a problem document for ``code``."""
+    default_status, title = PROBLEMS[code]
+    return {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status or default_status,
+        "detail": detail,
+        "code": code,
+        "correlation_id": correlation_id,
+        **extra,
+    }
+
+
+class ValidationFailed(Problem):
+    """Request body or parameters failed validation; ``errors`` names each field."""
+
+    def __init__(self, errors: list[dict[str, str]], detail: str = "the request is not valid") -> None:
+        super().__init__("validation_error", detail, errors=errors)

@@ -1,0 +1,47 @@
+"""Every typed key of the application and of its requests, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import time
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from tentaculo.audit import AuditWriter
+from tentaculo.auth import Principal, TokenStore
+from tentaculo.metrics import RequestMetrics
+from tentaculo.settings import Settings
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Process-level facts: when the instance started, whether it is draining."""
+
+    started_monotonic: float = field(default_factory=time.monotonic)
+    draining: bool = False
+
+
+@dataclass(slots=True)
+class SchemaState:
+    """Outcome of the start-up migration run."""
+
+    ok: bool = False
+    reason: str = "migrations not run yet"
+    applied: list[int] = field(default_factory=list)
+
+
+SETTINGS = web.AppKey("settings", Settings)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+SCHEMA = web.AppKey("schema", SchemaState)
+DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+TOKENS = web.AppKey("tokens", TokenStore)
+AUDIT = web.AppKey("audit", AuditWriter)
+METRICS = web.AppKey("metrics", RequestMetrics)
+
+CORRELATION_ID = web.RequestKey("correlation_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
+STARTED = web.RequestKey("started", float)
+SERVICE = web.RequestKey("service", str)

@@ -1,0 +1,82 @@
+"""structlog setup: request context first, secrets scrubbed, JSON in production, console in development."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Keys whose values are secrets whatever they hold.
+SECRET_KEYS = frozenset({"token", "authorization", "x-vx11-token", "password", "api_key", "secret", "ticket"})
+REDACTED = "[redacted]"
+
+
+class SecretScrubber:
+    """Processor that blanks secret-named keys and any occurrence of a known secret value."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = tuple(s for s in secrets if s)
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in event.items():
+            if key.lower() in SECRET_KEYS:
+                event[key] = REDACTED
+            elif self.secrets and isinstance(value, str):
+                for secret in self.secrets:
+                    if secret in value:
+                        value = value.replace(secret, REDACTED)
+                event[key] = value
+        return event
+
+
+def _json_dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def shared_processors(secrets: Iterable[str]) -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        SecretScrubber(secrets),
+    ]
+
+
+def configure_logging(log_format: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> None:
+    """Configure structlog and route the standard library's loggers (aiohttp, asyncpg) through it."""
+    if log_format == "auto":
+        log_format = "console" if sys.stderr.isatty() else "json"
+    pre = shared_processors(secrets)
+    renderer: Any
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
+        pre_render: list[Any] = [structlog.processors.format_exc_info]
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        pre_render = []
+    numeric = _LEVELS[level.lower()]
+    structlog.configure(
+        processors=[*pre, structlog.processors.StackInfoRenderer(), *pre_render, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *pre],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *pre_render, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # aiohttp's own access log would print query strings; the gateway logs requests itself.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pgserver narrates every start-up step at INFO.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

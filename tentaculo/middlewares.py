@@ -1,0 +1,229 @@
+"""The middleware chain, outermost first: correlation, errors, audit, metrics, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+import orjson
+import structlog
+from aiohttp import web
+
+from tentaculo import keys
+from tentaculo.auth import PUBLIC, QUERY_TOKEN_NAMES, TokenStoreUnavailable, required_scope
+from tentaculo.errors import Problem
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("tentaculo.http")
+
+CORRELATION_HEADER = "X-Correlation-ID"
+CORRELATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# Status recorded when the client went away before a response was sent (nginx's convention).
+CLIENT_CLOSED = 499
+
+_HTTP_CODES = {
+    401: "auth_required",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+def problem_response(request: web.Request, problem: Problem) -> web.Response:
+    """Render ``problem`` as application/problem+json carrying the request's correlation id."""
+    body = problem.body(request.get(keys.CORRELATION_ID, ""))
+    return web.Response(
+        body=orjson.dumps(body),
+        status=problem.status,
+        content_type="application/problem+json",
+        headers=problem.headers,
+    )
+
+
+def problem_from_http(exc: web.HTTPException, request: web.Request) -> Problem:
+    """Translate aiohttp's own HTTP errors (404, 405, 413, ...) into contract problems."""
+    code = _HTTP_CODES.get(exc.status)
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
+    if exc.status == 404:
+        detail = f"no route for {request.method} {request.path}"
+    elif exc.status == 405:
+        detail = f"{request.method} is not allowed here; allowed: {headers.get('Allow', '')}"
+    elif exc.status == 413:
+        detail = f"the request body exceeds {request.app[keys.SETTINGS].max_body_bytes} bytes"
+    else:
+        detail = exc.reason
+    if code is None:
+        code = "validation_error" if exc.status < 500 else "internal_error"
+    return Problem(code, detail, status=exc.status, headers=headers)
+
+
+def status_of(exc: BaseException) -> int:
+    """The status a client receives for an exception leaving a handler."""
+    if isinstance(exc, Problem):
+        return exc.status
+    if isinstance(exc, web.HTTPException):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return CLIENT_CLOSED
+    return 500
+
+
+def route_of(request: web.Request) -> str | None:
+    """The matched route's template, e.g. ``/operator/api/proxy/{service}/{path}``."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+@web.middleware
+async def correlation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Keep a well-formed X-Correlation-ID or mint one, and bind it into every log line."""
+    incoming = request.headers.get(CORRELATION_HEADER)
+    cid = incoming if incoming and CORRELATION_RE.fullmatch(incoming) else str(uuid.uuid4())
+    request[keys.CORRELATION_ID] = cid
+    request[keys.STARTED] = time.perf_counter()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(correlation_id=cid)
+    return await handler(request)
+
+
+async def add_correlation_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streamed ones included, carries the id; no version banner."""
+    response.headers["Server"] = "tentaculo"
+    cid = request.get(keys.CORRELATION_ID)
+    if cid is not None:
+        response.headers[CORRELATION_HEADER] = cid
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into problem+json; never a stack trace on the wire."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(request, problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(request, problem_from_http(exc, request))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return problem_response(request, Problem("internal_error", "the gateway could not handle this request"))
+
+
+def _passed_routing(request: web.Request) -> bool:
+    return request.match_info.http_exception is None
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Queue one audit row per routed request, whatever its outcome, and log it."""
+    if not _passed_routing(request):
+        return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except BaseException as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        duration_ms = (time.perf_counter() - request[keys.STARTED]) * 1000
+        principal = request.get(keys.PRINCIPAL)
+        token_name = principal.name if principal is not None else None
+        app = request.app
+        app[keys.AUDIT].record(
+            (
+                datetime.now(timezone.utc),
+                request[keys.CORRELATION_ID],
+                token_name,
+                request.method,
+                route_of(request),
+                request.path,
+                status,
+                duration_ms,
+                request.remote,
+                app[keys.SETTINGS].instance,
+                request.get(keys.SERVICE),
+            )
+        )
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round(duration_ms, 3),
+            token_name=token_name,
+        )
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every routed request by route, method and status class, with its latency."""
+    if not _passed_routing(request):
+        return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except BaseException as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        latency_ms = (time.perf_counter() - request[keys.STARTED]) * 1000
+        request.app[keys.METRICS].observe(route_of(request) or "", request.method, status, latency_ms)
+
+
+def presented_token(request: web.Request) -> str | None:
+    """The token from X-VX11-Token or ``Authorization: Bearer``; never from the query string."""
+    token = request.headers.get("X-VX11-Token")
+    if token:
+        return token.strip()
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the token to a principal and check the scope the route declares."""
+    if not _passed_routing(request):
+        return await handler(request)
+    scope = required_scope(request.match_info.handler, request)
+    if scope == PUBLIC:
+        return await handler(request)
+    if request.query and any(name.lower() in QUERY_TOKEN_NAMES for name in request.query):
+        raise Problem("invalid_token", "tokens are not accepted in the query string; send the X-VX11-Token header")
+    token = presented_token(request)
+    if token is None:
+        raise Problem(
+            "auth_required",
+            "send a token in X-VX11-Token or Authorization: Bearer",
+            headers={"WWW-Authenticate": 'Bearer realm="tentaculo"'},
+        )
+    try:
+        principal = await request.app[keys.TOKENS].authenticate(token)
+    except TokenStoreUnavailable:
+        raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
+    if principal is None:
+        raise Problem("invalid_token", "the token is unknown, revoked or malformed")
+    request[keys.PRINCIPAL] = principal
+    structlog.contextvars.bind_contextvars(token_name=principal.name)
+    if scope not in principal.scopes:
+        raise Problem("forbidden", f"this call needs the '{scope}' scope", required_scope=scope)
+    return await handler(request)
+
+
+MIDDLEWARES = [correlation_middleware, error_middleware, audit_middleware, metrics_middleware, auth_middleware]

@@ -1,0 +1,113 @@
+"""Typed settings read from ``TENTACULO_*`` environment variables, validated once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value the gateway cannot use."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway can be told; ``from_env`` is the only reader of the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "tentaculo:"
+    admin_token: str | None = field(default=None, repr=False)
+    state_dir: Path = Path(".tentaculo")
+    instance: str = field(default_factory=_default_instance)
+    log_format: str = "auto"
+    log_level: str = "info"
+    max_body_bytes: int = 1024 * 1024
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    token_cache_seconds: float = 2.0
+    audit_buffer: int = 50_000
+    audit_batch: int = 500
+    audit_flush_seconds: float = 0.2
+    shutdown_timeout: float = 10.0
+    migrate_on_start: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); raise SettingsError naming the bad variable."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = f"TENTACULO_{f.name.upper()}"
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            raw = raw.strip()
+            values[f.name] = _parse(var, f.type, raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field and range rules."""
+        if not 0 < self.port < 65536:
+            raise SettingsError("TENTACULO_PORT", f"must be 1..65535, got {self.port}")
+        if self.log_format not in {"auto", "json", "console"}:
+            raise SettingsError("TENTACULO_LOG_FORMAT", "must be one of auto, json, console")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise SettingsError("TENTACULO_LOG_LEVEL", "must be one of debug, info, warning, error")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("TENTACULO_MAX_BODY_BYTES", "must be at least 1024")
+        for name in ("audit_buffer", "audit_batch", "db_pool_max"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
+        if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
+            raise SettingsError("TENTACULO_DB_POOL_MIN", "must be between 0 and TENTACULO_DB_POOL_MAX")
+        if self.audit_flush_seconds <= 0:
+            raise SettingsError("TENTACULO_AUDIT_FLUSH_SECONDS", "must be positive")
+        for name in ("token_cache_seconds", "shutdown_timeout"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
+        if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
+            raise SettingsError("TENTACULO_DATABASE_URL", "must be a postgresql:// URL")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("TENTACULO_REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(var: str, annotation: object, raw: str) -> object:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(var, f"expected a number, got {raw!r}") from None
+    if kind == "bool":
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise SettingsError(var, f"expected true or false, got {raw!r}")
+    if kind == "Path":
+        return Path(raw)
+    return raw

@@ -1,0 +1,71 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from tentaculo import __version__, keys
+from tentaculo.auth import PUBLIC, requires
+from tentaculo.db import queries
+from tentaculo.db.migrate import pending_migrations
+from tentaculo.jsonio import json_response
+
+CHECK_TIMEOUT = 2.0
+_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+
+
+@requires(PUBLIC)
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers. No I/O."""
+    return json_response({"status": "on", "service": "tentaculo", "version": __version__})
+
+
+async def _timed(check: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            problem = await check()
+    except _FAILURES as exc:
+        problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    latency = round((time.perf_counter() - started) * 1000, 3)
+    if problem is None:
+        return {"status": "on", "latency_ms": latency, "reason": None}
+    return {"status": "error", "latency_ms": latency, "reason": problem}
+
+
+@requires(PUBLIC)
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: PostgreSQL, Redis and the schema, each with its latency and reason."""
+    app = request.app
+    pool = app[keys.DB_POOL]
+
+    async def postgresql() -> str | None:
+        await queries.ping(pool)
+        return None
+
+    async def redis() -> str | None:
+        await app[keys.REDIS].ping()
+        return None
+
+    async def migrations() -> str | None:
+        async with pool.acquire() as conn:
+            pending = await pending_migrations(conn)
+        return f"pending migrations: {pending}" if pending else None
+
+    names = ("postgresql", "redis", "migrations")
+    results = await asyncio.gather(_timed(postgresql), _timed(redis), _timed(migrations))
+    checks = dict(zip(names, results))
+    failing = [name for name, check in checks.items() if check["status"] != "on"]
+    body: dict[str, Any] = {"status": "on" if not failing else "error", "checks": checks}
+    if app[keys.LIFECYCLE].draining:
+        body.update(status="off", reason="draining: the instance is shutting down")
+    elif failing:
+        body["reason"] = "failing: " + ", ".join(failing)
+    return json_response(body, status=200 if body["status"] == "on" else 503)
