@@ -125,7 +125,7 @@ async def _bootstrap_admin(settings: Settings) -> None:
 def _run(settings: Settings) -> int:
     from aiohttp import web
 
-    from tentaculo.app import create_app
+    from tentaculo.app import SERVER_LIMITS, create_app
 
     asyncio.run(_bootstrap_admin(settings))
     loop = _new_loop()
@@ -136,6 +136,7 @@ def _run(settings: Settings) -> int:
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout,
         loop=loop,
+        **SERVER_LIMITS,
         print=lambda msg: print(msg.replace("======== ", "tentaculo ").replace(" ========", ""), file=sys.stderr),
     )
     return 0

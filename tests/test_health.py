@@ -1,0 +1,54 @@
+"""Liveness and readiness against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aiohttp.test_utils import TestClient
+
+from tentaculo import __version__
+from tentaculo.app import create_app
+from tests.conftest import serve
+from tests.faults import proxy_redis
+
+
+async def test_health_needs_no_token_and_reports_version(gateway: TestClient) -> None:
+    resp = await gateway.get("/health")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "on", "service": "tentaculo", "version": __version__}
+    assert resp.headers["X-Correlation-ID"]
+
+
+async def test_ready_checks_each_dependency(gateway: TestClient) -> None:
+    resp = await gateway.get("/ready")
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["status"] == "on"
+    assert set(body["checks"]) == {"postgresql", "redis", "migrations"}
+    for check in body["checks"].values():
+        assert check["status"] == "on"
+        assert check["latency_ms"] >= 0
+
+
+async def test_redis_away_ready_says_so_and_the_rest_keeps_serving(
+    aiohttp_client, settings, admin_headers
+) -> None:
+    proxy, url = await proxy_redis(settings.redis_url)
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, redis_url=url)))
+    assert (await client.get("/ready")).status == 200
+
+    await proxy.cut()
+    resp = await client.get("/ready")
+    body = await resp.json()
+    assert resp.status == 503
+    assert body["checks"]["redis"]["status"] == "error"
+    assert body["checks"]["redis"]["reason"]
+    assert body["checks"]["postgresql"]["status"] == "on"
+    assert "redis" in body["reason"]
+    whoami = await client.get("/operator/api/whoami", headers=admin_headers)
+    assert whoami.status == 200
+
+    await proxy.restore()
+    resp = await client.get("/ready")
+    assert resp.status == 200, await resp.text()
+    await proxy.close()

@@ -1,0 +1,48 @@
+"""Secrets never reach a log line."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+from structlog.testing import capture_logs
+
+from tentaculo.logging import REDACTED, SecretScrubber, configure_logging, shared_processors
+from tests.conftest import ADMIN_TOKEN
+
+
+async def test_requests_with_tokens_log_no_token(gateway, admin_headers, make_token) -> None:
+    db_token = await make_token("read")
+    with capture_logs(processors=shared_processors([ADMIN_TOKEN])) as logs:
+        await gateway.get("/operator/api/whoami", headers=admin_headers)
+        await gateway.get("/operator/api/whoami", headers={"Authorization": f"Bearer {db_token}"})
+        await gateway.get(f"/operator/api/whoami?token={db_token}")
+        await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": "vx11_wrong_but_long_enough"})
+    requests = [e for e in logs if e["event"] == "request"]
+    assert len(requests) == 4
+    assert all(e["correlation_id"] for e in requests)
+    assert [e["token_name"] is not None for e in requests] == [True, True, False, False]
+    text = json.dumps(logs, default=str)
+    assert ADMIN_TOKEN not in text
+    assert db_token not in text
+    assert "vx11_wrong_but_long_enough" not in text
+
+
+def test_scrubber_blanks_secret_keys_and_known_values() -> None:
+    scrub = SecretScrubber(["s3cr3t-value-123456"])
+    event = scrub(None, "info", {"event": "x", "token": "abc", "detail": "key s3cr3t-value-123456 leaked"})
+    assert event["token"] == REDACTED
+    assert "s3cr3t" not in event["detail"]
+
+
+def test_json_logs_in_production(capsys) -> None:
+    configure_logging("json", "info", secrets=["another-secret-value"])
+    try:
+        structlog.get_logger("t").info("hello", note="another-secret-value")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        record = json.loads(line)
+        assert record["event"] == "hello" and record["level"] == "info" and "timestamp" in record
+        assert record["note"] == REDACTED
+    finally:
+        structlog.reset_defaults()
