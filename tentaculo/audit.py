@@ -80,10 +80,13 @@ class AuditWriter:
                 except TimeoutError:
                     pass
             self._wake.clear()
-            if await self.flush():
-                backoff = 0.0
-            else:
-                backoff = min(max(backoff * 2, 0.1), self.max_backoff)
+            try:
+                ok = await self.flush()
+            except Exception as exc:  # isolation boundary: the writer must outlive any one failure
+                log.exception("audit_writer_error", error=type(exc).__name__)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                ok = False
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.1), self.max_backoff)
 
     async def flush(self) -> bool:
         """Write everything queued; False if PostgreSQL refused (the rows stay queued)."""

@@ -24,10 +24,11 @@ async def test_ready_checks_each_dependency(gateway: TestClient) -> None:
     body = await resp.json()
     assert resp.status == 200, body
     assert body["status"] == "on"
-    assert set(body["checks"]) == {"postgresql", "redis", "migrations"}
-    for check in body["checks"].values():
-        assert check["status"] == "on"
-        assert check["latency_ms"] >= 0
+    assert set(body["checks"]) == {"postgresql", "redis", "migrations", "audit"}
+    for name in ("postgresql", "redis", "migrations"):
+        assert body["checks"][name]["status"] == "on"
+        assert body["checks"][name]["latency_ms"] >= 0
+    assert body["checks"]["audit"]["status"] == "on" and body["checks"]["audit"]["dropped"] == 0
 
 
 async def test_redis_away_ready_says_so_and_the_rest_keeps_serving(

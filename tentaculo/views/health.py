@@ -40,6 +40,22 @@ async def _timed(check: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
     return {"status": "error", "latency_ms": latency, "reason": problem}
 
 
+def audit_check(app: web.Application) -> dict[str, Any]:
+    """The audit writer's state; informative only: readiness does not wait on it."""
+    audit = app[keys.AUDIT].snapshot()
+    reasons = []
+    if audit["last_error"]:
+        reasons.append(f"writes failing, {audit['queued']} rows buffered")
+    if audit["dropped"]:
+        reasons.append(f"{audit['dropped']} rows dropped")
+    status = "on" if not reasons else ("error" if audit["dropped"] else "degraded")
+    return {
+        "status": status,
+        "reason": "; ".join(reasons) or None,
+        **{k: audit[k] for k in ("queued", "written", "dropped", "capacity")},
+    }
+
+
 @requires(PUBLIC)
 async def ready(request: web.Request) -> web.Response:
     """Readiness: PostgreSQL, Redis and the schema, each with its latency and reason."""
@@ -64,6 +80,7 @@ async def ready(request: web.Request) -> web.Response:
     checks = dict(zip(names, results))
     failing = [name for name, check in checks.items() if check["status"] != "on"]
     body: dict[str, Any] = {"status": "on" if not failing else "error", "checks": checks}
+    checks["audit"] = audit_check(app)
     if app[keys.LIFECYCLE].draining:
         body.update(status="off", reason="draining: the instance is shutting down")
     elif failing:

@@ -1,0 +1,121 @@
+"""Audit rows: one per routed request, off the request path, surviving a PostgreSQL outage."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import asyncpg
+
+from tentaculo import keys
+from tentaculo.app import create_app
+from tentaculo.audit import AuditWriter
+from tests.conftest import serve, wait_for
+from tests.faults import proxy_postgres
+
+
+async def _rows(db: asyncpg.Connection, instance: str) -> list[asyncpg.Record]:
+    return await db.fetch("SELECT * FROM audit_logs WHERE instance = $1 ORDER BY id", instance)
+
+
+async def _count(db: asyncpg.Connection, instance: str) -> int:
+    return await db.fetchval("SELECT count(*) FROM audit_logs WHERE instance = $1", instance)
+
+
+async def test_one_row_per_routed_request_with_its_facts(gateway, settings, db, admin_headers) -> None:
+    cid = f"audit-{uuid.uuid4().hex[:8]}"
+    await gateway.get("/operator/api/whoami", headers={**admin_headers, "X-Correlation-ID": cid})
+    await gateway.get("/operator/api/whoami", headers={"X-Correlation-ID": cid})  # 401
+    await gateway.get("/no/such/route")  # not routed: no row
+    await wait_for(lambda: _count_is(db, settings.instance, 2))
+    ok, denied = await _rows(db, settings.instance)
+    assert (ok["correlation_id"], ok["token_name"], ok["method"], ok["status"]) == (cid, "admin", "GET", 200)
+    assert ok["route"] == "/operator/api/whoami" and ok["path"] == "/operator/api/whoami"
+    assert ok["duration_ms"] >= 0 and ok["client"] == "127.0.0.1"
+    assert (denied["correlation_id"], denied["token_name"], denied["status"]) == (cid, None, 401)
+
+
+async def _count_is(db: asyncpg.Connection, instance: str, n: int) -> bool:
+    return await _count(db, instance) == n
+
+
+async def test_reused_correlation_id_records_both_requests(gateway, settings, db, admin_headers) -> None:
+    headers = {**admin_headers, "X-Correlation-ID": "same-id-twice"}
+    await gateway.get("/operator/api/whoami", headers=headers)
+    await gateway.get("/operator/api/whoami", headers=headers)
+    await wait_for(lambda: _count_is(db, settings.instance, 2))
+
+
+async def test_postgres_outage_requests_served_rows_written_after_return(
+    aiohttp_client, settings, db, admin_headers
+) -> None:
+    proxy, dsn = await proxy_postgres(settings.database_url)
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, database_url=dsn)))
+    writer = client.app[keys.AUDIT]
+
+    await proxy.cut()
+    statuses = [(await client.get("/operator/api/whoami", headers=admin_headers)).status for _ in range(50)]
+    assert statuses == [200] * 50
+    await wait_for(lambda: _true(writer.last_error is not None))
+    assert writer.queued == 50 and writer.dropped == 0
+    ready = await client.get("/ready")
+    assert ready.status == 503
+    body = await ready.json()
+    assert body["checks"]["postgresql"]["status"] == "error"
+    assert body["checks"]["audit"]["status"] == "degraded" and body["checks"]["audit"]["queued"] == 50
+
+    await proxy.restore()
+    # 50 calls plus the /ready call, all buffered during the outage.
+    await wait_for(lambda: _count_is(db, settings.instance, 51), timeout=15)
+    assert writer.queued == 0 and writer.dropped == 0 and writer.last_error is None
+    await client.close()
+    await proxy.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_full_buffer_drops_and_counts(aiohttp_client, settings, db, admin_headers) -> None:
+    proxy, dsn = await proxy_postgres(settings.database_url)
+    client = await serve(
+        aiohttp_client, create_app(dataclasses.replace(settings, database_url=dsn, audit_buffer=5))
+    )
+    writer = client.app[keys.AUDIT]
+    await proxy.cut()
+    for _ in range(8):
+        assert (await client.get("/operator/api/whoami", headers=admin_headers)).status == 200
+    assert writer.dropped == 3
+    ready = await (await client.get("/ready")).json()
+    assert ready["checks"]["audit"]["dropped"] == 3
+    assert "dropped" in ready["checks"]["audit"]["reason"]
+    await proxy.restore()
+    await wait_for(lambda: _count_is(db, settings.instance, 5), timeout=15)
+    await client.close()
+    await proxy.close()
+
+
+async def test_shutdown_flushes_queued_rows(aiohttp_client, settings, db, admin_headers) -> None:
+    # A long flush interval: only the shutdown flush can write these rows.
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, audit_flush_seconds=60)))
+    for _ in range(20):
+        await client.get("/operator/api/whoami", headers=admin_headers)
+    assert await _count(db, settings.instance) == 0
+    await client.close()
+    assert await _count(db, settings.instance) == 20
+
+
+async def test_writer_batches_large_bursts(database_url, db) -> None:
+    from datetime import datetime, timezone
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    writer = AuditWriter(pool, capacity=10_000, batch_size=500, flush_seconds=0.05)
+    writer.start()
+    instance = f"burst-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(timezone.utc)
+    for i in range(1_234):
+        writer.record((now, f"c{i}", None, "GET", "/r", "/r", 200, 0.1, "127.0.0.1", instance, None))
+    await wait_for(lambda: _count_is(db, instance, 1_234))
+    await writer.close(timeout=5)
+    assert writer.written == 1_234 and writer.dropped == 0
+    await pool.close()

@@ -1,0 +1,129 @@
+"""The tentaculo command, run as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tentaculo import __version__
+from tentaculo.auth import TokenStore
+from tentaculo.embedded import free_port
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENTACULO_", "DEEPSEEK_"))}
+    env.update(extra)
+    return env
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tentaculo", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version() -> None:
+    result = _cli("--version", env=_env())
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"tentaculo {__version__}"
+
+
+def test_bad_setting_is_named_and_exits_2() -> None:
+    result = _cli("migrate", env=_env(TENTACULO_PORT="not-a-port"))
+    assert result.returncode == 2
+    assert "TENTACULO_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_token_create_list_revoke(database_url: str) -> None:
+    env = _env(TENTACULO_DATABASE_URL=database_url)
+    name = f"cli-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    created = _cli("token", "create", name, "--scopes", "read,chat", env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert re.fullmatch(r"vx11_[A-Za-z0-9_-]{40,}", token)
+
+    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
+    store = TokenStore(pool, admin_token=None, cache_seconds=0)
+    principal = await store.authenticate(token)
+    assert principal is not None and principal.scopes == frozenset({"read", "chat"})
+
+    listed = _cli("token", "list", env=env)
+    assert name in listed.stdout and token not in listed.stdout
+
+    duplicate = _cli("token", "create", name, env=env)
+    assert duplicate.returncode == 1 and "revoke it first" in duplicate.stderr
+
+    revoked = _cli("token", "revoke", name, env=env)
+    assert revoked.returncode == 0
+    assert await store.authenticate(token) is None
+    assert _cli("token", "revoke", name, env=env).returncode == 1
+    bad_scope = _cli("token", "create", "x", "--scopes", "root", env=env)
+    assert bad_scope.returncode == 2 and "scopes" in bad_scope.stderr
+    await pool.close()
+
+
+@pytest.mark.slow
+async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    """No database or Redis configured: embedded servers start, a first admin token is printed, Ctrl-C stops all."""
+    port = free_port()
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tentaculo", "run"],
+        env=_env(TENTACULO_PORT=str(port), TENTACULO_STATE_DIR=str(state), TENTACULO_LOG_FORMAT="json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        token = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while token is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            match = re.search(r"^\s+(vx11_\S+)$", line)
+            if match:
+                token = match[1]
+        assert token, "no admin token printed"
+        assert (state / "admin-token").read_text().strip() == token
+        assert (state / "admin-token").stat().st_mode & 0o077 == 0
+
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    async with http.get(f"{base}/ready") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            async with http.get(f"{base}/ready") as resp:
+                assert resp.status == 200, await resp.text()
+            async with http.get(f"{base}/operator/api/whoami", headers={"X-VX11-Token": token}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["name"] == "admin"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert token not in stderr
+    assert not (state / "postgres" / "postmaster.pid").exists(), "embedded PostgreSQL still running"
+    redis_port = re.search(r"embedded Redis at redis://127.0.0.1:(\d+)", stderr)
+    assert redis_port
+    with pytest.raises(OSError):
+        import socket
+
+        socket.create_connection(("127.0.0.1", int(redis_port[1])), timeout=1).close()

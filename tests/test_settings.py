@@ -1,0 +1,53 @@
+"""Settings come from TENTACULO_* variables and a bad one is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tentaculo.settings import Settings, SettingsError
+
+
+def test_defaults_match_the_contract() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.database_url, s.redis_url) == ("127.0.0.1", 8000, None, None)
+
+
+def test_values_are_parsed_by_type() -> None:
+    s = Settings.from_env(
+        {
+            "TENTACULO_PORT": "9001",
+            "TENTACULO_AUDIT_FLUSH_SECONDS": "0.5",
+            "TENTACULO_MIGRATE_ON_START": "no",
+            "TENTACULO_STATE_DIR": "/var/lib/tentaculo",
+            "TENTACULO_DATABASE_URL": "postgresql://u@db/tentaculo",
+        }
+    )
+    assert s.port == 9001 and s.audit_flush_seconds == 0.5 and s.migrate_on_start is False
+    assert s.state_dir == Path("/var/lib/tentaculo") and s.database_url == "postgresql://u@db/tentaculo"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TENTACULO_PORT", "eighty"),
+        ("TENTACULO_PORT", "70000"),
+        ("TENTACULO_MIGRATE_ON_START", "maybe"),
+        ("TENTACULO_DATABASE_URL", "mysql://x"),
+        ("TENTACULO_REDIS_URL", "http://x"),
+        ("TENTACULO_ADMIN_TOKEN", "short"),
+        ("TENTACULO_LOG_FORMAT", "xml"),
+        ("TENTACULO_AUDIT_BUFFER", "0"),
+    ],
+)
+def test_bad_value_names_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({variable: value})
+    assert info.value.variable == variable
+    assert str(info.value).startswith(variable)
+
+
+def test_admin_token_is_not_in_repr() -> None:
+    s = Settings.from_env({"TENTACULO_ADMIN_TOKEN": "a-very-secret-admin-token"})
+    assert "a-very-secret-admin-token" not in repr(s)
