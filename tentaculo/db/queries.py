@@ -79,3 +79,16 @@ async def revoke_token(db: Executor, name: str) -> int:
 async def count_active_tokens(db: Executor) -> int:
     """How many tokens are not revoked."""
     return await db.fetchval("SELECT count(*) FROM api_tokens WHERE revoked_at IS NULL")
+
+
+async def shared_secret(db: Executor, name: str, candidate: bytes) -> bytes:
+    """The secret called ``name``, storing ``candidate`` if none exists yet (first writer wins)."""
+    stored = await db.fetchval(
+        "INSERT INTO gateway_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value",
+        name,
+        candidate,
+    )
+    if stored is None:
+        # Another instance won the race; its row is committed and visible to a new statement.
+        stored = await db.fetchval("SELECT value FROM gateway_secrets WHERE name = $1", name)
+    return bytes(stored)
