@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tentaculo import keys
+from tentaculo import __version__, keys
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import TokenStore
+from tentaculo.chatlog import ChatActionLog
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import MIDDLEWARES, add_correlation_header
+from tentaculo.providers import ProviderRegistry
 from tentaculo.settings import Settings
 from tentaculo.views import health, tokens
+from tentaculo.views import chat, openai_compat
+from tentaculo.views import providers as provider_views
 
 log = structlog.get_logger("tentaculo.app")
 
@@ -39,7 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = RequestMetrics()
     app.on_response_prepare.append(add_correlation_header)
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx])
+    app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, http_client_ctx, providers_ctx])
     _add_routes(app)
     return app
 
@@ -51,6 +56,10 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/operator/api/tokens", tokens.list_tokens)
     app.router.add_post("/operator/api/tokens", tokens.create_token)
     app.router.add_delete("/operator/api/tokens/{name}", tokens.revoke_token)
+    app.router.add_get("/operator/api/providers", provider_views.list_providers)
+    app.router.add_post("/operator/api/chat", chat.chat)
+    app.router.add_post("/v1/chat/completions", openai_compat.chat_completions)
+    app.router.add_get("/v1/models", openai_compat.list_models)
 
 
 async def _start_draining(app: web.Application) -> None:
@@ -141,3 +150,35 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     writer.start()
     yield
     await writer.close(timeout=settings.shutdown_timeout)
+
+
+async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The one outgoing HTTP client session (providers); per-call timeouts are set by its users."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200, limit_per_host=100, ttl_dns_cache=60),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=app[keys.SETTINGS].provider_connect_timeout),
+        headers={"User-Agent": f"tentaculo/{__version__}"},
+        trust_env=False,
+    )
+    app[keys.HTTP_CLIENT] = session
+    yield
+    await session.close()
+
+
+async def providers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The provider registry and the chat action log; the log is flushed before the pool closes."""
+    settings = app[keys.SETTINGS]
+    chat_log = ChatActionLog(
+        app[keys.DB_POOL],
+        capacity=settings.audit_buffer,
+        batch_size=settings.audit_batch,
+        flush_seconds=settings.audit_flush_seconds,
+    )
+    registry = ProviderRegistry(settings, app[keys.HTTP_CLIENT])
+    app[keys.CHAT_LOG] = chat_log
+    app[keys.PROVIDERS] = registry
+    chat_log.start()
+    await registry.start()
+    yield
+    await registry.close()
+    await chat_log.close(timeout=settings.shutdown_timeout)

@@ -48,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from tentaculo.logging import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level, secrets=[settings.admin_token or ""])
+    configure_logging(
+        settings.log_format, settings.log_level, secrets=[settings.admin_token or "", settings.deepseek_api_key or ""]
+    )
     try:
         with _databases(settings, need_redis=args.command == "run") as settings:
             if args.command == "run":
@@ -135,6 +137,8 @@ def _run(settings: Settings) -> int:
         port=settings.port,
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout,
+        # A client that goes away cancels its handler, so a chat stops its upstream call at once.
+        handler_cancellation=True,
         loop=loop,
         **SERVER_LIMITS,
         print=lambda msg: print(msg.replace("======== ", "tentaculo ").replace(" ========", ""), file=sys.stderr),

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import time
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import Principal, TokenStore
+from tentaculo.chatlog import ChatActionLog
 from tentaculo.metrics import RequestMetrics
+from tentaculo.providers import ProviderRegistry
 from tentaculo.settings import Settings
 
 
@@ -40,6 +43,9 @@ REDIS = web.AppKey("redis", Redis)
 TOKENS = web.AppKey("tokens", TokenStore)
 AUDIT = web.AppKey("audit", AuditWriter)
 METRICS = web.AppKey("metrics", RequestMetrics)
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+PROVIDERS = web.AppKey("providers", ProviderRegistry)
+CHAT_LOG = web.AppKey("chat_log", ChatActionLog)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

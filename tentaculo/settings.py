@@ -44,6 +44,25 @@ class Settings:
     audit_flush_seconds: float = 0.2
     shutdown_timeout: float = 10.0
     migrate_on_start: bool = True
+    # Chat providers: see docs/providers.md.
+    providers: tuple[str, ...] = ()  # allow-list; empty: every installed plugin
+    provider_chain: tuple[str, ...] = ("deepseek", "local")
+    provider_connect_timeout: float = 5.0
+    provider_read_timeout: float = 60.0
+    provider_start_timeout: float = 10.0
+    provider_retries: int = 1
+    provider_retry_backoff: float = 0.25
+    provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 30.0
+    chat_max_chars: int = 200_000
+    chat_max_messages: int = 256
+    deepseek_api_key: str | None = field(default=None, repr=False)
+    deepseek_base_url: str = "https://api.deepseek.com"
+    local_base_url: str = "http://127.0.0.1:11434/v1"
+    local_model: str | None = None
+    mock_delay_ms: float = 0.0
+    mock_fail: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,18 +70,22 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for f in fields(cls):
-            var = f"TENTACULO_{f.name.upper()}"
+            if f.name == "provider_options":
+                continue
+            var = ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
             raw = raw.strip()
             values[f.name] = _parse(var, f.type, raw)
+        values["provider_options"] = _plugin_options(env)
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Check cross-field and range rules."""
+        _validate_providers(self)
         if not 0 < self.port < 65536:
             raise SettingsError("TENTACULO_PORT", f"must be 1..65535, got {self.port}")
         if self.log_format not in {"auto", "json", "console"}:
@@ -89,6 +112,41 @@ class Settings:
             raise SettingsError("TENTACULO_REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
 
 
+# Variables whose names the contract fixes outside the TENTACULO_ prefix.
+ENV_NAMES = {"deepseek_api_key": "DEEPSEEK_API_KEY", "deepseek_base_url": "DEEPSEEK_BASE_URL"}
+PLUGIN_PREFIX = "TENTACULO_PLUGIN_"
+MOCK_FAILURES = ("", "before", "midstream", "stall", "hang", "rate_limited", "auth", "bug")
+
+
+def _plugin_options(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``TENTACULO_PLUGIN_<NAME>__<OPTION>=value`` -> {name: {option: value}}, names lower-cased."""
+    options: dict[str, dict[str, str]] = {}
+    for var, value in env.items():
+        if var.startswith(PLUGIN_PREFIX) and "__" in var[len(PLUGIN_PREFIX):]:
+            name, _, option = var[len(PLUGIN_PREFIX):].partition("__")
+            if name and option:
+                options.setdefault(name.lower(), {})[option.lower()] = value
+    return options
+
+
+def _validate_providers(s: Settings) -> None:
+    for name in ("provider_connect_timeout", "provider_read_timeout", "provider_start_timeout",
+                 "breaker_reset_seconds"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
+    for name in ("provider_retries", "provider_retry_backoff", "mock_delay_ms"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
+    for name in ("breaker_failures", "chat_max_chars", "chat_max_messages"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
+    for var, url in (("DEEPSEEK_BASE_URL", s.deepseek_base_url), ("TENTACULO_LOCAL_BASE_URL", s.local_base_url)):
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(var, "must be an http:// or https:// URL")
+    if s.mock_fail not in MOCK_FAILURES:
+        raise SettingsError("TENTACULO_MOCK_FAIL", f"must be one of {', '.join(m for m in MOCK_FAILURES if m)}")
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -110,4 +168,6 @@ def _parse(var: str, annotation: object, raw: str) -> object:
         raise SettingsError(var, f"expected true or false, got {raw!r}")
     if kind == "Path":
         return Path(raw)
+    if kind == "tuple[str, ...]":
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     return raw

@@ -92,3 +92,43 @@ async def shared_secret(db: Executor, name: str, candidate: bytes) -> bytes:
         # Another instance won the race; its row is committed and visible to a new statement.
         stored = await db.fetchval("SELECT value FROM gateway_secrets WHERE name = $1", name)
     return bytes(stored)
+
+
+CHAT_ACTION_COLUMNS = (
+    "ts",
+    "correlation_id",
+    "message_id",
+    "session_id",
+    "token_name",
+    "provider",
+    "model",
+    "status",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "degraded",
+    "streamed",
+    "attempts",
+    "error",
+    "instance",
+)
+
+
+_CHAT_ACTION_INSERT = "INSERT INTO copilot_actions_log ({}) VALUES ({})".format(
+    ", ".join(CHAT_ACTION_COLUMNS),
+    ", ".join(f"${i}::text::jsonb" if c == "attempts" else f"${i}" for i, c in enumerate(CHAT_ACTION_COLUMNS, 1)),
+)
+
+
+async def insert_chat_actions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write chat action rows (``attempts`` as JSON text), pipelined in one transaction."""
+    async with conn.transaction():
+        await conn.executemany(_CHAT_ACTION_INSERT, rows)
+
+
+async def chat_actions_for(db: Executor, correlation_id: str) -> list[asyncpg.Record]:
+    """Chat action rows of one correlation id, oldest first."""
+    return await db.fetch(
+        "SELECT * FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY ts, id", correlation_id
+    )

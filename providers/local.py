@@ -1,0 +1,88 @@
+"""A local OpenAI-compatible model server: Ollama, llama.cpp server, vLLM, LM Studio.
+
+``TENTACULO_LOCAL_BASE_URL`` (default Ollama's ``http://127.0.0.1:11434/v1``) and
+``TENTACULO_LOCAL_MODEL`` (default: the first model the server lists). An unreachable server
+makes the provider ``error`` -- the chain moves on -- and a later success makes it ``on`` again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from providers.openai_wire import OpenAIWireClient, models_or
+from tentaculo import __version__
+from tentaculo.providers import (
+    INTERFACE_VERSION,
+    ChatRequest,
+    Chunk,
+    ProviderContext,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+
+PROBE_TIMEOUT = 3.0
+
+
+class LocalProvider:
+    """The ``local`` provider."""
+
+    interface_version = INTERFACE_VERSION
+    version = __version__
+
+    def __init__(self, context: ProviderContext) -> None:
+        settings = context.settings
+        self.status = "on"
+        self.reason: str | None = None
+        self._configured = settings.local_model
+        self.default_model: str | None = settings.local_model
+        self.models: list[str] = models_or([settings.local_model], [])
+        self._client = OpenAIWireClient(
+            label=context.name,
+            http=context.http,
+            base_url=settings.local_base_url,
+            api_key=None,
+            connect_timeout=settings.provider_connect_timeout,
+            read_timeout=settings.provider_read_timeout,
+        )
+        self._probe_timeout = min(PROBE_TIMEOUT, settings.provider_start_timeout)
+
+    async def start(self) -> None:
+        """Ask the server which models it has; unreachable is ``error``, not a start-up failure."""
+        await self._discover()
+
+    async def _discover(self) -> None:
+        try:
+            listed = await self._client.list_models(self._probe_timeout)
+        except ProviderError as exc:
+            self.status, self.reason = "error", str(exc)
+            return
+        self.models = models_or([self._configured], listed)
+        self.default_model = self._configured or (self.models[0] if self.models else None)
+        if self.default_model is None:
+            self.status, self.reason = "error", "the server lists no model; set TENTACULO_LOCAL_MODEL"
+        else:
+            self.status, self.reason = "on", None
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        model = request.model or self.default_model
+        if model is None:
+            await self._discover()
+            model = self.default_model
+            if model is None:
+                raise ProviderUnavailable(f"local: {self.reason}")
+        answered = False
+        try:
+            async for chunk in self._client.stream(request, model):
+                if not answered:
+                    answered = True
+                    self.status, self.reason = "on", None
+                yield chunk
+        except (ProviderUnavailable, ProviderTimeout) as exc:
+            if not answered:
+                self.status, self.reason = "error", str(exc)
+            raise
+        self.status, self.reason = "on", None
+
+    async def close(self) -> None:
+        """The HTTP session is the gateway's."""

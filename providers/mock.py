@@ -1,0 +1,143 @@
+"""The mock provider: deterministic answers for tests, demos and benchmarks.
+
+The answer is a function of the model and the messages only (SHA-256, never ``hash()``), so it
+is the same in every process and after every restart. It streams word by word and always
+answers as ``mock``: it is never an implicit fallback (it is in the chain only when an operator
+puts it there).
+
+It can be told to misbehave, per request through ``metadata.mock`` or for every request through
+settings (``TENTACULO_MOCK_DELAY_MS``, ``TENTACULO_MOCK_FAIL``)::
+
+    {"metadata": {"mock": {"delay_ms": 20, "fail": "midstream", "words": 50}}}
+
+``delay_ms`` waits before each chunk; ``words`` sets the answer's length; ``fail`` is one of
+``before`` (unavailable before answering), ``midstream`` (unavailable after the first delta),
+``stall`` (silent after the first delta), ``hang`` (silent from the start), ``rate_limited``,
+``auth``, or ``bug`` (raises a non-provider exception, as a broken plugin would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from tentaculo import __version__
+from tentaculo.providers import (
+    INTERFACE_VERSION,
+    ChatRequest,
+    Chunk,
+    ProviderAuthError,
+    ProviderContext,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    Usage,
+)
+from tentaculo.settings import MOCK_FAILURES
+
+MODELS = ("mock", "mock-reasoner")
+DEFAULT_WORDS = 12
+MAX_WORDS = 4096
+MAX_DELAY_MS = 30_000.0
+VOCABULARY = (
+    "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor",
+    "indigo", "juniper", "kelp", "lagoon", "meadow", "nectar", "onyx", "pebble",
+    "quartz", "river", "saffron", "tundra", "umber", "violet", "willow", "xenon",
+    "yarrow", "zephyr", "acorn", "breeze", "coral", "dune", "echo", "fern",
+    "glacier", "heron", "island", "jasper", "kestrel", "lichen", "maple", "nimbus",
+    "orchid", "prairie", "quill", "reef", "sierra", "thistle", "upland", "vale",
+    "wren", "yew", "azure", "birch", "canyon", "dawn", "estuary", "flint",
+    "grove", "hollow", "iris", "jade", "knoll", "lark", "mesa", "north",
+)  # fmt: skip
+
+
+def _digest_stream(seed: bytes) -> Iterator[int]:
+    """Bytes derived from ``seed``, as many as needed (SHA-256 in counter mode)."""
+    counter = 0
+    while True:
+        yield from hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+
+
+def answer_text(request: ChatRequest, model: str, words: int = DEFAULT_WORDS) -> tuple[list[str], list[str]]:
+    """The deterministic answer: (content pieces, reasoning pieces), each piece one streamed delta."""
+    seed = hashlib.sha256(model.encode())
+    for m in request.messages:
+        seed.update(m.role.encode() + b"\x00" + m.content.encode() + b"\x00")
+    digest = seed.digest()
+    stream = _digest_stream(digest)
+    chosen = [VOCABULARY[next(stream) % len(VOCABULARY)] for _ in range(words)]
+    content = [f"Mock answer {digest.hex()[:8]}: "] + [w + " " for w in chosen[:-1]] + [chosen[-1] + "."]
+    reasoning: list[str] = []
+    if model == "mock-reasoner":
+        prompt_words = sum(len(m.content.split()) for m in request.messages)
+        reasoning = ["Considering ", f"{prompt_words} ", "words ", "of ", "input."]
+    return content, reasoning
+
+
+class MockProvider:
+    """The ``mock`` provider."""
+
+    interface_version = INTERFACE_VERSION
+    version = __version__
+    models = MODELS
+    default_model: str | None = "mock"
+
+    def __init__(self, context: ProviderContext) -> None:
+        self.status = "on"
+        self.reason: str | None = None
+        self._delay_ms = context.settings.mock_delay_ms
+        self._fail = context.settings.mock_fail
+
+    async def start(self) -> None:
+        """Nothing to set up."""
+
+    def _behaviour(self, metadata: Mapping[str, Any]) -> tuple[float, str, int]:
+        told = metadata.get("mock") or {}
+        if not isinstance(told, dict):
+            raise ProviderRejected("mock: metadata.mock must be an object")
+        delay = told.get("delay_ms", self._delay_ms)
+        fail = told.get("fail", self._fail) or ""
+        words = told.get("words", DEFAULT_WORDS)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY_MS:
+            raise ProviderRejected(f"mock: metadata.mock.delay_ms must be a number from 0 to {MAX_DELAY_MS:g}")
+        if fail not in MOCK_FAILURES:
+            raise ProviderRejected(f"mock: metadata.mock.fail must be one of {', '.join(f for f in MOCK_FAILURES if f)}")
+        if isinstance(words, bool) or not isinstance(words, int) or not 1 <= words <= MAX_WORDS:
+            raise ProviderRejected(f"mock: metadata.mock.words must be an integer from 1 to {MAX_WORDS}")
+        return float(delay), fail, words
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        delay_ms, fail, words = self._behaviour(request.metadata)
+        model = request.model or "mock"
+        if model not in MODELS:
+            raise ProviderRejected(f"mock: no model {model!r}; it serves {', '.join(MODELS)}")
+        if fail == "hang":
+            await asyncio.Event().wait()
+        if fail == "before":
+            raise ProviderUnavailable("mock: told to fail before answering")
+        if fail == "rate_limited":
+            raise ProviderRateLimited("mock: told to be rate limited", retry_after=0.01)
+        if fail == "auth":
+            raise ProviderAuthError("mock: told to reject the credentials")
+        if fail == "bug":
+            raise RuntimeError("mock: a deliberate plugin bug")
+        content, reasoning = answer_text(request, model, words)
+        first = True
+        for piece, is_reasoning in [(p, True) for p in reasoning] + [(p, False) for p in content]:
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
+            yield Chunk(reasoning=piece, model=model) if is_reasoning else Chunk(content=piece, model=model)
+            if first:
+                first = False
+                if fail == "midstream":
+                    raise ProviderUnavailable("mock: told to fail mid-answer")
+                if fail == "stall":
+                    await asyncio.Event().wait()
+        prompt_tokens = sum(len(m.content.split()) for m in request.messages)
+        yield Chunk(finish_reason="stop", usage=Usage(prompt_tokens, len(content) + len(reasoning)), model=model)
+
+    async def close(self) -> None:
+        """Nothing to release."""

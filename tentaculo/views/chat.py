@@ -1,0 +1,434 @@
+"""``POST /operator/api/chat``: operator chat through the provider registry, as JSON or SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from tentaculo import keys
+from tentaculo.auth import requires
+from tentaculo.errors import Problem, ValidationFailed, problem_body
+from tentaculo.jsonio import json_response, read_json_object
+from tentaculo.providers import (
+    ROLES,
+    AllProvidersFailed,
+    Attempt,
+    ChatRequest,
+    ChatStream,
+    Chunk,
+    Message,
+    ProviderError,
+    ProviderRegistry,
+    Usage,
+)
+from tentaculo.settings import Settings
+
+FIELD_MAX = 200  # model, session_id, provider names
+MAX_TOKENS_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSpec:
+    """A validated chat request: what to ask, whom, and how to answer."""
+
+    request: ChatRequest
+    provider: str
+    stream: bool
+    session_id: str | None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_messages(
+    raw: Sequence[Any], settings: Settings, errors: list[dict[str, str]], *, field: str = "messages",
+    role_aliases: dict[str, str] | None = None,
+) -> tuple[Message, ...]:
+    """Validate a list of ``{"role", "content"}``; content may be a string or OpenAI text parts."""
+    if len(raw) == 0:
+        errors.append({"field": field, "message": "must hold at least one message"})
+        return ()
+    if len(raw) > settings.chat_max_messages:
+        errors.append({"field": field, "message": f"at most {settings.chat_max_messages} messages"})
+        return ()
+    messages: list[Message] = []
+    total = 0
+    for i, item in enumerate(raw):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            errors.append({"field": where, "message": "must be an object with role and content"})
+            continue
+        role = item.get("role")
+        role = (role_aliases or {}).get(role, role) if isinstance(role, str) else role
+        if role not in ROLES:
+            errors.append({"field": f"{where}.role", "message": f"must be one of {', '.join(ROLES)}"})
+        content = item.get("content")
+        if isinstance(content, list):  # OpenAI content parts: only text is supported
+            if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                content = "".join(p["text"] for p in content)
+            else:
+                errors.append({"field": f"{where}.content", "message": "only text content parts are supported"})
+                continue
+        if not isinstance(content, str):
+            errors.append({"field": f"{where}.content", "message": "must be a string"})
+            continue
+        if not content.strip() and role != "assistant":
+            errors.append({"field": f"{where}.content", "message": "must not be empty"})
+            continue
+        total += len(content)
+        if isinstance(role, str) and role in ROLES:
+            messages.append(Message(role, content))
+    if total > settings.chat_max_chars:
+        errors.append({"field": field, "message": f"the messages exceed {settings.chat_max_chars} characters"})
+    return tuple(messages)
+
+
+def check_options(data: dict[str, Any], errors: list[dict[str, str]], *, max_tokens_field: str = "max_tokens") -> dict[str, Any]:
+    """``max_tokens``, ``temperature`` and ``metadata``, checked."""
+    out: dict[str, Any] = {}
+    max_tokens = data.get(max_tokens_field)
+    if max_tokens is not None:
+        if not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+            errors.append({"field": max_tokens_field, "message": f"must be an integer from 1 to {MAX_TOKENS_LIMIT}"})
+        else:
+            out["max_tokens"] = max_tokens
+    temperature = data.get("temperature")
+    if temperature is not None:
+        if not _is_number(temperature) or not 0 <= temperature <= 2:
+            errors.append({"field": "temperature", "message": "must be a number from 0 to 2"})
+        else:
+            out["temperature"] = float(temperature)
+    metadata = data.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            errors.append({"field": "metadata", "message": "must be an object"})
+        else:
+            out["metadata"] = metadata
+    return out
+
+
+def unknown_provider(name: str, registry: ProviderRegistry, field: str = "provider") -> ValidationFailed:
+    available = ["auto", *registry.names()]
+    problem = ValidationFailed(
+        [{"field": field, "message": f"unknown provider {name!r}; available: {', '.join(available)}"}],
+        detail=f"there is no provider named {name!r}",
+    )
+    problem.extra["available"] = available
+    return problem
+
+
+def check_model(model: str, provider: str, registry: ProviderRegistry, errors: list[dict[str, str]]) -> None:
+    """The model must be served by the provider named, or by some provider of the chain."""
+    if provider == "auto":
+        slots = [registry.get(n) for n in registry.chain]
+        if any(s is not None and s.provider is not None and s.serves(model) for s in slots):
+            return
+        served = sorted({m for n in registry.chain if (s := registry.get(n)) is not None for m in s.models})
+        errors.append({"field": "model", "message": f"no provider of the chain serves {model!r}; "
+                                                    f"models: {', '.join(served) or 'none listed'}"})
+        return
+    slot = registry.get(provider)
+    if slot is not None and not slot.serves(model):
+        errors.append({"field": "model", "message": f"{provider} does not serve {model!r}; "
+                                                    f"models: {', '.join(slot.models)}"})
+
+
+def parse_chat(data: dict[str, Any], registry: ProviderRegistry, settings: Settings, correlation_id: str) -> ChatSpec:
+    """Validate an operator chat body; raise ValidationFailed naming every bad field."""
+    errors: list[dict[str, str]] = []
+    if "message" in data and "messages" in data:
+        errors.append({"field": "message", "message": "send message or messages, not both"})
+    messages: tuple[Message, ...] = ()
+    if "messages" in data:
+        raw = data["messages"]
+        if not isinstance(raw, list):
+            errors.append({"field": "messages", "message": "must be a list of {role, content} objects"})
+        else:
+            messages = check_messages(raw, settings, errors)
+    elif "message" in data:
+        text = data["message"]
+        if not isinstance(text, str):
+            errors.append({"field": "message", "message": "must be a string"})
+        elif not text.strip():
+            errors.append({"field": "message", "message": "must not be empty"})
+        elif len(text) > settings.chat_max_chars:
+            errors.append({"field": "message", "message": f"exceeds {settings.chat_max_chars} characters"})
+        else:
+            messages = (Message("user", text),)
+    else:
+        errors.append({"field": "message", "message": "send message (a string) or messages (a list)"})
+    provider = data.get("provider", "auto")
+    if not isinstance(provider, str) or not provider or len(provider) > FIELD_MAX:
+        errors.append({"field": "provider", "message": "must be \"auto\" or a provider name"})
+        provider = "auto"
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip() or len(model) > FIELD_MAX):
+        errors.append({"field": "model", "message": f"must be a non-empty string of at most {FIELD_MAX} characters"})
+        model = None
+    session_id = data.get("session_id")
+    if session_id is not None and (not isinstance(session_id, str) or not session_id or len(session_id) > FIELD_MAX):
+        errors.append({"field": "session_id", "message": f"must be a non-empty string of at most {FIELD_MAX} characters"})
+        session_id = None
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        errors.append({"field": "stream", "message": "must be true or false"})
+        stream = False
+    options = check_options(data, errors)
+    if provider != "auto" and provider not in registry:
+        if errors:
+            errors.append({"field": "provider", "message": f"unknown provider {provider!r}; "
+                                                           f"available: {', '.join(['auto', *registry.names()])}"})
+        else:
+            raise unknown_provider(provider, registry)
+    elif model is not None:
+        check_model(model, provider, registry, errors)
+    if errors:
+        raise ValidationFailed(errors)
+    request = ChatRequest(messages, model=model, correlation_id=correlation_id, **options)
+    return ChatSpec(request, provider, stream, session_id)
+
+
+def wants_sse(request: web.Request) -> bool:
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _json(data: Any) -> str:
+    return orjson.dumps(data).decode()
+
+
+class ChatTurn:
+    """One chat, from finding a provider to its ``copilot_actions_log`` row and ``chat`` event.
+
+    The row is recorded exactly once, whatever happens (answer, provider failure, client gone),
+    by :meth:`close`, which the handler calls in ``finally``.
+    """
+
+    def __init__(self, request: web.Request, spec: ChatSpec, *, streamed: bool) -> None:
+        self.app = request.app
+        self.registry = request.app[keys.PROVIDERS]
+        self.spec = spec
+        self.streamed = streamed
+        self.correlation_id = request[keys.CORRELATION_ID]
+        principal = request.get(keys.PRINCIPAL)
+        self.token_name = principal.name if principal is not None else None
+        self.message_id = uuid.uuid4()
+        self.session_id = spec.session_id or str(uuid.uuid4())
+        self.started = request[keys.STARTED]
+        self.ended: float | None = None
+        self.stream: ChatStream | None = None
+        self.attempts: list[Attempt] = []
+        self.provider: str | None = None
+        self.model: str | None = spec.request.model
+        self.degraded = False
+        self.status = "error"
+        self.error: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._closed = False
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.ended if self.ended is not None else time.perf_counter()
+        return round((end - self.started) * 1000, 3)
+
+    def attempts_view(self) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in self.attempts]
+
+    async def open(self) -> ChatStream:
+        """Find a provider with a first delta; Problem ``provider_unavailable`` when none has one."""
+        try:
+            stream = await self.registry.open(self.spec.request, self.spec.provider)
+        except AllProvidersFailed as exc:
+            self.attempts = exc.attempts
+            tried = ", ".join(a.provider for a in exc.attempts) or "none"
+            self.error = f"no provider could answer (tried: {tried})"
+            raise Problem("provider_unavailable", self.error, attempts=self.attempts_view()) from None
+        self.stream = stream
+        self.attempts = stream.attempts
+        self.provider = stream.provider
+        self.model = stream.model
+        self.degraded = stream.degraded
+        return stream
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.content:
+            self._content.append(chunk.content)
+        if chunk.reasoning:
+            self._reasoning.append(chunk.reasoning)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+        if self.stream is not None:
+            self.model = self.stream.model
+
+    def succeeded(self) -> None:
+        self.status, self.ended = "ok", time.perf_counter()
+
+    def failed(self, exc: ProviderError) -> Problem:
+        """Record a failure after the first delta and return the problem the client gets."""
+        self.status, self.ended = "error", time.perf_counter()
+        self.error = f"{exc.kind}: {exc}"
+        return Problem(exc.code, f"{self.provider} failed mid-answer: {exc}", attempts=self.attempts_view(),
+                       provider=self.provider)
+
+    def cancelled(self) -> None:
+        self.status, self.ended = "cancelled", time.perf_counter()
+        self.error = "the client went away before the answer finished"
+
+    @property
+    def content(self) -> str:
+        return "".join(self._content)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def usage_view(self) -> dict[str, int | None]:
+        u = self.usage
+        return {"prompt_tokens": u.prompt_tokens if u else None, "completion_tokens": u.completion_tokens if u else None}
+
+    async def close(self) -> None:
+        """Stop the upstream call if it still runs, then record the row and publish the chat (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.stream is not None:
+            await self.stream.aclose()
+        if self.ended is None:
+            self.ended = time.perf_counter()
+        settings = self.app[keys.SETTINGS]
+        u = self.usage
+        self.app[keys.CHAT_LOG].record((
+            datetime.now(timezone.utc),
+            self.correlation_id,
+            self.message_id,
+            self.session_id,
+            self.token_name,
+            self.provider,
+            self.model,
+            self.status,
+            self.finish_reason,
+            u.prompt_tokens if u else None,
+            u.completion_tokens if u else None,
+            self.latency_ms,
+            self.degraded,
+            self.streamed,
+            _json(self.attempts_view()),
+            self.error,
+            settings.instance,
+        ))
+        self.registry.notify_chat({
+            "correlation_id": self.correlation_id,
+            "message_id": str(self.message_id),
+            "session_id": self.session_id,
+            "token_name": self.token_name,
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage_view(),
+            "latency_ms": self.latency_ms,
+            "degraded": self.degraded,
+            "streamed": self.streamed,
+            "attempts": self.attempts_view(),
+            "error": self.error,
+        })
+
+
+@requires("chat")
+async def chat(request: web.Request) -> web.StreamResponse:
+    """Chat through the provider registry: JSON, or SSE with ``stream: true`` / ``Accept: text/event-stream``."""
+    data = await read_json_object(request)
+    spec = parse_chat(data, request.app[keys.PROVIDERS], request.app[keys.SETTINGS], request[keys.CORRELATION_ID])
+    turn = ChatTurn(request, spec, streamed=spec.stream or wants_sse(request))
+    try:
+        stream = await turn.open()
+        if turn.streamed:
+            return await _answer_sse(request, turn, stream)
+        return await _answer_json(turn, stream)
+    except asyncio.CancelledError:
+        turn.cancelled()
+        raise
+    finally:
+        await turn.close()
+
+
+async def _answer_json(turn: ChatTurn, stream: ChatStream) -> web.Response:
+    try:
+        async for chunk in stream:
+            turn.add(chunk)
+    except ProviderError as exc:
+        raise turn.failed(exc) from None
+    turn.succeeded()
+    return json_response({
+        "correlation_id": turn.correlation_id,
+        "message_id": str(turn.message_id),
+        "session_id": turn.session_id,
+        "provider": turn.provider,
+        "model": turn.model,
+        "content": turn.content,
+        "reasoning": turn.reasoning or None,
+        "finish_reason": turn.finish_reason,
+        "usage": turn.usage_view(),
+        "latency_ms": turn.latency_ms,
+        "degraded": turn.degraded,
+        "attempts": turn.attempts_view(),
+    })
+
+
+async def _answer_sse(request: web.Request, turn: ChatTurn, stream: ChatStream) -> web.StreamResponse:
+    async with sse_response(request, allow_all_methods=True) as sse:
+        try:
+            await sse.send(_json({
+                "correlation_id": turn.correlation_id,
+                "message_id": str(turn.message_id),
+                "session_id": turn.session_id,
+                "provider": turn.provider,
+                "model": turn.model,
+            }), event="start")
+            try:
+                async for chunk in stream:
+                    turn.add(chunk)
+                    if chunk.is_delta:
+                        delta = {}
+                        if chunk.content:
+                            delta["content"] = chunk.content
+                        if chunk.reasoning:
+                            delta["reasoning"] = chunk.reasoning
+                        await sse.send(_json(delta), event="delta")
+            except ProviderError as exc:
+                problem = turn.failed(exc)
+                await sse.send(_json(problem_body(problem.code, problem.detail, turn.correlation_id,
+                                                  status=problem.status, **problem.extra)), event="error")
+                return sse
+            turn.succeeded()
+            await sse.send(_json({
+                "finish_reason": turn.finish_reason,
+                "usage": turn.usage_view(),
+                "latency_ms": turn.latency_ms,
+                "degraded": turn.degraded,
+                "model": turn.model,
+                "attempts": turn.attempts_view(),
+            }), event="done")
+        except ConnectionResetError:
+            # Without handler cancellation the disconnect shows up as a failed write.
+            if turn.ended is None:
+                turn.cancelled()
+    return sse

@@ -1,0 +1,223 @@
+"""The OpenAI-compatible face of the provider registry: ``POST /v1/chat/completions`` and
+``GET /v1/models``, so any OpenAI SDK pointed at ``http://gateway/v1`` works unchanged.
+
+``model`` picks the provider: ``"auto"`` walks the chain; a provider name (``"deepseek"``) uses
+that provider's default model; ``"provider/model"`` names both; a bare model id
+(``"deepseek-reasoner"``) goes to the first provider serving it. Errors are problem+json with an
+extra ``error`` member in OpenAI's shape, which the SDKs read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from tentaculo import keys
+from tentaculo.auth import requires
+from tentaculo.errors import Problem, ValidationFailed
+from tentaculo.jsonio import json_response, read_json_object
+from tentaculo.providers import ChatRequest, ChatStream, ProviderError, ProviderRegistry
+from tentaculo.views.chat import FIELD_MAX, ChatSpec, ChatTurn, check_messages, check_options, unknown_provider
+
+# Parameters the gateway cannot honour: refused rather than silently ignored.
+UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "audio")
+ROLE_ALIASES = {"developer": "system"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _openai_errors(handler: Handler) -> Handler:
+    """Give every problem from ``handler`` an OpenAI-shaped ``error`` member too."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Problem as problem:
+            problem.extra.setdefault("error", {"message": problem.detail, "type": problem.code,
+                                               "code": problem.code, "param": _param(problem)})
+            raise
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def _param(problem: Problem) -> str | None:
+    errors = problem.extra.get("errors")
+    return errors[0]["field"] if errors else None
+
+
+def resolve_model(model: str, registry: ProviderRegistry) -> tuple[str, str | None] | None:
+    """(provider, model or None for its default) for an OpenAI ``model`` value; None if unknown."""
+    if model == "auto":
+        return "auto", None
+    if model in registry:
+        return model, None
+    name, sep, rest = model.partition("/")
+    if sep and name in registry and rest:
+        return name, rest
+    for served, provider in registry.models():
+        if served == model:
+            return provider, model
+    return None
+
+
+def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: web.Request) -> tuple[ChatSpec, bool]:
+    """Validate an OpenAI chat-completions body: (spec, include_usage)."""
+    settings = request.app[keys.SETTINGS]
+    errors: list[dict[str, str]] = []
+    raw = data.get("messages")
+    messages = ()
+    if not isinstance(raw, list):
+        errors.append({"field": "messages", "message": "must be a list of {role, content} objects"})
+    else:
+        messages = check_messages(raw, settings, errors, role_aliases=ROLE_ALIASES)
+    for name in UNSUPPORTED:
+        if data.get(name) not in (None, False, [], "none"):
+            errors.append({"field": name, "message": "is not supported by this gateway"})
+    n = data.get("n", 1)
+    if n != 1:
+        errors.append({"field": "n", "message": "only n=1 is supported"})
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        errors.append({"field": "stream", "message": "must be true or false"})
+        stream = False
+    stream_options = data.get("stream_options") or {}
+    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    tokens_field = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    options = check_options(data, errors, max_tokens_field=tokens_field)
+    model = data.get("model", "auto")
+    provider, chosen = "auto", None
+    if not isinstance(model, str) or not model or len(model) > FIELD_MAX:
+        errors.append({"field": "model", "message": "must be \"auto\", a provider name or a model id"})
+    else:
+        resolved = resolve_model(model, registry)
+        if resolved is None:
+            if errors:
+                errors.append({"field": "model", "message": f"unknown model {model!r}"})
+            else:
+                problem = unknown_provider(model, registry, field="model")
+                problem.detail = f"no provider serves model {model!r}; see GET /v1/models"
+                raise problem
+        else:
+            provider, chosen = resolved
+    if errors:
+        raise ValidationFailed(errors)
+    chat_request = ChatRequest(messages, model=chosen, correlation_id=request[keys.CORRELATION_ID], **options)
+    return ChatSpec(chat_request, provider, stream, None), include_usage
+
+
+@requires("chat")
+@_openai_errors
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI chat completions, streaming (``data: [DONE]``-terminated chunks) or not."""
+    data = await read_json_object(request)
+    spec, include_usage = parse_completion(data, request.app[keys.PROVIDERS], request)
+    turn = ChatTurn(request, spec, streamed=spec.stream)
+    try:
+        stream = await turn.open()
+        if spec.stream:
+            return await _stream(request, turn, stream, include_usage)
+        return await _complete(turn, stream)
+    except asyncio.CancelledError:
+        turn.cancelled()
+        raise
+    finally:
+        await turn.close()
+
+
+def _usage(turn: ChatTurn) -> dict[str, int] | None:
+    u = turn.usage
+    if u is None:
+        return None
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens}
+
+
+def _envelope(turn: ChatTurn, created: int, obj: str) -> dict[str, Any]:
+    return {"id": f"chatcmpl-{turn.message_id.hex}", "object": obj, "created": created, "model": turn.model or "",
+            "system_fingerprint": None}
+
+
+async def _complete(turn: ChatTurn, stream: ChatStream) -> web.Response:
+    try:
+        async for chunk in stream:
+            turn.add(chunk)
+    except ProviderError as exc:
+        raise turn.failed(exc) from None
+    turn.succeeded()
+    message: dict[str, Any] = {"role": "assistant", "content": turn.content}
+    if turn.reasoning:
+        message["reasoning_content"] = turn.reasoning
+    body = _envelope(turn, int(time.time()), "chat.completion")
+    body.update({
+        "choices": [{"index": 0, "message": message, "finish_reason": turn.finish_reason, "logprobs": None}],
+        "usage": _usage(turn),
+        "provider": turn.provider,
+        "degraded": turn.degraded,
+        "correlation_id": turn.correlation_id,
+    })
+    return json_response(body)
+
+
+async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, include_usage: bool) -> web.StreamResponse:
+    created = int(time.time())
+
+    def chunk_event(delta: dict[str, Any], finish_reason: str | None) -> str:
+        body = _envelope(turn, created, "chat.completion.chunk")
+        body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        return orjson.dumps(body).decode()
+
+    async with sse_response(request, allow_all_methods=True) as sse:
+        try:
+            first = True
+            try:
+                async for chunk in stream:
+                    turn.add(chunk)
+                    if chunk.is_delta:
+                        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+                        first = False
+                        if chunk.content:
+                            delta["content"] = chunk.content
+                        if chunk.reasoning:
+                            delta["reasoning_content"] = chunk.reasoning
+                        await sse.send(chunk_event(delta, None))
+            except ProviderError as exc:
+                problem = turn.failed(exc)
+                await sse.send(orjson.dumps({"error": {"message": problem.detail, "type": problem.code,
+                                                       "code": problem.code, "param": None}}).decode())
+                return sse
+            turn.succeeded()
+            await sse.send(chunk_event({"role": "assistant"} if first else {}, turn.finish_reason or "stop"))
+            if include_usage:
+                body = _envelope(turn, created, "chat.completion.chunk")
+                body.update(choices=[], usage=_usage(turn))
+                await sse.send(orjson.dumps(body).decode())
+            await sse.send("[DONE]")
+        except ConnectionResetError:
+            if turn.ended is None:
+                turn.cancelled()
+    return sse
+
+
+@requires("chat")
+@_openai_errors
+async def list_models(request: web.Request) -> web.Response:
+    """Models in OpenAI's list shape: ``auto``, each usable provider, and each model it serves."""
+    registry = request.app[keys.PROVIDERS]
+    seen: dict[str, str] = {"auto": "tentaculo"}
+    for name in registry.names():
+        slot = registry.get(name)
+        if slot is not None and slot.provider is not None and slot.provider.status != "off":
+            seen.setdefault(name, name)
+    for model, provider in registry.models():
+        seen.setdefault(model, provider)
+    return json_response({"object": "list",
+                          "data": [{"id": m, "object": "model", "created": 0, "owned_by": owner}
+                                   for m, owner in seen.items()]})
