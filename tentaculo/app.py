@@ -17,11 +17,13 @@ from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
+from tentaculo.events import EventHub
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import MIDDLEWARES, add_correlation_header
 from tentaculo.providers import ProviderRegistry
 from tentaculo.settings import Settings
-from tentaculo.views import health, tokens
+from tentaculo.tickets import EventTickets
+from tentaculo.views import events, health, tokens
 from tentaculo.views import chat, openai_compat
 from tentaculo.views import providers as provider_views
 
@@ -44,13 +46,16 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = RequestMetrics()
     app.on_response_prepare.append(add_correlation_header)
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, http_client_ctx, providers_ctx])
+    app.on_shutdown.append(_end_event_streams)
+    app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, events_ctx, http_client_ctx, providers_ctx])
     _add_routes(app)
     return app
 
 
 def _add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health.health)
+    app.router.add_get("/operator/api/events", events.events)
+    app.router.add_post("/operator/api/events/ticket", events.ticket)
     app.router.add_get("/ready", health.ready)
     app.router.add_get("/operator/api/whoami", tokens.whoami)
     app.router.add_get("/operator/api/tokens", tokens.list_tokens)
@@ -64,6 +69,13 @@ def _add_routes(app: web.Application) -> None:
 
 async def _start_draining(app: web.Application) -> None:
     app[keys.LIFECYCLE].draining = True
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    """Close SSE streams before the server waits for handlers, so a restart takes seconds."""
+    hub = app.get(keys.EVENTS)
+    if hub is not None:
+        hub.close_streams()
 
 
 async def _migrate_until_done(app: web.Application, pool: asyncpg.Pool) -> None:
@@ -182,3 +194,17 @@ async def providers_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await registry.close()
     await chat_log.close(timeout=settings.shutdown_timeout)
+
+
+async def events_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The event hub (its own Redis connections, one reader) and the event ticket signer."""
+    settings = app[keys.SETTINGS]
+    tickets = EventTickets(
+        app[keys.DB_POOL], secret=settings.event_ticket_secret, ttl_seconds=settings.event_ticket_seconds
+    )
+    app[keys.TICKETS] = tickets
+    hub = EventHub.from_settings(settings)
+    app[keys.EVENTS] = hub
+    await hub.start()
+    yield
+    await hub.close()

@@ -21,6 +21,9 @@ TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 # Query parameters that look like credentials; tokens are refused there (contract).
 QUERY_TOKEN_NAMES = frozenset({"token", "access_token", "api_key", "apikey", "x-vx11-token", "auth"})
 _SCOPE_ATTR = "__tentaculo_scope__"
+# The one credential allowed in a query string: an event ticket, only on routes that accept it.
+TICKET_PARAM = "ticket"
+_TICKET_ATTR = "__tentaculo_ticket__"
 
 F = TypeVar("F", bound=Callable[..., Any])
 ScopeRule = str | Callable[[Any], str]
@@ -53,14 +56,24 @@ def parse_scopes(text: str) -> frozenset[str]:
     return scopes
 
 
-def requires(scope: ScopeRule) -> Callable[[F], F]:
-    """Declare the scope a handler needs: a scope name, ``PUBLIC``, or a function of the request."""
+def requires(scope: ScopeRule, *, ticket: bool = False) -> Callable[[F], F]:
+    """Declare the scope a handler needs: a scope name, ``PUBLIC``, or a function of the request.
+
+    ``ticket=True`` lets the handler also be reached with ``?ticket=`` (an event ticket); only
+    event streams say so.
+    """
 
     def mark(handler: F) -> F:
         setattr(handler, _SCOPE_ATTR, scope)
+        setattr(handler, _TICKET_ATTR, ticket)
         return handler
 
     return mark
+
+
+def accepts_ticket(handler: Any) -> bool:
+    """Whether the handler may be reached with an event ticket instead of a token header."""
+    return getattr(handler, _TICKET_ATTR, False) is True
 
 
 def required_scope(handler: Any, request: Any) -> str:

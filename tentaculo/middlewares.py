@@ -14,7 +14,14 @@ import structlog
 from aiohttp import web
 
 from tentaculo import keys
-from tentaculo.auth import PUBLIC, QUERY_TOKEN_NAMES, TokenStoreUnavailable, required_scope
+from tentaculo.auth import (
+    PUBLIC,
+    QUERY_TOKEN_NAMES,
+    TICKET_PARAM,
+    TokenStoreUnavailable,
+    accepts_ticket,
+    required_scope,
+)
 from tentaculo.errors import Problem
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -204,21 +211,27 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scope = required_scope(request.match_info.handler, request)
     if scope == PUBLIC:
         return await handler(request)
+    ticket = request.query.get(TICKET_PARAM)
+    if ticket is not None and not accepts_ticket(request.match_info.handler):
+        raise Problem("invalid_token", "an event ticket only opens event streams; send the X-VX11-Token header")
     if request.query and any(name.lower() in QUERY_TOKEN_NAMES for name in request.query):
         raise Problem("invalid_token", "tokens are not accepted in the query string; send the X-VX11-Token header")
     token = presented_token(request)
-    if token is None:
+    if token is None and ticket is not None:
+        principal = await request.app[keys.TICKETS].verify(ticket)
+    elif token is None:
         raise Problem(
             "auth_required",
             "send a token in X-VX11-Token or Authorization: Bearer",
             headers={"WWW-Authenticate": 'Bearer realm="tentaculo"'},
         )
-    try:
-        principal = await request.app[keys.TOKENS].authenticate(token)
-    except TokenStoreUnavailable:
-        raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
-    if principal is None:
-        raise Problem("invalid_token", "the token is unknown, revoked or malformed")
+    else:
+        try:
+            principal = await request.app[keys.TOKENS].authenticate(token)
+        except TokenStoreUnavailable:
+            raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
+        if principal is None:
+            raise Problem("invalid_token", "the token is unknown, revoked or malformed")
     request[keys.PRINCIPAL] = principal
     structlog.contextvars.bind_contextvars(token_name=principal.name)
     if scope not in principal.scopes:

@@ -44,6 +44,18 @@ class Settings:
     audit_flush_seconds: float = 0.2
     shutdown_timeout: float = 10.0
     migrate_on_start: bool = True
+    # Live events (SSE): see docs/events.md.
+    events_ping_seconds: float = 15.0
+    events_retry_ms: int = 3000
+    events_client_queue: int = 256
+    events_max_clients: int = 10_000
+    events_send_timeout: float = 10.0
+    events_publish_buffer: int = 10_000
+    events_history_max: int = 10_000
+    events_history_seconds: float = 86_400.0
+    events_reconnect_max_seconds: float = 5.0
+    event_ticket_seconds: int = 30
+    event_ticket_secret: str | None = field(default=None, repr=False)
     # Chat providers: see docs/providers.md.
     providers: tuple[str, ...] = ()  # allow-list; empty: every installed plugin
     provider_chain: tuple[str, ...] = ("deepseek", "local")
@@ -104,12 +116,29 @@ class Settings:
         for name in ("token_cache_seconds", "shutdown_timeout"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
+        self._validate_events()
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
             raise SettingsError("TENTACULO_DATABASE_URL", "must be a postgresql:// URL")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("TENTACULO_REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
+
+    def _validate_events(self) -> None:
+        if not 0 < self.events_ping_seconds <= 15:
+            raise SettingsError("TENTACULO_EVENTS_PING_SECONDS", "must be in (0, 15]: clients rely on a ping every 15 s")
+        if not 0 < self.event_ticket_seconds <= 60:
+            raise SettingsError("TENTACULO_EVENT_TICKET_SECONDS", "must be 1..60")
+        for name in ("events_client_queue", "events_max_clients", "events_publish_buffer", "events_history_max"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
+        for name in ("events_send_timeout", "events_history_seconds", "events_reconnect_max_seconds"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
+        if self.events_retry_ms < 0:
+            raise SettingsError("TENTACULO_EVENTS_RETRY_MS", "must not be negative")
+        if self.event_ticket_secret is not None and len(self.event_ticket_secret) < 32:
+            raise SettingsError("TENTACULO_EVENT_TICKET_SECRET", "must be at least 32 characters")
 
 
 # Variables whose names the contract fixes outside the TENTACULO_ prefix.

@@ -1,0 +1,631 @@
+"""EventHub: events published through Redis, one subscriber per instance, bounded fan-out to SSE clients.
+
+Transport. ``publish()`` queues an event in a bounded outbox and returns at once; a background
+task writes queued events to Redis with one Lua script per event that appends the event to a
+Redis stream (the retained history, capped by length and age; the stream entry id becomes the
+event id) and publishes ``<id> <envelope>`` on a pub/sub channel, atomically, so live order is id
+order. Each instance runs one pub/sub reader; it decodes every message once and hands the same
+bytes to each matching client's bounded queue. A client whose queue is full is disconnected (it
+resumes with ``Last-Event-ID``), so a slow reader never holds memory without bound.
+
+Failure. When the reader loses Redis, the hub's status becomes ``error`` with the reason, every
+client's queue is closed with ``redis`` (the stream view then sends a final ``event: error``),
+new subscriptions are refused, and the reader reconnects by itself with exponential backoff.
+Events published meanwhile wait in the outbox (bounded; overflow is counted in ``snapshot()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from tentaculo.settings import Settings
+
+log = structlog.get_logger("tentaculo.events")
+
+EVENT_TYPES = ("service_status", "feature_toggle", "provider_status", "chat", "metrics")
+SEVERITIES = ("info", "warning", "error")
+# Control events the stream itself sends; not publishable, not filterable.
+RESET, ERROR = "reset", "error"
+MAX_EVENT_BYTES = 64 * 1024
+PUBLISH_BATCH = 256
+IDLE_TRIM_SECONDS = 30.0
+# Why a subscription ended.
+SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE = "slow", "redis", "shutdown", "client_gone"
+
+_SEP = b"\r\n"
+_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_U64 = 2**64 - 1
+_RedisFailure = (RedisError, OSError, TimeoutError)
+
+# KEYS: stream, channel. ARGV: max length, max age in ms, envelope without id.
+# Server time bounds the age so every instance trims alike whatever its own clock says.
+_PUBLISH_LUA = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[3])
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
+if oldest > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', oldest))
+end
+redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[3])
+return id
+"""
+_TRIM_LUA = """
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[1])
+if oldest > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', oldest))
+end
+return 0
+"""
+
+EventKey = tuple[int, int]
+
+
+def parse_event_id(text: str) -> EventKey | None:
+    """``1712345678901-3`` (or ``1712345678901``) as a sortable key; None when it is not an event id."""
+    match = _ID.fullmatch(text.strip())
+    if match is None:
+        return None
+    key = (int(match[1]), int(match[2] or 0))
+    return key if key[0] <= _U64 and key[1] <= _U64 else None
+
+
+def format_event_id(key: EventKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _frame(event_id: str | None, event_type: str, envelope: bytes) -> bytes:
+    head = b"id: " + event_id.encode() + _SEP if event_id is not None else b""
+    return head + b"event: " + event_type.encode() + _SEP + b"data: " + envelope + _SEP + _SEP
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event, decoded once per instance and shared by every client that receives it.
+
+    The envelope (``envelope``, JSON) is what a client sees as ``data:``::
+
+        {"id": "1712345678901-0",          # the Redis stream entry id; orders events; resume key
+         "type": "provider_status",        # one of EVENT_TYPES (docs/events.md describes each)
+         "ts": "2024-04-05T12:34:56.789Z", # when it was published, UTC, RFC 3339, milliseconds
+         "source": "gw-1",                 # who published it: the gateway instance, or a named component
+         "severity": "info",               # info | warning | error
+         "correlation_id": "…" | null,     # the request that caused it; null for background events
+         "data": {...}}                    # the type's fields
+
+    ``frame`` is the full SSE record (``id:``, ``event:``, ``data:``) ready to write.
+    """
+
+    id: str
+    key: EventKey
+    type: str
+    correlation_id: str | None
+    envelope: bytes
+    frame: bytes
+
+    @classmethod
+    def from_stored(cls, event_id: str, payload: bytes) -> Event:
+        """Build from a stream id and the stored envelope (which lacks the id)."""
+        key = parse_event_id(event_id)
+        meta = orjson.loads(payload)
+        if key is None or not isinstance(meta, dict) or not payload.startswith(b"{"):
+            raise ValueError("not an event")
+        envelope = b'{"id":"' + event_id.encode() + b'",' + payload[1:]
+        event_type = str(meta["type"])
+        return cls(event_id, key, event_type, meta.get("correlation_id"), envelope, _frame(event_id, event_type, envelope))
+
+
+def control_frame(
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    correlation_id: str | None,
+    severity: str = "warning",
+) -> bytes:
+    """An SSE record the stream sends on its own (``reset``, ``error``): same envelope, no id."""
+    envelope = orjson.dumps(
+        {
+            "id": None,
+            "type": event_type,
+            "ts": _now(),
+            "source": source,
+            "severity": severity,
+            "correlation_id": correlation_id,
+            "data": data,
+        }
+    )
+    return _frame(None, event_type, envelope)
+
+
+def position_frame(event_id: str) -> bytes:
+    """An ``id:``-only record: moves the client's Last-Event-ID without dispatching an event."""
+    return b"id: " + event_id.encode() + _SEP + _SEP
+
+
+class StreamClosed(Exception):
+    """The subscription ended; ``reason`` is one of SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EventsUnavailable(Exception):
+    """No live events right now (Redis away, or the instance is shutting down)."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class TooManyClients(Exception):
+    """This instance already serves its maximum number of event streams."""
+
+
+class Subscription:
+    """One client's filter and bounded queue; the hub pushes, the stream view pulls."""
+
+    __slots__ = ("types", "correlation_id", "limit", "reason", "on_slow", "_items", "_waiter")
+
+    def __init__(self, types: frozenset[str] | None, correlation_id: str | None, limit: int) -> None:
+        self.types = types
+        self.correlation_id = correlation_id
+        self.limit = limit
+        self.reason: str | None = None
+        self.on_slow: Callable[[], object] | None = None
+        self._items: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def matches(self, event: Event) -> bool:
+        return (self.types is None or event.type in self.types) and (
+            self.correlation_id is None or event.correlation_id == self.correlation_id
+        )
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    def push(self, event: Event) -> bool:
+        """Queue ``event``; a full queue closes the subscription as SLOW instead of growing."""
+        if self.reason is not None:
+            return False
+        if len(self._items) >= self.limit:
+            self.close(SLOW)
+            return False
+        self._items.append(event)
+        self._wake()
+        return True
+
+    def close(self, reason: str) -> None:
+        """End the subscription. Queued events are still delivered unless the client is slow or we shut down."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        if reason in (SLOW, SHUTDOWN):
+            self._items.clear()
+        if reason == SLOW and self.on_slow is not None:
+            self.on_slow()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Event:
+        """The next event; raise StreamClosed once closed and drained."""
+        while not self._items:
+            if self.reason is not None:
+                raise StreamClosed(self.reason)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """Where a resuming client's replay starts and whether it must be told ``reset`` first."""
+
+    reset: bool
+    start: str  # XRANGE lower bound: "-" or "(<id>" (exclusive)
+    position: str  # the client's position if the replay finds nothing newer
+    oldest: str | None  # oldest retained id, for the reset event
+
+
+class EventHub:
+    """Publishes events and delivers them to this instance's subscribers; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        instance: str,
+        client_queue: int = 256,
+        max_clients: int = 10_000,
+        publish_buffer: int = 10_000,
+        history_max: int = 10_000,
+        history_seconds: float = 86_400.0,
+        reconnect_max: float = 5.0,
+        idle_check: float = 5.0,
+    ) -> None:
+        self._redis = redis
+        self.channel = f"{prefix}events"
+        self.stream_key = f"{prefix}events:history"
+        self.instance = instance
+        self.client_queue = client_queue
+        self.max_clients = max_clients
+        self.publish_buffer = publish_buffer
+        self.history_max = history_max
+        self.history_ms = int(history_seconds * 1000)
+        self.reconnect_max = reconnect_max
+        self.idle_check = idle_check
+        self._publish_script = redis.register_script(_PUBLISH_LUA)
+        self._trim_script = redis.register_script(_TRIM_LUA)
+        self._outbox: deque[bytes] = deque()
+        self._outbox_wake = asyncio.Event()
+        self._subs: set[Subscription] = set()
+        self._online = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.status = "error"
+        self.reason: str | None = "not connected to Redis yet"
+        self.retry_after = 0.1
+        self.published = 0
+        self.publish_dropped = 0
+        self.publish_failures = 0
+        self.publish_error: str | None = None
+        self.received = 0
+        self.slow_disconnects = 0
+        self.reconnects = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventHub:
+        """A hub with its own Redis connections, which fail fast so the hub itself decides when to retry."""
+        redis = Redis.from_url(
+            settings.redis_url or "",
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
+        return cls(
+            redis,
+            prefix=settings.redis_prefix,
+            instance=settings.instance,
+            client_queue=settings.events_client_queue,
+            max_clients=settings.events_max_clients,
+            publish_buffer=settings.events_publish_buffer,
+            history_max=settings.events_history_max,
+            history_seconds=settings.events_history_seconds,
+            reconnect_max=settings.events_reconnect_max_seconds,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, wait: float = 2.0) -> None:
+        """Start the reader and the publisher; wait up to ``wait`` s for Redis, then serve regardless."""
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="events-reader"),
+            asyncio.create_task(self._drain(), name="events-publisher"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._online.wait()
+
+    def close_streams(self) -> None:
+        """Shutdown: end every stream now so the server can stop in seconds; refuse new ones."""
+        self._closing = True
+        for sub in list(self._subs):
+            sub.close(SHUTDOWN)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop the reader, give queued events ``timeout`` s to reach Redis, close connections."""
+        self.close_streams()
+        reader, publisher = self._tasks or (None, None)
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if publisher is not None:
+            if self._outbox:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        while self._outbox and not publisher.done():
+                            await asyncio.sleep(0.01)
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+        if self._outbox:
+            self.publish_dropped += len(self._outbox)
+            log.error("events_lost_at_shutdown", events=len(self._outbox), error=self.publish_error)
+            self._outbox.clear()
+        self._tasks = []
+        await self._redis.aclose()
+
+    async def wait_online(self) -> None:
+        """Return once the reader is subscribed (immediately if it is)."""
+        await self._online.wait()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        event_type: str,
+        data: Mapping[str, Any],
+        *,
+        correlation_id: str | None = None,
+        severity: str = "info",
+        source: str | None = None,
+    ) -> bool:
+        """Queue an event for every instance's clients; never blocks. False when dropped (counted).
+
+        ``correlation_id`` defaults to the current request's (structlog context), so an event a
+        request causes carries its id; background work outside a request publishes with null.
+        """
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}; add it to EVENT_TYPES and docs/events.md")
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}")
+        if correlation_id is None:
+            correlation_id = structlog.contextvars.get_contextvars().get("correlation_id")
+        payload = orjson.dumps(
+            {
+                "type": event_type,
+                "ts": _now(),
+                "source": source or self.instance,
+                "severity": severity,
+                "correlation_id": correlation_id,
+                "data": data,
+            },
+            option=orjson.OPT_UTC_Z,
+        )
+        if len(payload) > MAX_EVENT_BYTES:
+            raise ValueError(f"an event must fit in {MAX_EVENT_BYTES} bytes; publish a reference, not the payload")
+        if len(self._outbox) >= self.publish_buffer:
+            self.publish_dropped += 1
+            if self.publish_dropped == 1 or self.publish_dropped % 1000 == 0:
+                log.error("events_outbox_full", dropped=self.publish_dropped, capacity=self.publish_buffer)
+            return False
+        self._outbox.append(payload)
+        self._outbox_wake.set()
+        return True
+
+    async def _drain(self) -> None:
+        backoff = 0.0
+        while True:
+            if backoff:
+                await asyncio.sleep(backoff)
+            elif not self._outbox:
+                self._outbox_wake.clear()
+                try:
+                    async with asyncio.timeout(IDLE_TRIM_SECONDS):
+                        await self._outbox_wake.wait()
+                except TimeoutError:
+                    # Quiet streams still age out.
+                    with contextlib.suppress(*_RedisFailure):
+                        await self._trim_script(keys=[self.stream_key], args=[self.history_ms])
+                    continue
+            batch = [self._outbox[i] for i in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for payload in batch:
+                        await self._publish_script(
+                            keys=[self.stream_key, self.channel], args=[self.history_max, self.history_ms, payload], client=pipe
+                        )
+                    await pipe.execute()
+            except _RedisFailure as exc:
+                self.publish_failures += 1
+                if self.publish_error is None:
+                    log.warning("events_publish_failed", queued=len(self._outbox), error=_describe(exc))
+                self.publish_error = _describe(exc)
+                backoff = min(max(backoff * 2, 0.1), self.reconnect_max)
+                continue
+            for _ in batch:
+                self._outbox.popleft()
+            self.published += len(batch)
+            backoff = 0.0
+            if self.publish_error is not None:
+                log.info("events_publish_recovered", queued=len(self._outbox))
+                self.publish_error = None
+
+    # -- the reader ------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                async with asyncio.timeout(5):
+                    while (msg := await pubsub.get_message(timeout=1.0)) is None or msg["type"] != "subscribe":
+                        pass
+                self._went_online()
+                delay = 0.1
+                await self._pump(pubsub)
+            except _RedisFailure as exc:
+                self._went_offline(f"Redis unreachable: {_describe(exc)}", delay)
+            finally:
+                with contextlib.suppress(*_RedisFailure):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _pump(self, pubsub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            msg = await pubsub.get_message(timeout=self.idle_check)
+            now = loop.time()
+            if msg is None:
+                # A silent connection may be half-open: ask, and give up if nothing answers.
+                if now - heard > 3 * self.idle_check:
+                    raise TimeoutError("Redis stopped answering pings")
+                if now - heard >= self.idle_check:
+                    await pubsub.ping()
+                continue
+            heard = now
+            if msg["type"] == "message":
+                self._dispatch(msg["data"])
+
+    def _dispatch(self, raw: bytes) -> None:
+        event_id, _, payload = raw.partition(b" ")
+        try:
+            event = Event.from_stored(event_id.decode(), payload)
+        except (ValueError, KeyError, UnicodeDecodeError):
+            log.warning("event_undecodable", size=len(raw))
+            return
+        self.received += 1
+        for sub in list(self._subs):
+            if not sub.matches(event):
+                continue
+            try:
+                if not sub.push(event) and sub.reason == SLOW:
+                    self.slow_disconnects += 1
+                    self._subs.discard(sub)
+            except Exception:  # one client's failure must not starve the others
+                log.exception("event_fanout_failed")
+                self._subs.discard(sub)
+
+    def _went_online(self) -> None:
+        if self.status != "on":
+            if self.reason != "not connected to Redis yet":
+                self.reconnects += 1
+                log.info("events_reader_reconnected")
+            self.status, self.reason = "on", None
+            self._online.set()
+
+    def _went_offline(self, reason: str, retry_after: float) -> None:
+        if self.status == "on":
+            log.warning("events_reader_lost_redis", reason=reason, clients=len(self._subs))
+        self.status, self.reason, self.retry_after = "error", reason, retry_after
+        self._online.clear()
+        for sub in list(self._subs):
+            sub.close(REDIS_LOST)
+        self._subs.clear()
+
+    # -- subscribers -------------------------------------------------------------------------
+
+    def subscribe(self, types: frozenset[str] | None = None, correlation_id: str | None = None) -> Subscription:
+        """Register a client; raise EventsUnavailable or TooManyClients."""
+        if self._closing:
+            raise EventsUnavailable("the instance is shutting down", 1.0)
+        if self.status != "on":
+            raise EventsUnavailable(self.reason or "Redis unreachable", max(self.retry_after, 0.1))
+        if len(self._subs) >= self.max_clients:
+            raise TooManyClients(f"this instance already serves {self.max_clients} event streams")
+        sub = Subscription(types, correlation_id, self.client_queue)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def clients(self) -> int:
+        return len(self._subs)
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def resume_plan(self, key: EventKey) -> ResumePlan:
+        """Decide how a client that last saw ``key`` catches up from retained history."""
+        given = format_event_id(key)
+        try:
+            info = await self._redis.xinfo_stream(self.stream_key)
+        except ResponseError:  # no stream yet (or any more): nothing retained
+            return ResumePlan(reset=key != (0, 0), start="-", position="0-0", oldest=None)
+        last = _key(info.get("last-generated-id"))
+        length = int(info.get("length") or 0)
+        trimmed = int(info.get("entries-added") or 0) - length > 0
+        first = info.get("first-entry")
+        oldest = first[0].decode() if first else None
+        # Reset when the id is not of this history (Redis was replaced or wiped), or when events
+        # after it may have been trimmed away (trimming removes the oldest first).
+        if key > last or (trimmed and key < (_key(first[0]) if first else last)):
+            return ResumePlan(reset=True, start="-", position=format_event_id(last), oldest=oldest)
+        return ResumePlan(reset=False, start="(" + given, position=given, oldest=oldest)
+
+    async def history(self, start: str, count: int) -> list[Event]:
+        """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
+        entries = await self._redis.xrange(self.stream_key, min=start, max="+", count=count)
+        return [_decoded(eid, fields) for eid, fields in entries]
+
+    async def recent(
+        self,
+        *,
+        limit: int,
+        before: str | None = None,
+        types: frozenset[str] | None = None,
+        correlation_id: str | None = None,
+    ) -> tuple[list[Event], str | None]:
+        """The newest ``limit`` matching events older than ``before``, newest first, and the next cursor."""
+        probe = Subscription(types, correlation_id, 0)
+        found: list[Event] = []
+        upper = "+" if before is None else "(" + before
+        chunk = max(limit * 2, 100)
+        scanned = 0
+        while True:
+            entries = await self._redis.xrevrange(self.stream_key, max=upper, min="-", count=chunk)
+            for eid, fields in entries:
+                event = _decoded(eid, fields)
+                if probe.matches(event):
+                    found.append(event)
+                    if len(found) == limit:
+                        return found, event.id
+            scanned += len(entries)
+            if len(entries) < chunk:
+                return found, None
+            upper = "(" + entries[-1][0].decode()
+            if scanned >= self.history_max + chunk:
+                # Sparse matches in a long history: hand back a cursor rather than scan on.
+                return found, entries[-1][0].decode()
+
+    def snapshot(self) -> dict[str, Any]:
+        """State and counters, for status and metrics."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "clients": len(self._subs),
+            "published": self.published,
+            "publish_queued": len(self._outbox),
+            "publish_dropped": self.publish_dropped,
+            "publish_failures": self.publish_failures,
+            "publish_error": self.publish_error,
+            "received": self.received,
+            "slow_disconnects": self.slow_disconnects,
+            "reconnects": self.reconnects,
+        }
+
+
+def _key(raw: bytes | str | None) -> EventKey:
+    text = raw.decode() if isinstance(raw, bytes) else (raw or "0-0")
+    return parse_event_id(text) or (0, 0)
+
+
+def _decoded(eid: bytes, fields: Mapping[bytes, bytes]) -> Event:
+    return Event.from_stored(eid.decode(), fields[b"e"])
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

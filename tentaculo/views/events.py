@@ -1,0 +1,245 @@
+"""Live events: the SSE stream, the same history as a JSON page, and tickets for browsers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import sse_response
+from redis.exceptions import RedisError
+
+from tentaculo import keys
+from tentaculo.auth import TICKET_PARAM, requires
+from tentaculo.errors import Problem, ValidationFailed, problem_body
+from tentaculo.events import (
+    CLIENT_GONE,
+    ERROR,
+    EVENT_TYPES,
+    REDIS_LOST,
+    RESET,
+    EventHub,
+    EventsUnavailable,
+    ResumePlan,
+    StreamClosed,
+    Subscription,
+    TooManyClients,
+    control_frame,
+    parse_event_id,
+    position_frame,
+)
+from tentaculo.jsonio import json_response
+from tentaculo.middlewares import CORRELATION_RE, presented_token
+from tentaculo.tickets import rejected
+
+HISTORY_PAGE = 500
+PAGE_DEFAULT, PAGE_MAX = 50, 500
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+def _filters(request: web.Request) -> tuple[frozenset[str] | None, str | None]:
+    """``types`` and ``correlation_id`` from the query; 422 naming the known types."""
+    errors = []
+    types: frozenset[str] | None = None
+    raw = request.query.get("types")
+    if raw is not None:
+        types = frozenset(t.strip() for t in raw.split(",") if t.strip())
+        unknown = sorted(types - set(EVENT_TYPES))
+        if unknown or not types:
+            errors.append(
+                {
+                    "field": "types",
+                    "message": f"unknown event types: {', '.join(unknown) or '(none given)'}; "
+                    f"known types: {', '.join(EVENT_TYPES)}",
+                }
+            )
+    correlation_id = request.query.get("correlation_id")
+    if correlation_id is not None and not CORRELATION_RE.fullmatch(correlation_id):
+        errors.append({"field": "correlation_id", "message": "not a correlation id: letters, digits, ._:- (max 128)"})
+    if errors:
+        raise Problem("validation_error", "the event filters are not valid", errors=errors, known_types=list(EVENT_TYPES))
+    return types, correlation_id
+
+
+def _event_id_param(value: str | None, field: str) -> tuple[int, int] | None:
+    if value is None or not value.strip():
+        return None
+    key = parse_event_id(value)
+    if key is None:
+        raise ValidationFailed(
+            [{"field": field, "message": "not an event id: send the id: of an event received, e.g. 1712345678901-0"}]
+        )
+    return key
+
+
+def _resume_from(request: web.Request) -> tuple[int, int] | None:
+    """``Last-Event-ID`` (what EventSource sends on reconnect) wins over ``?last_event_id=``."""
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        return _event_id_param(header, "Last-Event-ID")
+    return _event_id_param(request.query.get("last_event_id"), "last_event_id")
+
+
+def _wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+def _via_ticket(request: web.Request) -> bool:
+    return TICKET_PARAM in request.query and presented_token(request) is None
+
+
+def _unavailable(reason: str, retry_after: float = 1.0) -> Problem:
+    return Problem(
+        "upstream_unavailable",
+        f"live events are unavailable: {reason}",
+        status=503,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+@requires("read", ticket=True)
+async def events(request: web.Request) -> web.StreamResponse:
+    """SSE stream of live events (resumable); with ``Accept: application/json``, a page of recent ones."""
+    hub = request.app[keys.EVENTS]
+    types, correlation_id = _filters(request)
+    if _wants_json(request):
+        if _via_ticket(request):
+            raise rejected("an event ticket only opens event streams; send the X-VX11-Token header", "wrong_purpose")
+        return await _page(request, hub, types, correlation_id)
+    resume = _resume_from(request)
+    try:
+        sub = hub.subscribe(types, correlation_id)
+    except EventsUnavailable as exc:
+        raise _unavailable(exc.reason, exc.retry_after) from None
+    except TooManyClients as exc:
+        raise Problem("rate_limited", str(exc), headers={"Retry-After": "5"}) from None
+    try:
+        plan = None
+        if resume is not None:
+            try:
+                plan = await hub.resume_plan(resume)
+            except REDIS_FAILURES as exc:
+                raise _unavailable(f"cannot read the event history: {type(exc).__name__}") from None
+        return await _stream(request, hub, sub, plan)
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def _stream(request: web.Request, hub: EventHub, sub: Subscription, plan: ResumePlan | None) -> web.StreamResponse:
+    settings = request.app[keys.SETTINGS]
+    cid = request[keys.CORRELATION_ID]
+    timeout = settings.events_send_timeout
+
+    async def write(data: bytes) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await resp.write(data)
+        except TimeoutError:
+            if request.transport is not None:  # a stalled reader: do not wait for it to drain
+                request.transport.abort()
+            raise
+
+    async with sse_response(request, ping_interval=settings.events_ping_seconds, send_timeout=timeout) as resp:
+        transport = request.transport
+        if transport is not None:
+            sub.on_slow = transport.abort
+        # The ping task ends when the client goes away or the stream is stopped; wake the reader then.
+        watcher = asyncio.ensure_future(resp.wait())
+        watcher.add_done_callback(lambda _: sub.close(CLIENT_GONE))
+        try:
+            await write(f"retry: {settings.events_retry_ms}\r\n\r\n".encode())
+            last = (0, 0)
+            if plan is not None:
+                last = await _replay(hub, sub, plan, write, cid)
+                if last is None:
+                    return resp
+            while True:
+                try:
+                    event = await sub.get()
+                except StreamClosed as closed:
+                    if closed.reason == REDIS_LOST:
+                        await write(_error_frame(hub, cid, hub.reason or "Redis unreachable"))
+                    break
+                if event.key <= last:  # already replayed from history
+                    continue
+                last = event.key
+                await write(event.frame)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or stalled; it resumes with Last-Event-ID
+        finally:
+            watcher.cancel()
+    return resp
+
+
+async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any, cid: str) -> tuple[int, int] | None:
+    """Send what a resuming client missed; return the position live delivery continues from (None: stop)."""
+    if plan.reset:
+        data = {
+            "reason": "the last event id is older than the retained history (or unknown to it); "
+            "some events were not kept: reload state, then follow this stream",
+            "oldest_retained_id": plan.oldest,
+        }
+        await write(control_frame(RESET, data, source=hub.instance, correlation_id=cid))
+    start, position, sent = plan.start, plan.position, None
+    # What the client's Last-Event-ID is now: its own id, unless reset made that meaningless.
+    holds = None if plan.reset else plan.position
+    while True:
+        try:
+            batch = await hub.history(start, HISTORY_PAGE)
+        except REDIS_FAILURES as exc:
+            await write(_error_frame(hub, cid, f"cannot read the event history: {type(exc).__name__}"))
+            return None
+        for event in batch:
+            if sub.matches(event):
+                await write(event.frame)
+                sent = event.id
+        if batch:
+            position = batch[-1].id
+            start = "(" + position
+        if len(batch) < HISTORY_PAGE:
+            break
+    if position != (sent or holds):
+        # Events the filters skipped (or a reset) still move the client's position, so a later
+        # resume neither rescans them nor resets again.
+        await write(position_frame(position))
+    return parse_event_id(position) or (0, 0)
+
+
+def _error_frame(hub: EventHub, cid: str, reason: str) -> bytes:
+    problem = problem_body("upstream_unavailable", f"live events stopped: {reason}", cid, status=503)
+    return control_frame(ERROR, problem, source=hub.instance, correlation_id=cid, severity="error")
+
+
+async def _page(
+    request: web.Request, hub: EventHub, types: frozenset[str] | None, correlation_id: str | None
+) -> web.Response:
+    raw_limit = request.query.get("limit", str(PAGE_DEFAULT))
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= PAGE_MAX:
+        raise ValidationFailed([{"field": "limit", "message": f"an integer from 1 to {PAGE_MAX}"}])
+    before = _event_id_param(request.query.get("before"), "before")
+    try:
+        found, cursor = await hub.recent(
+            limit=limit,
+            before=f"{before[0]}-{before[1]}" if before else None,
+            types=types,
+            correlation_id=correlation_id,
+        )
+    except REDIS_FAILURES as exc:
+        raise _unavailable(f"cannot read the event history: {type(exc).__name__}") from None
+    return json_response({"events": [orjson.Fragment(e.envelope) for e in found], "next": cursor})
+
+
+@requires("read")
+async def ticket(request: web.Request) -> web.Response:
+    """A short-lived ticket that opens event streams for the calling token (for EventSource)."""
+    tickets = request.app[keys.TICKETS]
+    value = await tickets.issue(request[keys.PRINCIPAL])
+    return json_response({"ticket": value, "expires_in": tickets.ttl_seconds}, headers={"Cache-Control": "no-store"})
+

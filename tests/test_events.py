@@ -1,0 +1,485 @@
+"""Live events over SSE against real Redis and PostgreSQL: fan-out across instances, filters,
+resume without gaps, reset, tickets, slow clients, Redis going away, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
+
+from tentaculo import keys
+from tentaculo.app import create_app
+from tentaculo.auth import Principal
+from tentaculo.events import EVENT_TYPES, EventHub
+from tentaculo.logging import shared_processors
+from tentaculo.settings import Settings, SettingsError
+from tentaculo.tickets import EventTickets
+from tests.conftest import ADMIN_TOKEN, serve
+from tests.faults import proxy_redis
+
+EVENTS = "/operator/api/events"
+TICKET = "/operator/api/events/ticket"
+ENVELOPE = {"id", "type", "ts", "source", "severity", "correlation_id", "data"}
+
+
+class SSE:
+    """Reads SSE records (blank-line separated) from a streamed response."""
+
+    def __init__(self, resp: ClientResponse) -> None:
+        self.resp = resp
+
+    async def record(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next record: {"id", "event", "data", "retry", "comments"}, only the fields present."""
+        record: dict[str, Any] = {}
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.resp.content.readline()
+                if not line:
+                    raise EOFError("stream ended")
+                text = line.decode().rstrip("\r\n")
+                if not text:
+                    if record:
+                        return record
+                    continue
+                if text.startswith(":"):
+                    record.setdefault("comments", []).append(text[1:].strip())
+                    continue
+                name, _, value = text.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                record[name] = record[name] + "\n" + value if name == "data" and name in record else value
+
+    async def event(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next dispatched event (skipping pings, retry and id-only records), data decoded."""
+        while True:
+            record = await self.record(timeout)
+            if "data" in record:
+                record["data"] = json.loads(record["data"])
+                return record
+
+    async def ended(self, timeout: float = 5.0) -> None:
+        """Wait for the server to end the stream, ignoring what comes before."""
+        async with asyncio.timeout(timeout):
+            while await self.resp.content.readline():
+                pass
+
+
+@pytest.fixture
+def ev_settings(settings: Settings, redis_prefix: str) -> Settings:
+    """Gateway settings with a key prefix of their own, so each test sees only its own events."""
+    return dataclasses.replace(
+        settings, redis_prefix=f"{redis_prefix}ev-{uuid.uuid4().hex[:8]}:", events_reconnect_max_seconds=0.2
+    )
+
+
+@pytest.fixture
+async def gw(aiohttp_client, ev_settings: Settings) -> TestClient:
+    return await serve(aiohttp_client, create_app(ev_settings))
+
+
+def hub_of(client: TestClient) -> EventHub:
+    return client.app[keys.EVENTS]
+
+
+async def open_stream(client: TestClient, query: str = "", headers: dict[str, str] | None = None) -> SSE:
+    resp = await client.get(EVENTS + query, headers={"X-VX11-Token": ADMIN_TOKEN, **(headers or {})})
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["X-Correlation-ID"]
+    sse = SSE(resp)
+    first = await sse.record()
+    assert first == {"retry": "3000"}, first
+    return sse
+
+
+async def test_stream_opens_with_retry_and_delivers_the_envelope(gw, ev_settings) -> None:
+    sse = await open_stream(gw)
+    hub_of(gw).publish("chat", {"message_id": "m-1", "provider": "mock"}, correlation_id="corr-1")
+    event = await sse.event()
+    assert event["event"] == "chat"
+    data = event["data"]
+    assert set(data) == ENVELOPE
+    assert data["id"] == event["id"]
+    assert data["type"] == "chat" and data["correlation_id"] == "corr-1" and data["severity"] == "info"
+    assert data["source"] == ev_settings.instance
+    assert data["ts"].endswith("Z")
+    assert data["data"] == {"message_id": "m-1", "provider": "mock"}
+
+
+async def test_ping_comment_keeps_the_stream_alive(aiohttp_client, ev_settings) -> None:
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_ping_seconds=0.05)))
+    sse = await open_stream(client)
+    assert (await sse.record()) == {"comments": ["ping"]}
+
+
+async def test_event_published_on_either_instance_reaches_clients_of_both(aiohttp_client, ev_settings) -> None:
+    a = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, instance="gw-a")))
+    b = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, instance="gw-b")))
+    on_a, on_b = await open_stream(a), await open_stream(b)
+    hub_of(a).publish("provider_status", {"provider": "mock", "status": "on"})
+    hub_of(b).publish("provider_status", {"provider": "mock", "status": "error"})
+    for sse in (on_a, on_b):
+        first, second = await sse.event(), await sse.event()
+        assert (first["data"]["source"], second["data"]["source"]) == ("gw-a", "gw-b")
+        assert first["id"] < second["id"] or len(first["id"]) < len(second["id"])
+
+
+async def test_ticket_from_one_instance_opens_a_stream_on_another(aiohttp_client, ev_settings, make_token) -> None:
+    a = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, instance="gw-a")))
+    b = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, instance="gw-b")))
+    token = await make_token("read", name=f"browser-{uuid.uuid4().hex[:6]}")
+    resp = await a.post(TICKET, headers={"X-VX11-Token": token})
+    assert resp.status == 200
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = await resp.json()
+    assert set(body) == {"ticket", "expires_in"} and 0 < body["expires_in"] <= 60
+    stream = await b.get(f"{EVENTS}?ticket={body['ticket']}")  # no header: what EventSource does
+    assert stream.status == 200, await stream.text()
+    sse = SSE(stream)
+    assert (await sse.record()) == {"retry": "3000"}
+    hub_of(a).publish("metrics", {"window": "1m"})
+    assert (await sse.event())["event"] == "metrics"
+
+
+async def test_filters_by_type_and_correlation_id(gw) -> None:
+    sse = await open_stream(gw, "?types=chat,feature_toggle&correlation_id=wanted-1")
+    hub = hub_of(gw)
+    hub.publish("provider_status", {"n": 1}, correlation_id="wanted-1")  # wrong type
+    hub.publish("chat", {"n": 2}, correlation_id="other")  # wrong correlation id
+    hub.publish("chat", {"n": 3}, correlation_id="wanted-1")
+    hub.publish("feature_toggle", {"n": 4}, correlation_id="wanted-1")
+    # Live order is publish order, so had 1 or 2 passed the filter they would arrive first.
+    assert (await sse.event())["data"]["data"] == {"n": 3}
+    assert (await sse.event())["data"]["data"] == {"n": 4}
+
+
+async def test_unknown_types_are_422_listing_the_known_ones(gw, admin_headers) -> None:
+    for query in ("?types=chat,bogus", "?types=", "?correlation_id=bad%20id"):
+        resp = await gw.get(EVENTS + query, headers=admin_headers)
+        assert resp.status == 422, query
+        assert resp.content_type == "application/problem+json"
+        body = await resp.json()
+        assert body["code"] == "validation_error" and body["correlation_id"]
+        assert body["known_types"] == list(EVENT_TYPES)
+    body = await (await gw.get(EVENTS + "?types=chat,bogus", headers=admin_headers)).json()
+    assert body["errors"][0]["field"] == "types"
+    assert "bogus" in body["errors"][0]["message"] and "provider_status" in body["errors"][0]["message"]
+
+
+async def test_garbage_last_event_id_is_422(gw, admin_headers) -> None:
+    for headers, query, field in (
+        ({"Last-Event-ID": "not-an-id"}, "", "Last-Event-ID"),
+        ({"Last-Event-ID": "1-2-3"}, "", "Last-Event-ID"),
+        ({}, "?last_event_id=%00abc", "last_event_id"),
+        ({}, "?last_event_id=99999999999999999999999", "last_event_id"),
+    ):
+        resp = await gw.get(EVENTS + query, headers={**admin_headers, **headers})
+        assert resp.status == 422, (headers, query)
+        body = await resp.json()
+        assert body["code"] == "validation_error" and body["errors"][0]["field"] == field
+
+
+async def test_resume_replays_what_was_missed_then_goes_live_without_gap_or_duplicate(gw) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    hub.publish("chat", {"n": 0})
+    seen = (await sse.event())["id"]
+    sse.resp.close()
+    for n in range(1, 6):  # missed while away
+        hub.publish("chat", {"n": n})
+    await hub_of(gw).wait_online()
+
+    async def keep_publishing() -> None:
+        # Published while the resuming client is between subscribing and reading history.
+        for n in range(6, 60):
+            hub.publish("chat", {"n": n})
+            await asyncio.sleep(0)
+
+    publisher = asyncio.create_task(keep_publishing())
+    resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
+    await publisher
+    got = [(await resumed.event())["data"]["data"]["n"] for _ in range(59)]
+    assert got == list(range(1, 60))
+    hub.publish("chat", {"n": "after"})
+    assert (await resumed.event())["data"]["data"]["n"] == "after"
+
+
+async def test_resume_with_query_parameter_and_header_wins(gw) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(3):
+        hub.publish("chat", {"n": n})
+    ids = [(await sse.event())["id"] for _ in range(3)]
+    resumed = await open_stream(gw, f"?last_event_id={ids[0]}")
+    assert [(await resumed.event())["id"] for _ in range(2)] == ids[1:]
+    both = await open_stream(gw, f"?last_event_id={ids[0]}", headers={"Last-Event-ID": ids[1]})
+    assert (await both.event())["id"] == ids[2]
+
+
+async def test_reset_first_when_the_id_is_older_than_history(gw, ev_settings, redis_url) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(5):
+        hub.publish("chat", {"n": n})
+    ids = [(await sse.event())["id"] for _ in range(5)]
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.xtrim(hub.stream_key, maxlen=2, approximate=False)  # history now keeps 3 and 4
+    finally:
+        await redis.aclose()
+    resumed = await open_stream(gw, headers={"Last-Event-ID": ids[0]})
+    reset = await resumed.event()
+    assert reset["event"] == "reset" and "id" not in reset
+    assert set(reset["data"]) == ENVELOPE and reset["data"]["data"]["oldest_retained_id"] == ids[3]
+    assert [(await resumed.event())["id"] for _ in range(2)] == ids[3:]
+    # An id this history never issued (e.g. Redis was replaced) resets too.
+    future = await open_stream(gw, headers={"Last-Event-ID": "99999999999999-0"})
+    assert (await future.event())["event"] == "reset"
+    # A retained id resumes normally.
+    normal = await open_stream(gw, headers={"Last-Event-ID": ids[3]})
+    assert (await normal.event())["id"] == ids[4]
+
+
+async def test_filtered_resume_still_moves_the_client_position(gw) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    hub.publish("chat", {"n": 0})
+    seen = (await sse.event())["id"]
+    hub.publish("metrics", {"n": 1})
+    skipped = (await sse.event())["id"]
+    resumed = await open_stream(gw, "?types=chat", headers={"Last-Event-ID": seen})
+    assert await resumed.record() == {"id": skipped}  # id-only: no event dispatched
+
+
+async def test_json_page_of_recent_history(gw, admin_headers) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(5):
+        hub.publish("chat", {"n": n}, correlation_id="page-1")
+        hub.publish("metrics", {"n": n})
+    for _ in range(10):
+        await sse.event()  # all ten are in history now
+    headers = {**admin_headers, "Accept": "application/json"}
+    resp = await gw.get(f"{EVENTS}?types=chat&limit=2", headers=headers)
+    assert resp.status == 200 and resp.content_type == "application/json"
+    page = await resp.json()
+    assert [e["data"]["n"] for e in page["events"]] == [4, 3]  # newest first
+    assert all(set(e) == ENVELOPE for e in page["events"])
+    page2 = await (await gw.get(f"{EVENTS}?types=chat&limit=2&before={page['next']}", headers=headers)).json()
+    assert [e["data"]["n"] for e in page2["events"]] == [2, 1]
+    page3 = await (await gw.get(f"{EVENTS}?correlation_id=page-1&limit=5&before={page2['next']}", headers=headers)).json()
+    assert [e["data"]["n"] for e in page3["events"]] == [0] and page3["next"] is None
+    bad = await gw.get(f"{EVENTS}?limit=0", headers=headers)
+    assert bad.status == 422 and (await bad.json())["errors"][0]["field"] == "limit"
+
+
+async def test_bad_expired_and_forged_tickets_are_401_the_client_can_act_on(gw, db) -> None:
+    expired = await EventTickets(db, secret=None, ttl_seconds=30, clock=lambda: time.time() - 3600).issue(
+        Principal("ops", frozenset({"read"}))
+    )
+    valid = (await (await gw.post(TICKET, headers={"X-VX11-Token": ADMIN_TOKEN})).json())["ticket"]
+    body, _, signature = valid.partition(".")
+    forged_claims = orjson.loads(_unb64(body))
+    forged_claims["exp"] += 3600
+    forged = _b64(orjson.dumps(forged_claims)) + "." + signature
+    for ticket, reason in (
+        (expired, "expired"),
+        (forged, "bad_signature"),
+        ("garbage", "malformed"),
+        (valid[:-4] + "AAAA", "bad_signature"),
+        ("a.%%%", "malformed"),
+    ):
+        resp = await gw.get(f"{EVENTS}?ticket={ticket}")
+        assert resp.status == 401, ticket
+        assert resp.content_type == "application/problem+json"
+        problem = await resp.json()
+        assert problem["code"] == "invalid_token" and problem["ticket_error"] == reason, problem
+        assert problem["correlation_id"] == resp.headers["X-Correlation-ID"]
+        assert "invalid_token" in resp.headers["WWW-Authenticate"]
+
+
+async def test_a_ticket_only_opens_event_streams(gw) -> None:
+    ticket = (await (await gw.post(TICKET, headers={"X-VX11-Token": ADMIN_TOKEN})).json())["ticket"]
+    for method, path, headers in (
+        ("GET", "/operator/api/whoami", {}),
+        ("GET", "/operator/api/tokens", {}),
+        ("POST", TICKET, {}),  # no renewing a ticket with a ticket
+        ("GET", EVENTS, {"Accept": "application/json"}),  # the JSON page is an API, not a stream
+    ):
+        resp = await gw.request(method, f"{path}?ticket={ticket}", headers=headers)
+        assert resp.status == 401, path
+        assert (await resp.json())["code"] == "invalid_token"
+        assert ticket not in await resp.text()
+
+
+async def test_ticket_is_bound_to_the_token_scopes_and_name(gw, db, make_token) -> None:
+    chat_only = await make_token("chat")
+    assert (await gw.post(TICKET, headers={"X-VX11-Token": chat_only})).status == 403
+    tickets = EventTickets(db, secret=None, ttl_seconds=30)
+    no_read = await tickets.issue(Principal("chatter", frozenset({"chat"})))
+    resp = await gw.get(f"{EVENTS}?ticket={no_read}")
+    assert resp.status == 403 and (await resp.json())["code"] == "forbidden"
+    # Tokens themselves are still refused in the query string, here too.
+    refused = await gw.get(f"{EVENTS}?token={ADMIN_TOKEN}")
+    assert refused.status == 401
+
+
+async def test_tickets_never_reach_the_logs(aiohttp_client, ev_settings, db) -> None:
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, access_log="on")))
+    with capture_logs(processors=shared_processors([ADMIN_TOKEN])) as logs:
+        ticket = (await (await client.post(TICKET, headers={"X-VX11-Token": ADMIN_TOKEN})).json())["ticket"]
+        await client.get(f"/operator/api/whoami?ticket={ticket}")
+        resp = await client.get(f"{EVENTS}?ticket={ticket}")
+        await SSE(resp).record()
+        resp.close()
+    assert any(e["event"] == "request" for e in logs)
+    assert ticket not in json.dumps(logs, default=str)
+
+
+async def test_a_client_that_never_reads_is_disconnected_and_memory_stays_bounded(aiohttp_client, ev_settings) -> None:
+    client = await serve(
+        aiohttp_client, create_app(dataclasses.replace(ev_settings, events_client_queue=4, events_history_max=50))
+    )
+    hub = hub_of(client)
+    reader = await open_stream(client)  # a healthy client alongside keeps getting everything
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
+    request = f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode()
+    await asyncio.get_running_loop().sock_sendall(sock, request)
+    try:
+        async with asyncio.timeout(10):
+            while hub.clients < 2:
+                await asyncio.sleep(0.01)
+            blob = "x" * 48_000
+            sent = 0
+            while hub.snapshot()["slow_disconnects"] == 0:
+                hub.publish("metrics", {"n": sent, "blob": blob})
+                sent += 1
+                event = await reader.event()  # paced by the healthy reader: the laggard falls behind
+                assert event["data"]["data"]["n"] == sent - 1
+        assert hub.clients == 1
+        assert hub.snapshot()["slow_disconnects"] == 1
+        hub.publish("metrics", {"n": "still-live"})
+        assert (await reader.event())["data"]["data"]["n"] == "still-live"
+    finally:
+        sock.close()
+
+
+async def test_redis_restarted_mid_stream(aiohttp_client, ev_settings, admin_headers) -> None:
+    proxy, url = await proxy_redis(ev_settings.redis_url or "")
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, redis_url=url)))
+    hub = hub_of(client)
+    sse = await open_stream(client)
+    hub.publish("chat", {"n": "before"})
+    last = (await sse.event())["id"]
+
+    await proxy.cut()
+    error = await sse.event()
+    assert error["event"] == "error" and "id" not in error
+    assert error["data"]["severity"] == "error"
+    assert error["data"]["data"]["code"] == "upstream_unavailable"
+    assert "Redis" in error["data"]["data"]["detail"]
+    await sse.ended()
+    assert hub.snapshot()["status"] == "error" and hub.snapshot()["reason"]
+
+    refused = await client.get(EVENTS, headers=admin_headers)
+    assert refused.status == 503
+    assert refused.content_type == "application/problem+json"
+    problem = await refused.json()
+    assert problem["code"] == "upstream_unavailable" and "Redis" in problem["detail"] and problem["correlation_id"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    page = await client.get(EVENTS, headers={**admin_headers, "Accept": "application/json"})
+    assert page.status == 503
+
+    started = time.perf_counter()
+    assert hub.publish("chat", {"n": "during"})  # never blocks; waits in the outbox
+    assert time.perf_counter() - started < 0.05
+
+    await proxy.restore()
+    async with asyncio.timeout(10):
+        await hub.wait_online()
+    resumed = await open_stream(client, headers={"Last-Event-ID": last})
+    assert (await resumed.event())["data"]["data"] == {"n": "during"}
+    hub.publish("chat", {"n": "after"})
+    assert (await resumed.event())["data"]["data"] == {"n": "after"}
+    assert hub.snapshot()["status"] == "on" and hub.snapshot()["reconnects"] == 1
+    await proxy.close()
+
+
+async def test_shutdown_closes_streams_promptly(aiohttp_client, ev_settings) -> None:
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, shutdown_timeout=30)))
+    streams = [await open_stream(client) for _ in range(3)]
+    started = time.perf_counter()
+    async with asyncio.timeout(5):
+        await client.server.close()
+        for sse in streams:
+            await sse.ended()
+    assert time.perf_counter() - started < 3
+
+
+async def test_publish_rejects_unknown_types_and_oversized_events(gw) -> None:
+    hub = hub_of(gw)
+    with pytest.raises(ValueError):
+        hub.publish("gossip", {})
+    with pytest.raises(ValueError):
+        hub.publish("chat", {"blob": "x" * 70_000})
+    with pytest.raises(ValueError):
+        hub.publish("chat", {}, severity="fatal")
+
+
+async def test_publish_takes_the_correlation_id_of_the_current_request(gw) -> None:
+    import structlog
+
+    sse = await open_stream(gw)
+    with structlog.contextvars.bound_contextvars(correlation_id="from-request"):
+        hub_of(gw).publish("chat", {})
+    assert (await sse.event())["data"]["correlation_id"] == "from-request"
+
+
+async def test_full_outbox_drops_and_counts(ev_settings) -> None:
+    redis = Redis.from_url("redis://127.0.0.1:1")  # never started: nothing drains the outbox
+    hub = EventHub(redis, prefix="unused:", instance="t", publish_buffer=2)
+    assert hub.publish("chat", {}) and hub.publish("chat", {})
+    assert not hub.publish("chat", {})
+    assert hub.snapshot()["publish_dropped"] == 1 and hub.snapshot()["publish_queued"] == 2
+    await redis.aclose()
+
+
+def test_event_settings_are_validated() -> None:
+    base = {"TENTACULO_DATABASE_URL": "postgresql://x/y"}
+    for var, value in (
+        ("TENTACULO_EVENTS_PING_SECONDS", "20"),
+        ("TENTACULO_EVENT_TICKET_SECONDS", "120"),
+        ("TENTACULO_EVENTS_CLIENT_QUEUE", "0"),
+        ("TENTACULO_EVENT_TICKET_SECRET", "short"),
+    ):
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({**base, var: value})
+        assert info.value.variable == var
+    settings = Settings.from_env({**base, "TENTACULO_EVENTS_PING_SECONDS": "2.5", "TENTACULO_EVENT_TICKET_SECRET": "s" * 40})
+    assert settings.events_ping_seconds == 2.5
+    assert "s" * 40 not in repr(settings)
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
