@@ -17,7 +17,7 @@ from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
-from tentaculo.events import EventHub
+from tentaculo.events import EventHub, hook_provider_events
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import MIDDLEWARES, add_correlation_header
 from tentaculo.providers import ProviderRegistry
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = RequestMetrics()
     app.on_response_prepare.append(add_correlation_header)
     app.on_shutdown.append(_start_draining)
+    app.on_startup.append(_publish_provider_events)  # runs after every cleanup context started
     app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, events_ctx, http_client_ctx, providers_ctx])
     _add_routes(app)
@@ -69,6 +70,11 @@ def _add_routes(app: web.Application) -> None:
 
 async def _start_draining(app: web.Application) -> None:
     app[keys.LIFECYCLE].draining = True
+
+
+async def _publish_provider_events(app: web.Application) -> None:
+    """Provider status changes and chats become ``provider_status`` and ``chat`` events."""
+    hook_provider_events(app[keys.EVENTS], app[keys.PROVIDERS])
 
 
 async def _end_event_streams(app: web.Application) -> None:

@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tentaculo.logging import configure_logging
 
     configure_logging(
-        settings.log_format, settings.log_level, secrets=[settings.admin_token or "", settings.deepseek_api_key or ""]
+        settings.log_format,
+        settings.log_level,
+        secrets=[settings.admin_token or "", settings.deepseek_api_key or "", settings.event_ticket_secret or ""],
     )
     try:
         with _databases(settings, need_redis=args.command == "run") as settings:

@@ -617,6 +617,54 @@ class EventHub:
         }
 
 
+_STATUS_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
+_CHAT_FIELDS = (
+    "message_id",
+    "session_id",
+    "token_name",
+    "provider",
+    "model",
+    "status",
+    "finish_reason",
+    "usage",
+    "latency_ms",
+    "degraded",
+    "streamed",
+    "attempts",
+    "error",
+)
+
+
+def publish_provider_status(hub: EventHub, change: Any) -> bool:
+    """Publish a provider registry ``StatusChange`` as ``provider_status``."""
+    return hub.publish(
+        "provider_status",
+        {
+            "provider": change.provider,
+            "status": change.status,
+            "reason": change.reason,
+            "circuit": change.circuit,
+            "previous_status": change.previous_status,
+            "previous_circuit": change.previous_circuit,
+        },
+        severity=_STATUS_SEVERITY.get(change.status, "warning"),
+    )
+
+
+def publish_chat(hub: EventHub, info: Mapping[str, Any]) -> bool:
+    """Publish one chat's metadata (never its text) as ``chat``, under the chat's correlation id."""
+    status = info.get("status")
+    severity = "error" if status == "error" else "warning" if info.get("degraded") or status == "cancelled" else "info"
+    data = {name: info.get(name) for name in _CHAT_FIELDS}
+    return hub.publish("chat", data, correlation_id=info.get("correlation_id"), severity=severity)
+
+
+def hook_provider_events(hub: EventHub, registry: Any) -> None:
+    """Make the provider registry's status changes and chats events (its ``on_*`` hooks)."""
+    registry.on_status_change.append(lambda change: publish_provider_status(hub, change))
+    registry.on_chat.append(lambda info: publish_chat(hub, info))
+
+
 def _key(raw: bytes | str | None) -> EventKey:
     text = raw.decode() if isinstance(raw, bytes) else (raw or "0-0")
     return parse_event_id(text) or (0, 0)

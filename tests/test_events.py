@@ -483,3 +483,30 @@ def _unb64(text: str) -> bytes:
     import base64
 
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def test_chats_and_provider_status_changes_are_published(gw, admin_headers) -> None:
+    sse = await open_stream(gw, "?types=chat,provider_status")
+    failing = {"message": "hi", "provider": "mock", "metadata": {"mock": {"fail": "before"}}}
+    resp = await gw.post("/operator/api/chat", json=failing, headers={**admin_headers, "X-Correlation-ID": "chat-1"})
+    assert resp.status == 503, await resp.text()
+    status = await sse.event()
+    assert status["event"] == "provider_status", status
+    assert status["data"]["correlation_id"] == "chat-1"  # the request that caused the change
+    assert status["data"]["data"]["provider"] == "mock" and status["data"]["data"]["previous_status"] == "on"
+    assert status["data"]["data"]["status"] in ("degraded", "error") and status["data"]["severity"] != "info"
+    chat = await sse.event()
+    assert chat["event"] == "chat" and chat["data"]["correlation_id"] == "chat-1"
+    assert chat["data"]["data"]["status"] == "error" and chat["data"]["severity"] == "error"
+
+    ok = await gw.post("/operator/api/chat", json={"message": "hi", "provider": "mock"}, headers=admin_headers)
+    assert ok.status == 200
+    answer = await ok.json()
+    events = [await sse.event() for _ in range(2)]
+    chat = next(e for e in events if e["event"] == "chat")
+    assert chat["data"]["correlation_id"] == answer["correlation_id"]
+    assert chat["data"]["data"]["message_id"] == answer["message_id"]
+    assert chat["data"]["data"]["status"] == "ok" and chat["data"]["data"]["provider"] == "mock"
+    assert answer["content"] not in json.dumps(chat)  # metadata only, never the text
+    recovered = next(e for e in events if e["event"] == "provider_status")
+    assert recovered["data"]["data"]["status"] == "on"
