@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs every scenario and prints one table of measured figures."""

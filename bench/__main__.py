@@ -1,0 +1,67 @@
+"""`make bench`: run every scenario against real processes and print one table.
+
+    python -m bench [scenario ...]     (default: all, in order)
+
+Each scenario module in this package has ``NAME`` and ``async def run(env) -> list[Figure]``.
+Figures are medians and ratios measured in this one run on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import platform
+import resource
+import sys
+import traceback
+
+from bench.env import BenchEnv, Figure
+
+SCENARIOS = ["gateway", "chat", "events", "status", "proxy"]
+
+
+def _available(names: list[str]) -> list[str]:
+    here = os.path.dirname(__file__)
+    return [n for n in names if os.path.exists(os.path.join(here, f"{n}.py"))]
+
+
+def _table(figures: list[Figure]) -> str:
+    rows = [("scenario", "figure", "value", "goal", "")]
+    for f in figures:
+        verdict = "" if f.ok is None else ("ok" if f.ok else "MISSED")
+        rows.append((f.scenario, f.name, f"{f.value} {f.unit}".strip(), f.goal, verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def main(selected: list[str]) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    env = BenchEnv()
+    figures: list[Figure] = []
+    failed = False
+    try:
+        await env.setup()
+        for name in selected:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            module = importlib.import_module(f"bench.{name}")
+            try:
+                figures += await module.run(env)
+            except Exception:  # one scenario failing must not hide the others' figures
+                traceback.print_exc()
+                figures.append(Figure(name, "scenario failed (see above)", "-", ok=False))
+                failed = True
+    finally:
+        await env.close()
+    print()
+    print(f"tentaculo bench on {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}")
+    print(_table(figures))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or _available(SCENARIOS)
+    raise SystemExit(asyncio.run(main(chosen)))
