@@ -73,7 +73,7 @@ def answer_text(request: ChatRequest, model: str, words: int = DEFAULT_WORDS) ->
     reasoning: list[str] = []
     if model == "mock-reasoner":
         prompt_words = sum(len(m.content.split()) for m in request.messages)
-        reasoning = ["Considering ", f"{prompt_words} ", "words ", "of ", "input."]
+        reasoning = ["Considering ", f"{prompt_words} ", "word " if prompt_words == 1 else "words ", "of ", "input."]
     return content, reasoning
 
 
