@@ -132,17 +132,11 @@ async def _stream(request: web.Request, hub: EventHub, sub: Subscription, plan: 
     settings = request.app[keys.SETTINGS]
     cid = request[keys.CORRELATION_ID]
     timeout = settings.events_send_timeout
-
-    async def write(data: bytes) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await resp.write(data)
-        except TimeoutError:
-            if request.transport is not None:  # a stalled reader: do not wait for it to drain
-                request.transport.abort()
-            raise
-
+    # No timer per write (it would cost more than the write): a stalled reader is cut by the ping
+    # task's send timeout, by TCP_USER_TIMEOUT, or when its queue overflows; each aborts the
+    # transport, which wakes a write blocked on drain with ConnectionResetError.
     async with sse_response(request, ping_interval=settings.events_ping_seconds, send_timeout=timeout) as resp:
+        write = resp.write
         transport = request.transport
         if transport is not None:
             sub.on_slow = transport.abort
