@@ -130,7 +130,8 @@ class Event:
             raise ValueError("not an event")
         envelope = b'{"id":"' + event_id.encode() + b'",' + payload[1:]
         event_type = str(meta["type"])
-        return cls(event_id, key, event_type, meta.get("correlation_id"), envelope, _frame(event_id, event_type, envelope))
+        frame = _frame(event_id, event_type, envelope)
+        return cls(event_id, key, event_type, meta.get("correlation_id"), envelope, frame)
 
 
 def control_frame(
@@ -290,6 +291,7 @@ class EventHub:
         self._subs: set[Subscription] = set()
         self._online = asyncio.Event()
         self._closing = False
+        self._was_online = False
         self._tasks: list[asyncio.Task[None]] = []
         self.status = "error"
         self.reason: str | None = "not connected to Redis yet"
@@ -431,9 +433,12 @@ class EventHub:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for payload in batch:
                         await self._publish_script(
-                            keys=[self.stream_key, self.channel], args=[self.history_max, self.history_ms, payload], client=pipe
+                            keys=[self.stream_key, self.channel],
+                            args=[self.history_max, self.history_ms, payload],
+                            client=pipe,
                         )
-                    await pipe.execute()
+                    # A connection failure still raises; a command Redis refused comes back as a value.
+                    results = await pipe.execute(raise_on_error=False)
             except _RedisFailure as exc:
                 self.publish_failures += 1
                 if self.publish_error is None:
@@ -441,9 +446,19 @@ class EventHub:
                 self.publish_error = _describe(exc)
                 backoff = min(max(backoff * 2, 0.1), self.reconnect_max)
                 continue
+            except Exception:  # isolation boundary: a bug must not stop every later event
+                log.exception("events_publisher_failed", queued=len(self._outbox))
+                self.publish_failures += 1
+                backoff = min(max(backoff * 2, 0.1), self.reconnect_max)
+                continue
             for _ in batch:
                 self._outbox.popleft()
-            self.published += len(batch)
+            refused = [r for r in results if isinstance(r, Exception)]
+            if refused:
+                # Retrying would duplicate the rest of the batch, which Redis did take: count and move on.
+                self.publish_dropped += len(refused)
+                log.error("events_refused_by_redis", events=len(refused), error=_describe(refused[0]))
+            self.published += len(batch) - len(refused)
             backoff = 0.0
             if self.publish_error is not None:
                 log.info("events_publish_recovered", queued=len(self._outbox))
@@ -465,6 +480,9 @@ class EventHub:
                 await self._pump(pubsub)
             except _RedisFailure as exc:
                 self._went_offline(f"Redis unreachable: {_describe(exc)}", delay)
+            except Exception:  # isolation boundary: the reader must outlive any one bad message or bug
+                log.exception("events_reader_failed")
+                self._went_offline("the event reader failed; restarting it", delay)
             finally:
                 with contextlib.suppress(*_RedisFailure):
                     await pubsub.aclose()
@@ -509,9 +527,10 @@ class EventHub:
 
     def _went_online(self) -> None:
         if self.status != "on":
-            if self.reason != "not connected to Redis yet":
+            if self._was_online:
                 self.reconnects += 1
                 log.info("events_reader_reconnected")
+            self._was_online = True
             self.status, self.reason = "on", None
             self._online.set()
 

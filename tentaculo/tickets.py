@@ -107,7 +107,9 @@ class EventTickets:
         """The principal a ticket stands for; raise a 401 problem when it is malformed, forged or expired."""
         body, _, signature = ticket.partition(".")
         if len(ticket) > MAX_TICKET_CHARS or not _B64URL.fullmatch(body) or not _B64URL.fullmatch(signature):
-            raise rejected("the event ticket is malformed; request one with POST /operator/api/events/ticket", "malformed")
+            raise rejected(
+                "the event ticket is malformed; request one with POST /operator/api/events/ticket", "malformed"
+            )
         try:
             given = _unb64(signature)
         except (binascii.Error, ValueError):

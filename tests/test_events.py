@@ -277,7 +277,8 @@ async def test_json_page_of_recent_history(gw, admin_headers) -> None:
     assert all(set(e) == ENVELOPE for e in page["events"])
     page2 = await (await gw.get(f"{EVENTS}?types=chat&limit=2&before={page['next']}", headers=headers)).json()
     assert [e["data"]["n"] for e in page2["events"]] == [2, 1]
-    page3 = await (await gw.get(f"{EVENTS}?correlation_id=page-1&limit=5&before={page2['next']}", headers=headers)).json()
+    last_page = f"{EVENTS}?correlation_id=page-1&limit=5&before={page2['next']}"
+    page3 = await (await gw.get(last_page, headers=headers)).json()
     assert [e["data"]["n"] for e in page3["events"]] == [0] and page3["next"] is None
     bad = await gw.get(f"{EVENTS}?limit=0", headers=headers)
     assert bad.status == 422 and (await bad.json())["errors"][0]["field"] == "limit"
@@ -468,7 +469,9 @@ def test_event_settings_are_validated() -> None:
         with pytest.raises(SettingsError) as info:
             Settings.from_env({**base, var: value})
         assert info.value.variable == var
-    settings = Settings.from_env({**base, "TENTACULO_EVENTS_PING_SECONDS": "2.5", "TENTACULO_EVENT_TICKET_SECRET": "s" * 40})
+    settings = Settings.from_env(
+        {**base, "TENTACULO_EVENTS_PING_SECONDS": "2.5", "TENTACULO_EVENT_TICKET_SECRET": "s" * 40}
+    )
     assert settings.events_ping_seconds == 2.5
     assert "s" * 40 not in repr(settings)
 

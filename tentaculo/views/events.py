@@ -27,6 +27,7 @@ from tentaculo.events import (
     Subscription,
     TooManyClients,
     control_frame,
+    format_event_id,
     parse_event_id,
     position_frame,
 )
@@ -59,7 +60,9 @@ def _filters(request: web.Request) -> tuple[frozenset[str] | None, str | None]:
     if correlation_id is not None and not CORRELATION_RE.fullmatch(correlation_id):
         errors.append({"field": "correlation_id", "message": "not a correlation id: letters, digits, ._:- (max 128)"})
     if errors:
-        raise Problem("validation_error", "the event filters are not valid", errors=errors, known_types=list(EVENT_TYPES))
+        raise Problem(
+            "validation_error", "the event filters are not valid", errors=errors, known_types=list(EVENT_TYPES)
+        )
     return types, correlation_id
 
 
@@ -128,7 +131,9 @@ async def events(request: web.Request) -> web.StreamResponse:
         hub.unsubscribe(sub)
 
 
-async def _stream(request: web.Request, hub: EventHub, sub: Subscription, plan: ResumePlan | None) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, hub: EventHub, sub: Subscription, plan: ResumePlan | None
+) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
     cid = request[keys.CORRELATION_ID]
     timeout = settings.events_send_timeout
@@ -221,7 +226,7 @@ async def _page(
     try:
         found, cursor = await hub.recent(
             limit=limit,
-            before=f"{before[0]}-{before[1]}" if before else None,
+            before=format_event_id(before) if before else None,
             types=types,
             correlation_id=correlation_id,
         )
