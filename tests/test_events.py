@@ -25,7 +25,7 @@ from tentaculo.events import EVENT_TYPES, EventHub
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings, SettingsError
 from tentaculo.tickets import EventTickets
-from tests.conftest import ADMIN_TOKEN, serve
+from tests.conftest import ADMIN_TOKEN, serve, wait_for
 from tests.faults import proxy_redis
 
 EVENTS = "/operator/api/events"
@@ -360,9 +360,12 @@ async def test_a_client_that_never_reads_is_disconnected_and_memory_stays_bounde
     request = f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode()
     await asyncio.get_running_loop().sock_sendall(sock, request)
     try:
+
+        async def both_subscribed() -> bool:
+            return hub.clients == 2
+
+        await wait_for(both_subscribed)
         async with asyncio.timeout(10):
-            while hub.clients < 2:
-                await asyncio.sleep(0.01)
             blob = "x" * 48_000
             sent = 0
             while hub.snapshot()["slow_disconnects"] == 0:
