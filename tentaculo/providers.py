@@ -680,10 +680,10 @@ class ProviderRegistry:
                     attempts.append(Attempt(name, "error", f"{exc.kind}: {_short(str(exc), self._secrets)}", latency))
                     self._failed(slot, exc)
                     last = exc
-                    troubled = True
                     if exc.retryable and try_no < retries:
                         await self._sleep(self._backoff(try_no, exc.retry_after))
                         continue
+                    troubled = True  # this link is given up: a later one answering is degraded
                     break
                 except BaseException:
                     slot.breaker.release()

@@ -39,8 +39,11 @@ def _openai_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except Problem as problem:
-            problem.extra.setdefault("error", {"message": problem.detail, "type": problem.code,
-                                               "code": problem.code, "param": _param(problem)})
+            error: dict[str, Any] = {"message": problem.detail, "type": problem.code, "code": problem.code,
+                                     "param": _param(problem)}
+            if "attempts" in problem.extra:
+                error["attempts"] = problem.extra["attempts"]
+            problem.extra.setdefault("error", error)
             raise
 
     wrapped.__name__ = handler.__name__

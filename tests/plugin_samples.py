@@ -1,0 +1,62 @@
+"""Provider plugins that misbehave in the ways a third-party plugin can, for registry tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from tentaculo.providers import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, Usage
+
+
+class Working:
+    """A minimal correct provider."""
+
+    interface_version = INTERFACE_VERSION
+    version = "1.0"
+    models = ("w-1",)
+    default_model = "w-1"
+
+    def __init__(self, context: ProviderContext) -> None:
+        self.status, self.reason = "on", None
+        self.options = dict(context.options)
+
+    async def start(self) -> None:
+        pass
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        yield Chunk(content=self.options.get("greeting", "hi"))
+        yield Chunk(finish_reason="stop", usage=Usage(1, 1))
+
+    async def close(self) -> None:
+        pass
+
+
+class FailsToStart(Working):
+    async def start(self) -> None:
+        raise ConnectionError("license server unreachable")
+
+
+class StartsForever(Working):
+    async def start(self) -> None:
+        await asyncio.Event().wait()
+
+
+class FailsToConstruct(Working):
+    def __init__(self, context: ProviderContext) -> None:
+        raise KeyError("MY_PLUGIN_TOKEN")
+
+
+class FutureInterface(Working):
+    interface_version = INTERFACE_VERSION + 1
+
+
+class NotAProvider:
+    interface_version = INTERFACE_VERSION
+
+    def __init__(self, context: ProviderContext) -> None:
+        pass
+
+
+class YieldsStrings(Working):
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        yield "not a chunk"  # type: ignore[misc]
