@@ -19,11 +19,11 @@ from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.events import EventHub, hook_provider_events
 from tentaculo.metrics import RequestMetrics
-from tentaculo.middlewares import MIDDLEWARES, add_correlation_header
+from tentaculo.middlewares import add_correlation_header, middleware_chain
 from tentaculo.providers import ProviderRegistry
 from tentaculo.settings import Settings
 from tentaculo.tickets import EventTickets
-from tentaculo.views import events, health, tokens
+from tentaculo.views import events, health, spec, tokens
 from tentaculo.views import chat, openai_compat
 from tentaculo.views import providers as provider_views
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``; performs no I/O."""
     if not settings.database_url or not settings.redis_url:
         raise ValueError("create_app needs database_url and redis_url (the CLI starts embedded servers otherwise)")
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=middleware_chain(settings), client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
     app[keys.LIFECYCLE] = keys.Lifecycle()
     app[keys.SCHEMA] = keys.SchemaState()
@@ -58,6 +58,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/operator/api/events", events.events)
     app.router.add_post("/operator/api/events/ticket", events.ticket)
     app.router.add_get("/ready", health.ready)
+    app.router.add_get("/operator/api/openapi.json", spec.openapi)
     app.router.add_get("/operator/api/whoami", tokens.whoami)
     app.router.add_get("/operator/api/tokens", tokens.list_tokens)
     app.router.add_post("/operator/api/tokens", tokens.create_token)

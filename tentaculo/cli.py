@@ -46,8 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"tentaculo: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    from tentaculo.logging import configure_logging
+    from tentaculo.logging import configure_logging, resolve_log_format
 
+    settings = dataclasses.replace(settings, log_format=resolve_log_format(settings.log_format))
     configure_logging(
         settings.log_format,
         settings.log_level,

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import Principal, TokenStore
-from tentaculo.events import EventHub
 from tentaculo.chatlog import ChatActionLog
+from tentaculo.events import EventHub
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
 from tentaculo.settings import Settings
@@ -45,11 +45,11 @@ REDIS = web.AppKey("redis", Redis)
 TOKENS = web.AppKey("tokens", TokenStore)
 AUDIT = web.AppKey("audit", AuditWriter)
 METRICS = web.AppKey("metrics", RequestMetrics)
-EVENTS = web.AppKey("events", EventHub)
-TICKETS = web.AppKey("event_tickets", EventTickets)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 PROVIDERS = web.AppKey("providers", ProviderRegistry)
 CHAT_LOG = web.AppKey("chat_log", ChatActionLog)
+EVENTS = web.AppKey("events", EventHub)
+TICKETS = web.AppKey("event_tickets", EventTickets)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -47,10 +47,16 @@ def shared_processors(secrets: Iterable[str]) -> list[Any]:
     ]
 
 
+def resolve_log_format(log_format: str) -> str:
+    """``auto`` means console on a terminal, JSON otherwise."""
+    if log_format == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return log_format
+
+
 def configure_logging(log_format: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> None:
     """Configure structlog and route the standard library's loggers (aiohttp, asyncpg) through it."""
-    if log_format == "auto":
-        log_format = "console" if sys.stderr.isatty() else "json"
+    log_format = resolve_log_format(log_format)
     pre = shared_processors(secrets)
     renderer: Any
     if log_format == "json":

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
@@ -23,6 +23,7 @@ from tentaculo.auth import (
     required_scope,
 )
 from tentaculo.errors import Problem
+from tentaculo.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("tentaculo.http")
@@ -87,14 +88,25 @@ def route_of(request: web.Request) -> str | None:
     return resource.canonical if resource is not None else None
 
 
+def new_correlation_id() -> str:
+    """A random UUID4 string. Correlation ids are lookup keys, not secrets: a fast PRNG is enough."""
+    h = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# Version 4 and the RFC 4122 variant, as bit masks over the 128-bit integer.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 @web.middleware
 async def correlation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Keep a well-formed X-Correlation-ID or mint one, and bind it into every log line."""
     incoming = request.headers.get(CORRELATION_HEADER)
-    cid = incoming if incoming and CORRELATION_RE.fullmatch(incoming) else str(uuid.uuid4())
+    cid = incoming if incoming and CORRELATION_RE.fullmatch(incoming) else new_correlation_id()
     request[keys.CORRELATION_ID] = cid
     request[keys.STARTED] = time.perf_counter()
-    structlog.contextvars.clear_contextvars()
+    # aiohttp runs each request in its own task with a fresh copy of the context: bind, no clear.
     structlog.contextvars.bind_contextvars(correlation_id=cid)
     return await handler(request)
 
@@ -129,65 +141,57 @@ def _passed_routing(request: web.Request) -> bool:
     return request.match_info.http_exception is None
 
 
-@web.middleware
-async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Queue one audit row per routed request, whatever its outcome, and log it."""
-    if not _passed_routing(request):
-        return await handler(request)
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except BaseException as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        duration_ms = (time.perf_counter() - request[keys.STARTED]) * 1000
-        principal = request.get(keys.PRINCIPAL)
-        token_name = principal.name if principal is not None else None
-        app = request.app
-        app[keys.AUDIT].record(
-            (
-                datetime.now(timezone.utc),
-                request[keys.CORRELATION_ID],
-                token_name,
-                request.method,
-                route_of(request),
-                request.path,
-                status,
-                duration_ms,
-                request.remote,
-                app[keys.SETTINGS].instance,
-                request.get(keys.SERVICE),
+def record_middleware(*, access_log: bool) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Audit and metrics for every routed request, whatever its outcome; optionally a log line.
+
+    One layer records both: they need the same status, route and duration.
+    """
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.http_exception is not None:  # did not pass routing
+            return await handler(request)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except BaseException as exc:
+            status = status_of(exc)
+            raise
+        finally:
+            duration_ms = (time.perf_counter() - request[keys.STARTED]) * 1000
+            principal = request.get(keys.PRINCIPAL)
+            token_name = principal.name if principal is not None else None
+            route = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+            app = request.app
+            app[keys.AUDIT].record(
+                (
+                    datetime.now(timezone.utc),
+                    request[keys.CORRELATION_ID],
+                    token_name,
+                    request.method,
+                    route,
+                    request.path,
+                    status,
+                    duration_ms,
+                    request.remote,
+                    app[keys.SETTINGS].instance,
+                    request.get(keys.SERVICE),
+                )
             )
-        )
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round(duration_ms, 3),
-            token_name=token_name,
-        )
+            app[keys.METRICS].observe(route, request.method, status, duration_ms)
+            if access_log:
+                log.info(
+                    "request",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    duration_ms=round(duration_ms, 3),
+                    token_name=token_name,
+                )
 
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every routed request by route, method and status class, with its latency."""
-    if not _passed_routing(request):
-        return await handler(request)
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except BaseException as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        latency_ms = (time.perf_counter() - request[keys.STARTED]) * 1000
-        request.app[keys.METRICS].observe(route_of(request) or "", request.method, status, latency_ms)
+    return record
 
 
 def presented_token(request: web.Request) -> str | None:
@@ -211,10 +215,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scope = required_scope(request.match_info.handler, request)
     if scope == PUBLIC:
         return await handler(request)
-    ticket = request.query.get(TICKET_PARAM)
+    ticket = request.query.get(TICKET_PARAM) if request.query_string else None
     if ticket is not None and not accepts_ticket(request.match_info.handler):
         raise Problem("invalid_token", "an event ticket only opens event streams; send the X-VX11-Token header")
-    if request.query and any(name.lower() in QUERY_TOKEN_NAMES for name in request.query):
+    if request.query_string and any(name.lower() in QUERY_TOKEN_NAMES for name in request.query):
         raise Problem("invalid_token", "tokens are not accepted in the query string; send the X-VX11-Token header")
     token = presented_token(request)
     if token is None and ticket is not None:
@@ -239,4 +243,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-MIDDLEWARES = [correlation_middleware, error_middleware, audit_middleware, metrics_middleware, auth_middleware]
+def middleware_chain(settings: Settings) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+    """The chain for ``settings``, outermost first.
+
+    Audit and metrics (one layer) wrap auth so that refused requests (401/403) are recorded
+    and counted too.
+    """
+    return [
+        correlation_middleware,
+        error_middleware,
+        record_middleware(access_log=settings.access_log_enabled),
+        auth_middleware,
+    ]

@@ -35,6 +35,7 @@ class Settings:
     instance: str = field(default_factory=_default_instance)
     log_format: str = "auto"
     log_level: str = "info"
+    access_log: str = "auto"
     max_body_bytes: int = 1024 * 1024
     db_pool_min: int = 1
     db_pool_max: int = 10
@@ -76,6 +77,11 @@ class Settings:
     mock_delay_ms: float = 0.0
     mock_fail: str = ""
 
+    @property
+    def access_log_enabled(self) -> bool:
+        """A log line per request: on for the console; in production (JSON) the audit table holds each request."""
+        return self.access_log == "on" or (self.access_log == "auto" and self.log_format == "console")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise SettingsError naming the bad variable."""
@@ -102,6 +108,8 @@ class Settings:
             raise SettingsError("TENTACULO_PORT", f"must be 1..65535, got {self.port}")
         if self.log_format not in {"auto", "json", "console"}:
             raise SettingsError("TENTACULO_LOG_FORMAT", "must be one of auto, json, console")
+        if self.access_log not in {"auto", "on", "off"}:
+            raise SettingsError("TENTACULO_ACCESS_LOG", "must be one of auto, on, off")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise SettingsError("TENTACULO_LOG_LEVEL", "must be one of debug, info, warning, error")
         if self.max_body_bytes < 1024:

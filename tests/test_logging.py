@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 
 import structlog
 from structlog.testing import capture_logs
 
 from tentaculo.logging import REDACTED, SecretScrubber, configure_logging, shared_processors
-from tests.conftest import ADMIN_TOKEN
+from tentaculo.app import create_app
+from tests.conftest import ADMIN_TOKEN, serve
 
 
-async def test_requests_with_tokens_log_no_token(gateway, admin_headers, make_token) -> None:
+async def test_requests_with_tokens_log_no_token(aiohttp_client, settings, admin_headers, make_token) -> None:
+    gateway = await serve(aiohttp_client, create_app(dataclasses.replace(settings, access_log="on")))
     db_token = await make_token("read")
     with capture_logs(processors=shared_processors([ADMIN_TOKEN])) as logs:
         await gateway.get("/operator/api/whoami", headers=admin_headers)
@@ -46,3 +48,10 @@ def test_json_logs_in_production(capsys) -> None:
         assert record["note"] == REDACTED
     finally:
         structlog.reset_defaults()
+
+
+async def test_production_logs_no_line_per_request(gateway, admin_headers) -> None:
+    """JSON (production) logging leaves the per-request record to the audit table."""
+    with capture_logs() as logs:
+        await gateway.get("/operator/api/whoami", headers=admin_headers)
+    assert not [e for e in logs if e["event"] == "request"]
