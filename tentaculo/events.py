@@ -45,6 +45,7 @@ PUBLISH_BATCH = 256
 IDLE_TRIM_SECONDS = 30.0
 # Why a subscription ended.
 SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE = "slow", "redis", "shutdown", "client_gone"
+DISABLED = "feature_disabled"  # the events feature was turned off
 
 _SEP = b"\r\n"
 _ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
@@ -293,6 +294,8 @@ class EventHub:
         self._closing = False
         self._was_online = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Called with every Event this instance receives (e.g. feature flags obey feature_toggle).
+        self.listeners: list[Callable[[Event], object]] = []
         self.status = "error"
         self.reason: str | None = "not connected to Redis yet"
         self.retry_after = 0.1
@@ -514,6 +517,11 @@ class EventHub:
             log.warning("event_undecodable", size=len(raw))
             return
         self.received += 1
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # one listener's failure must not starve the clients
+                log.exception("event_listener_failed")
         for sub in list(self._subs):
             if not sub.matches(event):
                 continue
@@ -557,6 +565,14 @@ class EventHub:
         self._subs.add(sub)
         return sub
 
+    def end_streams(self, reason: str) -> int:
+        """End every open stream with ``reason`` (e.g. DISABLED); new ones are still accepted. Returns how many."""
+        subs = list(self._subs)
+        for sub in subs:
+            sub.close(reason)
+        self._subs.clear()
+        return len(subs)
+
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
 
@@ -575,8 +591,13 @@ class EventHub:
             return ResumePlan(reset=key != (0, 0), start="-", position="0-0", oldest=None)
         last = _key(info.get("last-generated-id"))
         length = int(info.get("length") or 0)
-        trimmed = int(info.get("entries-added") or 0) - length > 0
         first = info.get("first-entry")
+        added = info.get("entries-added")  # Redis 7+; older servers do not count
+        if added is not None:
+            trimmed = int(added) - length > 0
+        else:
+            # The client saw its event in this stream; if it is gone, it was trimmed away.
+            trimmed = first is not None and key < _key(first[0])
         oldest = first[0].decode() if first else None
         # Reset when the id is not of this history (Redis was replaced or wiped), or when events
         # after it may have been trimmed away (trimming removes the oldest first).

@@ -96,7 +96,10 @@ async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
             match = re.search(r"^\s+(vx11_\S+)$", line)
             if match:
                 token = match[1]
-        assert token, "no admin token printed"
+        if token is None:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"no admin token printed; exit {proc.returncode}; stderr tail:\n{err[-3000:]}")
         assert (state / "admin-token").read_text().strip() == token
         assert (state / "admin-token").stat().st_mode & 0o077 == 0
 
