@@ -120,7 +120,7 @@ class Usage:
     completion_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a stream makes many, and frozen instances cost 3x to create
 class Chunk:
     """One piece of a streamed answer: text deltas, or the final chunk with ``finish_reason``."""
 
@@ -763,21 +763,49 @@ class ChatStream:
         self._chars = 0
         self._closed = False
         self._verdict = False
+        # The read timeout is one lazily re-armed timer per stream, not one per chunk: a chunk
+        # only stamps the time, and the timer cancels a read that has waited too long.
+        self._timeout = registry.settings.provider_read_timeout
+        self._loop = asyncio.get_running_loop()
+        self._reader: asyncio.Task[Any] | None = None
+        self._read_since = 0.0
+        self._expired = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _watch(self) -> None:
+        self._timer = None
+        reader = self._reader
+        if reader is None or self._closed:
+            return  # not reading now: the next read re-arms
+        due = self._read_since + self._timeout
+        if self._loop.time() >= due:
+            self._expired = True
+            reader.cancel()
+        else:
+            self._timer = self._loop.call_at(due, self._watch)
 
     async def _next(self) -> Chunk:
-        timeout = self._registry.settings.provider_read_timeout
+        task = asyncio.current_task()
+        self._reader = task
+        self._read_since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._read_since + self._timeout, self._watch)
         try:
-            async with asyncio.timeout(timeout):
-                chunk = await self._iterator.__anext__()
-        except TimeoutError:
-            raise ProviderTimeout(f"{self.provider} sent nothing for {timeout:g} s") from None
+            chunk = await self._iterator.__anext__()
+        except asyncio.CancelledError:
+            if self._expired and task is not None and task.uncancel() == 0:
+                self._expired = False
+                raise ProviderTimeout(f"{self.provider} sent nothing for {self._timeout:g} s") from None
+            raise
         except StopAsyncIteration:
             raise ProviderUnavailable(f"{self.provider}'s stream ended before the answer finished") from None
-        except (ProviderError, asyncio.CancelledError):
+        except ProviderError:
             raise
         except Exception as exc:  # isolation boundary: a plugin bug
             log.exception("provider_plugin_error", provider=self.provider)
             raise ProviderError(f"{self.provider} failed: {type(exc).__name__}") from exc
+        finally:
+            self._reader = None
         if not isinstance(chunk, Chunk):
             raise ProviderProtocolError(f"{self.provider} yielded {type(chunk).__name__}, not a Chunk")
         if chunk.model:
@@ -826,6 +854,9 @@ class ChatStream:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._verdict:
             self._slot.breaker.release()
         await _aclose(self._iterator)

@@ -115,16 +115,20 @@ CHAT_ACTION_COLUMNS = (
 )
 
 
-_CHAT_ACTION_INSERT = "INSERT INTO copilot_actions_log ({}) VALUES ({})".format(
+_CHAT_ACTION_TYPES = ("timestamptz", "text", "uuid", "text", "text", "text", "text", "text", "text", "int4",
+                      "int4", "float8", "bool", "bool", "text", "text", "text")
+# One statement per batch: each column travels as an array and unnest() turns them back into rows.
+_CHAT_ACTION_INSERT = "INSERT INTO copilot_actions_log ({}) SELECT {} FROM unnest({}) AS t({})".format(
     ", ".join(CHAT_ACTION_COLUMNS),
-    ", ".join(f"${i}::text::jsonb" if c == "attempts" else f"${i}" for i, c in enumerate(CHAT_ACTION_COLUMNS, 1)),
+    ", ".join(f"{c}::jsonb" if c == "attempts" else c for c in CHAT_ACTION_COLUMNS),
+    ", ".join(f"${i}::{t}[]" for i, t in enumerate(_CHAT_ACTION_TYPES, 1)),
+    ", ".join(CHAT_ACTION_COLUMNS),
 )
 
 
-async def insert_chat_actions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Write chat action rows (``attempts`` as JSON text), pipelined in one transaction."""
-    async with conn.transaction():
-        await conn.executemany(_CHAT_ACTION_INSERT, rows)
+async def insert_chat_actions(db: Executor, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write chat action rows (``attempts`` as JSON text) in one statement."""
+    await db.execute(_CHAT_ACTION_INSERT, *(list(column) for column in zip(*rows)))
 
 
 async def chat_actions_for(db: Executor, correlation_id: str) -> list[asyncpg.Record]:
