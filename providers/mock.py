@@ -10,7 +10,8 @@ settings (``TENTACULO_MOCK_DELAY_MS``, ``TENTACULO_MOCK_FAIL``)::
 
     {"metadata": {"mock": {"delay_ms": 20, "fail": "midstream", "words": 50}}}
 
-``delay_ms`` waits before each chunk; ``words`` sets the answer's length; ``fail`` is one of
+``delay_ms`` waits before each chunk; ``words`` sets the answer's length (``max_tokens`` shortens it,
+with ``finish_reason: "length"``); ``fail`` is one of
 ``before`` (unavailable before answering), ``midstream`` (unavailable after the first delta),
 ``stall`` (silent after the first delta), ``hang`` (silent from the start), ``rate_limited``,
 ``auth``, or ``bug`` (raises a non-provider exception, as a broken plugin would).
@@ -124,6 +125,9 @@ class MockProvider:
             raise ProviderAuthError("mock: told to reject the credentials")
         if fail == "bug":
             raise RuntimeError("mock: a deliberate plugin bug")
+        finish = "stop"
+        if request.max_tokens is not None and request.max_tokens < words:
+            words, finish = request.max_tokens, "length"
         content, reasoning = answer_text(request, model, words)
         first = True
         for piece, is_reasoning in [(p, True) for p in reasoning] + [(p, False) for p in content]:
@@ -137,7 +141,7 @@ class MockProvider:
                 if fail == "stall":
                     await asyncio.Event().wait()
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-        yield Chunk(finish_reason="stop", usage=Usage(prompt_tokens, len(content) + len(reasoning)), model=model)
+        yield Chunk(finish_reason=finish, usage=Usage(prompt_tokens, len(content) + len(reasoning)), model=model)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -51,6 +51,12 @@ async def test_same_question_same_answer_and_messages_form(aiohttp_client, setti
     assert one["message_id"] != two["message_id"]
 
 
+async def test_max_tokens_cuts_the_answer_short(aiohttp_client, settings, admin_headers) -> None:
+    gw = await chat_gateway(aiohttp_client, settings)
+    body = await (await gw.post(CHAT, json={"message": "hi", "max_tokens": 3}, headers=admin_headers)).json()
+    assert body["finish_reason"] == "length" and len(body["content"].split()) == 3 + 3  # "Mock answer <id>:" + 3
+
+
 async def test_reasoning_model_returns_reasoning(aiohttp_client, settings, admin_headers) -> None:
     gw = await chat_gateway(aiohttp_client, settings)
     body = await (await gw.post(CHAT, json={"message": "think about it", "model": "mock-reasoner"},
