@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench migrate token lint clean
+.PHONY: help run test bench migrate token lint up down logs smoke clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,27 @@ migrate: $(STAMP) ## apply pending database migrations
 
 token: $(STAMP) ## create a token: make token NAME=ops SCOPES=read,chat
 	$(BIN)/tentaculo token create $(NAME) --scopes $(or $(SCOPES),read)
+
+lint: $(STAMP) ## ruff and mypy
+	@$(BIN)/python -c "import ruff, mypy" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(BIN)/ruff check tentaculo providers tests bench
+	$(BIN)/mypy tentaculo providers
+
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_ARGS := -p vx11 -f compose/docker-compose.yml $(if $(SCALE),--profile scale)
+
+up: ## start PostgreSQL, Redis and the gateway with compose (SCALE=1: two gateways behind nginx on :8080)
+	@test -f compose/.env || (echo "copy compose/.env.example to compose/.env and set its secrets first" && exit 1)
+	$(COMPOSE) $(COMPOSE_ARGS) up -d --build
+
+down: ## stop the compose stack (volumes are kept)
+	$(COMPOSE) $(COMPOSE_ARGS) down
+
+logs: ## follow the compose stack's logs
+	$(COMPOSE) $(COMPOSE_ARGS) logs -f --tail=100
+
+smoke: $(STAMP) ## call every endpoint of a running gateway (URL=..., token from TENTACULO_ADMIN_TOKEN or .tentaculo/admin-token)
+	$(BIN)/tentaculo smoke --url $(or $(URL),http://127.0.0.1:8000)
 
 clean: ## remove the virtual env and local state (embedded databases, admin token)
 	rm -rf $(VENV) .tentaculo

@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
+    smoke = sub.add_parser("smoke", help="call every endpoint of a running gateway; non-zero exit on any failure")
+    smoke.add_argument("--url", default=os.environ.get("TENTACULO_SMOKE_URL", "http://127.0.0.1:8000"))
+    smoke.add_argument("--token-file", help="read the token from this file (default: TENTACULO_SMOKE_TOKEN, "
+                       "TENTACULO_ADMIN_TOKEN, then <state dir>/admin-token)")
     token = sub.add_parser("token", help="manage API tokens")
     tsub = token.add_subparsers(dest="token_command", required=True)
     create = tsub.add_parser("create", help="create a token and print it once")
@@ -46,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"tentaculo: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command == "smoke":
+        return _smoke(settings, args)
     from tentaculo.logging import configure_logging, resolve_log_format
 
     settings = dataclasses.replace(settings, log_format=resolve_log_format(settings.log_format))
@@ -192,3 +198,18 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await conn.close()
+
+
+def _smoke(settings: Settings, args: argparse.Namespace) -> int:
+    from tentaculo.smoke import main as smoke_main
+
+    token = os.environ.get("TENTACULO_SMOKE_TOKEN") or settings.admin_token
+    path = args.token_file or (None if token else str(settings.state_dir / ADMIN_TOKEN_FILE))
+    if path:
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            print(f"tentaculo: no token for the smoke run: {exc.strerror}: {path}", file=sys.stderr)
+            return 2
+    return smoke_main(args.url, token or "")
