@@ -47,7 +47,8 @@ class ChatActionLog:
         """Queue one row (columns of ``queries.CHAT_ACTION_COLUMNS``); never blocks, never raises."""
         if self._closed or len(self._buffer) >= self.capacity:
             self.dropped += 1
-            log.error("chat_action_dropped", dropped=self.dropped, closed=self._closed, capacity=self.capacity)
+            if self.dropped == 1 or self.dropped % 1000 == 0:  # counted always, logged sparingly
+                log.error("chat_action_dropped", dropped=self.dropped, closed=self._closed, capacity=self.capacity)
             return
         self._buffer.append(row)
         if len(self._buffer) >= self.batch_size:

@@ -32,8 +32,8 @@ provider's request to it ends; the cancellation tests then check the provider re
 ``correlation_ids_seen`` (a list your fake upstream appends each ``X-Correlation-ID`` to) and
 ``conformance_request`` (the :class:`~tentaculo.providers.ChatRequest` used).
 
-The tests are marked for pytest-asyncio (installed with pytest-aiohttp). In its strict mode,
-declare async fixtures with ``@pytest_asyncio.fixture``.
+It needs pytest and pytest-asyncio (pytest-aiohttp brings both); the tests are marked for
+pytest-asyncio, and in its strict mode async fixtures are declared with ``@pytest_asyncio.fixture``.
 """
 
 from __future__ import annotations
