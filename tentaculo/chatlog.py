@@ -35,6 +35,7 @@ class ChatActionLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._one_at_a_time = 0  # rows left to write singly after a batch was refused
         self.written = 0
         self.dropped = 0
         self.last_error: str | None = None
@@ -73,7 +74,9 @@ class ChatActionLog:
     async def flush(self) -> bool:
         """Write everything queued; False if PostgreSQL refused (the rows stay queued)."""
         while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+            size = 1 if self._one_at_a_time else self.batch_size
+            self._one_at_a_time = max(0, self._one_at_a_time - 1)
+            batch = [self._buffer.popleft() for _ in range(min(size, len(self._buffer)))]
             try:
                 async with self._pool.acquire() as conn:
                     await queries.insert_chat_actions(conn, batch)
@@ -81,9 +84,15 @@ class ChatActionLog:
                 self._buffer.extendleft(reversed(batch))
                 raise
             except _POISON as exc:
-                self.dropped += len(batch)
+                if len(batch) > 1:
+                    # One bad row must not cost the others: retry them one at a time.
+                    self._buffer.extendleft(reversed(batch[1:]))
+                    self._buffer.appendleft(batch[0])
+                    self._one_at_a_time = len(batch)
+                    continue
+                self.dropped += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("chat_action_batch_rejected", rows=len(batch), error=self.last_error)
+                log.error("chat_action_row_rejected", error=self.last_error, correlation_id=batch[0][1])
             except _TRANSIENT as exc:
                 self._buffer.extendleft(reversed(batch))
                 if self.last_error is None:

@@ -430,10 +430,15 @@ class ProviderSlot:
         }
 
 
+_CONTROL = {c: " " for c in range(32)} | {127: " "}
+
+
 def _short(text: str, secrets: Iterable[str] = ()) -> str:
+    """Text from a plugin or an upstream, fit to show and store: no secret, no control character, bounded."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
+    text = text.translate(_CONTROL)
     return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
 
 
@@ -662,7 +667,7 @@ class ProviderRegistry:
                 troubled = True
                 continue
             if slot.provider.status == "off":
-                attempts.append(Attempt(name, "skipped", f"off: {slot.provider.reason or 'disabled'}", 0.0))
+                attempts.append(Attempt(name, "skipped", _short(f"off: {slot.provider.reason or 'disabled'}"), 0.0))
                 continue
             if request.model and provider == "auto" and not slot.serves(request.model):
                 attempts.append(Attempt(name, "skipped", f"does not serve model {request.model!r}", 0.0))
@@ -677,7 +682,7 @@ class ProviderRegistry:
                     stream = await self._first_delta(slot, request)
                 except ProviderError as exc:
                     latency = round((self._clock() - started) * 1000, 3)
-                    attempts.append(Attempt(name, "error", f"{exc.kind}: {_short(str(exc), self._secrets)}", latency))
+                    attempts.append(Attempt(name, "error", self.describe(exc), latency))
                     self._failed(slot, exc)
                     last = exc
                     if exc.retryable and try_no < retries:
@@ -695,6 +700,10 @@ class ProviderRegistry:
                 return stream
         raise AllProvidersFailed(attempts, last)
 
+    def describe(self, exc: ProviderError) -> str:
+        """``kind: message`` of a provider error, fit to show and store (no secret, no control character)."""
+        return f"{exc.kind}: {_short(str(exc), self._secrets)}"
+
     def _backoff(self, try_no: int, retry_after: float | None) -> float:
         delay = self.settings.provider_retry_backoff * (2**try_no)
         if retry_after is not None:
@@ -704,7 +713,7 @@ class ProviderRegistry:
     def _failed(self, slot: ProviderSlot, exc: ProviderError) -> None:
         slot.calls += 1
         slot.failures += 1
-        slot.last_error = f"{exc.kind}: {_short(str(exc), self._secrets)}"
+        slot.last_error = self.describe(exc)
         if exc.trips_breaker:
             slot.breaker.failure()
         else:

@@ -125,6 +125,7 @@ async def test_validation_errors_name_each_field(aiohttp_client, settings, admin
         ({"message": "hi", "provider": 3}, {"provider"}),
         ({"message": "hi", "model": ""}, {"model"}),
         ({"message": "hi", "session_id": 12}, {"session_id"}),
+        ({"message": "hi", "session_id": "a\u0000b"}, {"session_id"}),
         ({"message": "hi", "metadata": []}, {"metadata"}),
         ({"message": 1, "stream": 2, "temperature": None}, {"message", "stream"}),
     ]

@@ -61,3 +61,18 @@ async def test_close_flushes_and_later_rows_are_counted(settings, db) -> None:
     log.record(row(cid))  # after close: not silently lost, counted
     assert log.dropped == 1
     await pool.close()
+
+
+async def test_one_bad_row_does_not_cost_the_batch(settings, db) -> None:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=2)
+    log = ChatActionLog(pool, capacity=100, batch_size=100, flush_seconds=60)
+    cid = f"chatlog-{uuid.uuid4().hex[:8]}"
+    bad = list(row(cid, "error"))
+    bad[3] = "nul\x00in text"  # PostgreSQL text cannot hold NUL
+    for r in (row(cid, "ok"), tuple(bad), row(cid, "cancelled")):
+        log.record(r)
+    assert await log.flush()
+    statuses = await db.fetch("SELECT status FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY id", cid)
+    assert [r["status"] for r in statuses] == ["ok", "cancelled"]
+    assert log.dropped == 1 and log.written == 2
+    await pool.close()

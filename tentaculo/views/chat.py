@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from tentaculo.providers import (
 from tentaculo.settings import Settings
 
 FIELD_MAX = 200  # model, session_id, provider names
+SESSION_ID = re.compile(rf"[^\x00-\x1f\x7f]{{1,{FIELD_MAX}}}")
 MAX_TOKENS_LIMIT = 1_000_000
 
 
@@ -180,8 +182,9 @@ def parse_chat(data: dict[str, Any], registry: ProviderRegistry, settings: Setti
         errors.append({"field": "model", "message": f"must be a non-empty string of at most {FIELD_MAX} characters"})
         model = None
     session_id = data.get("session_id")
-    if session_id is not None and (not isinstance(session_id, str) or not session_id or len(session_id) > FIELD_MAX):
-        errors.append({"field": "session_id", "message": f"must be a non-empty string of at most {FIELD_MAX} characters"})
+    if session_id is not None and (not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id)):
+        errors.append({"field": "session_id",
+                       "message": f"must be 1 to {FIELD_MAX} printable characters (no control characters)"})
         session_id = None
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
@@ -284,9 +287,9 @@ class ChatTurn:
     def failed(self, exc: ProviderError) -> Problem:
         """Record a failure after the first delta and return the problem the client gets."""
         self.status, self.ended = "error", time.perf_counter()
-        self.error = f"{exc.kind}: {exc}"
-        return Problem(exc.code, f"{self.provider} failed mid-answer: {exc}", attempts=self.attempts_view(),
-                       provider=self.provider)
+        self.error = self.registry.describe(exc)
+        return Problem(exc.code, f"{self.provider} failed mid-answer: {self.error.partition(': ')[2]}",
+                       attempts=self.attempts_view(), provider=self.provider)
 
     def cancelled(self) -> None:
         self.status, self.ended = "cancelled", time.perf_counter()
