@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 import asyncpg
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
+    sub.add_parser("providers", help="list the installed provider plugins and their status (starts each one)")
     smoke = sub.add_parser("smoke", help="call every endpoint of a running gateway; non-zero exit on any failure")
     smoke.add_argument("--url", default=os.environ.get("TENTACULO_SMOKE_URL", "http://127.0.0.1:8000"))
     smoke.add_argument("--token-file", help="read the token from this file (default: TENTACULO_SMOKE_TOKEN, "
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.log_level,
         secrets=[settings.admin_token or "", settings.deepseek_api_key or "", settings.event_ticket_secret or ""],
     )
+    if args.command == "providers":
+        return asyncio.run(list_providers(settings))
     try:
         with _databases(settings, need_redis=args.command == "run") as settings:
             if args.command == "run":
@@ -213,3 +217,23 @@ def _smoke(settings: Settings, args: argparse.Namespace) -> int:
             print(f"tentaculo: no token for the smoke run: {exc.strerror}: {path}", file=sys.stderr)
             return 2
     return smoke_main(args.url, token or "")
+
+
+async def list_providers(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Load every allowed provider plugin as the gateway would and print a line per provider."""
+    import aiohttp
+
+    from tentaculo.providers import ProviderRegistry
+
+    async with aiohttp.ClientSession() as http:
+        registry = ProviderRegistry(settings, http)
+        await registry.start()
+        rows = registry.snapshot()
+        await registry.close()
+    print(f"{'NAME':<12} {'STATUS':<9} {'CIRCUIT':<9} {'VERSION':<9} {'DISTRIBUTION':<20} {'MODELS':<36} REASON", file=out)
+    for p in rows:
+        models = ",".join(p["models"]) or "-"
+        print(f"{p['name']:<12} {p['status']:<9} {p['circuit']['state']:<9} {p['version'] or '-':<9} "
+              f"{p['distribution'] or '-':<20} {models:<36} {p['reason'] or ''}", file=out)
+    print(f"chain (provider \"auto\"): {', '.join(registry.chain) or '-'}", file=out)
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import subprocess
 import sys
 import textwrap
@@ -202,3 +203,17 @@ async def test_installed_broken_plugin_shows_error_and_gateway_serves(aiohttp_cl
     assert broken["version"] == "0.3" and "RuntimeError: needs a GPU driver" in broken["reason"]
     resp = await gw.post("/operator/api/chat", json={"message": "hi", "provider": "mock"}, headers=admin_headers)
     assert resp.status == 200
+
+
+async def test_cli_lists_providers_with_status(unused_tcp_port) -> None:
+    from tentaculo.cli import list_providers
+
+    out = io.StringIO()
+    settings = Settings(providers=("mock", "deepseek", "local"), provider_chain=("local", "mock"),
+                        local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1")
+    assert await list_providers(settings, out) == 0
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines()[1:-1]}
+    assert lines["deepseek"].split()[1] == "off" and lines["deepseek"].endswith("no API key")
+    assert lines["local"].split()[1] == "error" and "cannot connect" in lines["local"]
+    assert lines["mock"].split()[1:3] == ["on", "closed"]
+    assert out.getvalue().splitlines()[-1] == 'chain (provider "auto"): local, mock'
