@@ -729,7 +729,13 @@ class ProviderRegistry:
 
     async def _first_delta(self, slot: ProviderSlot, request: ChatRequest) -> ChatStream:
         assert slot.provider is not None
-        stream = ChatStream(self, slot, request)
+        try:
+            stream = ChatStream(self, slot, request)
+        except Exception as exc:  # isolation boundary: stream() itself raised, before any await
+            if isinstance(exc, ProviderError):
+                raise
+            log.exception("provider_plugin_error", provider=slot.name)
+            raise ProviderError(f"{slot.name} failed: {type(exc).__name__}") from exc
         try:
             await stream.prime()
         except BaseException:

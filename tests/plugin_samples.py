@@ -60,3 +60,8 @@ class NotAProvider:
 class YieldsStrings(Working):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
         yield "not a chunk"  # type: ignore[misc]
+
+
+class RaisesOnCall(Working):
+    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        raise ValueError("not even a generator")

@@ -98,6 +98,14 @@ async def test_allow_list_limits_what_loads(http) -> None:
     await registry.close()
 
 
+async def test_stream_that_raises_when_called_is_a_provider_error(http) -> None:
+    registry = await registry_of(http, ep("odd", "tests.plugin_samples:RaisesOnCall"), provider_chain=("odd",))
+    with pytest.raises(AllProvidersFailed) as failed:
+        await registry.open(chat_request("x"))
+    assert failed.value.attempts[0].error == "error: odd failed: ValueError"
+    await registry.close()
+
+
 async def test_a_chunk_that_is_not_a_chunk_is_a_provider_error(http) -> None:
     registry = await registry_of(http, ep("odd", "tests.plugin_samples:YieldsStrings"), provider_chain=("odd",))
     with pytest.raises(AllProvidersFailed) as failed:
