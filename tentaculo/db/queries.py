@@ -136,3 +136,128 @@ async def chat_actions_for(db: Executor, correlation_id: str) -> list[asyncpg.Re
     return await db.fetch(
         "SELECT * FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY ts, id", correlation_id
     )
+
+
+async def audit_trace(db: Executor, correlation_id: str, limit: int) -> list[asyncpg.Record]:
+    """The first ``limit`` audit rows of one correlation id, oldest first."""
+    return await db.fetch(
+        "SELECT ts, method, route, path, status, duration_ms, token_name, client, instance, service"
+        " FROM audit_logs WHERE correlation_id = $1 ORDER BY ts, id LIMIT $2",
+        correlation_id,
+        limit,
+    )
+
+
+async def chat_trace(db: Executor, correlation_id: str, limit: int) -> list[asyncpg.Record]:
+    """The first ``limit`` chat action rows of one correlation id, oldest first."""
+    return await db.fetch(
+        "SELECT ts, message_id, session_id, token_name, provider, model, status, finish_reason, prompt_tokens,"
+        " completion_tokens, latency_ms, degraded, streamed, attempts, error, instance"
+        " FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY ts, id LIMIT $2",
+        correlation_id,
+        limit,
+    )
+
+
+PERFORMANCE_COLUMNS = (
+    "bucket_start",
+    "bucket_seconds",
+    "instance",
+    "route",
+    "method",
+    "status_class",
+    "provider",
+    "count",
+    "error_count",
+    "latency_sum_ms",
+    "latency_max_ms",
+    "histogram",
+)
+# Serialises rollup maintenance across instances (not the migration lock).
+PERFORMANCE_MAINTENANCE_LOCK = 7_411_290_530_119
+
+
+async def copy_performance_rows(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write metric rollup rows (columns of ``PERFORMANCE_COLUMNS``) with COPY."""
+    await conn.copy_records_to_table("performance_logs", records=rows, columns=PERFORMANCE_COLUMNS)
+
+
+async def performance_window(db: Executor, since: Any) -> list[asyncpg.Record]:
+    """Every instance's rollups from ``since`` on, summed per (route, method, status class, provider).
+
+    Histograms are added bucket by bucket; ``provider`` is '' for request rows.
+    """
+    return await db.fetch(
+        """
+        WITH w AS (
+            SELECT route, method, status_class, coalesce(provider, '') AS provider, instance, count, error_count,
+                   latency_sum_ms, latency_max_ms, histogram
+            FROM performance_logs WHERE bucket_start >= $1
+        ), h AS (
+            SELECT route, method, status_class, provider, array_agg(n ORDER BY i) AS histogram
+            FROM (
+                SELECT route, method, status_class, provider, u.i, sum(u.n)::bigint AS n
+                FROM w, unnest(w.histogram) WITH ORDINALITY AS u(n, i)
+                GROUP BY 1, 2, 3, 4, 5
+            ) per_bucket
+            GROUP BY 1, 2, 3, 4
+        )
+        SELECT t.*, h.histogram FROM (
+            SELECT route, method, status_class, provider, sum(count)::bigint AS count,
+                   sum(error_count)::bigint AS errors, sum(latency_sum_ms) AS latency_sum_ms,
+                   max(latency_max_ms) AS latency_max_ms, array_agg(DISTINCT instance) AS instances
+            FROM w GROUP BY 1, 2, 3, 4
+        ) t JOIN h USING (route, method, status_class, provider)
+        """,
+        since,
+    )
+
+
+async def try_performance_maintenance_lock(conn: asyncpg.Connection) -> bool:
+    """Take the rollup maintenance lock for the current transaction, if no other instance holds it."""
+    return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PERFORMANCE_MAINTENANCE_LOCK)
+
+
+async def compact_performance_logs(conn: asyncpg.Connection, before: Any, bucket_seconds: int) -> int:
+    """Merge rollups finer than ``bucket_seconds`` that start before ``before`` into coarser ones.
+
+    Sums are kept exactly (histograms bucket by bucket); returns how many coarser rows were written.
+    """
+    status = await conn.execute(
+        """
+        WITH moved AS (
+            DELETE FROM performance_logs WHERE bucket_start < $1 AND bucket_seconds < $2
+            RETURNING bucket_start, instance, route, method, status_class, coalesce(provider, '') AS provider,
+                      count, error_count, latency_sum_ms, latency_max_ms, histogram
+        ), keyed AS (
+            SELECT to_timestamp(floor(extract(epoch FROM bucket_start) / $2) * $2) AS b, * FROM moved
+        ), h AS (
+            SELECT b, instance, route, method, status_class, provider, array_agg(n ORDER BY i) AS histogram
+            FROM (
+                SELECT b, instance, route, method, status_class, provider, u.i, sum(u.n)::bigint AS n
+                FROM keyed, unnest(keyed.histogram) WITH ORDINALITY AS u(n, i)
+                GROUP BY 1, 2, 3, 4, 5, 6, 7
+            ) per_bucket
+            GROUP BY 1, 2, 3, 4, 5, 6
+        )
+        INSERT INTO performance_logs (bucket_start, bucket_seconds, instance, route, method, status_class, provider,
+                                      count, error_count, latency_sum_ms, latency_max_ms, histogram)
+        SELECT t.b, $2, t.instance, t.route, t.method, t.status_class, nullif(t.provider, ''), t.count, t.errors,
+               t.latency_sum_ms, t.latency_max_ms, h.histogram
+        FROM (
+            SELECT b, instance, route, method, status_class, provider, sum(count) AS count,
+                   sum(error_count) AS errors, sum(latency_sum_ms) AS latency_sum_ms,
+                   max(latency_max_ms) AS latency_max_ms
+            FROM keyed GROUP BY 1, 2, 3, 4, 5, 6
+        ) t JOIN h USING (b, instance, route, method, status_class, provider)
+        """,
+        before,
+        bucket_seconds,
+    )
+    return int(status.split()[-1])
+
+
+async def delete_performance_logs(conn: asyncpg.Connection, before: Any) -> int:
+    """Drop rollups of buckets that start before ``before``; returns how many."""
+    status = await conn.execute("DELETE FROM performance_logs WHERE bucket_start < $1", before)
+    return int(status.split()[-1])

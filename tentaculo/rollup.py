@@ -1,0 +1,378 @@
+"""MetricsRollup: every instance's figures in ``performance_logs``, and windows read back across instances.
+
+Writing. Every ``bucket_seconds`` (aligned to the wall clock) the rollup seals this instance's
+current figures (:meth:`RequestMetrics.seal`) and writes them with one COPY: a row per
+(bucket, instance, route, method, status class, provider) that saw traffic, with a fixed-bound
+latency histogram, so rows of any instances add up and percentiles can be taken from the sum.
+While PostgreSQL is away sealed buckets wait in memory (at most ``backlog`` buckets; older ones
+are dropped and counted). Shutdown seals and writes what is left.
+
+Reading. A window is every instance's rows from its start on, plus this instance's figures not
+written yet (the sealed backlog and the current bucket). A flush moves figures from memory to
+the table, so a read must not overlap one: the read notes a generation number, queries, and
+takes the memory part only if no flush began meanwhile (else it tries again, and finally reads
+under the flush lock). Nothing is counted twice or missed.
+
+Maintenance. One instance at a time (advisory lock) merges rows older than ``COMPACT_AFTER``
+into ``COMPACT_SECONDS`` buckets and deletes rows older than ``RETENTION``, so the 24 h window
+reads about a thousand rows per series and instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import structlog
+
+from tentaculo.db import queries
+from tentaculo.events import EventHub
+from tentaculo.metrics import LATENCY_BOUNDS_MS, Bucket, RequestMetrics, Series, merge_into, quantile
+
+log = structlog.get_logger("tentaculo.rollup")
+
+WINDOWS = {"1m": 60, "5m": 300, "1h": 3600, "24h": 86_400}
+COMPACT_AFTER = 2 * 3600
+COMPACT_SECONDS = 300
+RETENTION = 86_400 + 3600
+MAINTENANCE_SECONDS = 300.0
+WRITE_TIMEOUT = 5.0
+READ_TIMEOUT = 5.0
+READ_TRIES = 3
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+# (route, method, status class or provider outcome, provider; "" for request rows)
+RowKey = tuple[str, str, str, str]
+
+_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def bucket_rows(bucket: Bucket, instance: str, bucket_seconds: int) -> list[tuple[Any, ...]]:
+    """``performance_logs`` rows of one sealed bucket (columns of ``queries.PERFORMANCE_COLUMNS``)."""
+    start = _utc(math.floor(bucket.start / bucket_seconds) * bucket_seconds)
+    rows: list[tuple[Any, ...]] = []
+    for (route, method, status_class), s in bucket.http.items():
+        rows.append((start, bucket_seconds, instance, route, method, status_class, None, s.count, s.errors,
+                     s.latency_sum_ms, s.latency_max_ms, s.histogram))
+    for (route, method, outcome, provider), s in bucket.providers.items():
+        rows.append((start, bucket_seconds, instance, route, method, outcome, provider, s.count, s.errors,
+                     s.latency_sum_ms, s.latency_max_ms, s.histogram))
+    return rows
+
+
+def _add_bucket(target: dict[RowKey, Series], bucket: Bucket) -> None:
+    merge_into(target, {(r, m, c, ""): s for (r, m, c), s in bucket.http.items()})
+    merge_into(target, {(r, m, o, p): s for (r, m, o, p), s in bucket.providers.items()})
+
+
+@dataclass(slots=True)
+class Figures:
+    """Summed series of a window, by (route, method, status class or outcome, provider)."""
+
+    seconds: float
+    since: float
+    until: float
+    series: dict[RowKey, Series] = field(default_factory=dict)
+    instances: set[str] = field(default_factory=set)
+    complete: bool = True
+    reason: str | None = None
+
+    def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            hist = list(row["histogram"] or ())
+            width = len(LATENCY_BOUNDS_MS) + 1
+            s = Series(int(row["count"]), int(row["errors"]), float(row["latency_sum_ms"]),
+                       float(row["latency_max_ms"]), (hist + [0] * width)[:width])
+            merge_into(self.series, {(row["route"], row["method"], row["status_class"], row["provider"]): s})
+            self.instances.update(row["instances"] or ())
+
+    def add_bucket(self, bucket: Bucket, instance: str) -> None:
+        if not bucket.empty:
+            _add_bucket(self.series, bucket)
+            self.instances.add(instance)
+
+
+def latency_view(s: Series) -> dict[str, float | None]:
+    """p50/p95/p99 (histogram estimates), mean and max of one series, in milliseconds."""
+    view: dict[str, float | None] = {name: quantile(s.histogram, q, s.latency_max_ms) for name, q in QUANTILES}
+    view["mean"] = round(s.latency_sum_ms / s.count, 3) if s.count else None
+    view["max"] = round(s.latency_max_ms, 3) if s.count else None
+    return view
+
+
+def _figures_view(s: Series, seconds: float, *, count_name: str) -> dict[str, Any]:
+    return {
+        count_name: s.count,
+        "rate_per_s": round(s.count / seconds, 6) if seconds else 0.0,
+        "errors": s.errors,
+        "error_rate": round(s.errors / s.count, 6) if s.count else 0.0,
+        "latency_ms": latency_view(s),
+    }
+
+
+def summarize(figures: Figures) -> dict[str, Any]:
+    """The document of ``GET /operator/api/metrics`` (without window name and dropped counts)."""
+    seconds = figures.seconds
+    total, by_class = Series(), {}
+    routes: dict[tuple[str, str], tuple[Series, dict[str, int]]] = {}
+    providers: dict[str, tuple[Series, dict[str, int]]] = {}
+    for (route, method, status_class, provider), s in sorted(figures.series.items()):
+        if provider:
+            p, outcomes = providers.setdefault(provider, (Series(), {}))
+            p.merge(s)
+            outcomes[status_class] = outcomes.get(status_class, 0) + s.count
+            continue
+        total.merge(s)
+        by_class.setdefault(status_class, Series()).merge(s)
+        r, classes = routes.setdefault((route, method), (Series(), {}))
+        r.merge(s)
+        classes[status_class] = classes.get(status_class, 0) + s.count
+    return {
+        "from": _utc(figures.since),
+        "to": _utc(figures.until),
+        "instances": sorted(figures.instances),
+        "complete": figures.complete,
+        "reason": figures.reason,
+        "totals": _figures_view(total, seconds, count_name="requests"),
+        "status_classes": {c: _figures_view(s, seconds, count_name="requests") for c, s in sorted(by_class.items())},
+        "routes": [
+            {"route": route, "method": method, **_figures_view(s, seconds, count_name="requests"),
+             "status_classes": classes}
+            for (route, method), (s, classes) in sorted(routes.items(), key=lambda kv: (-kv[1][0].count, kv[0]))
+        ],
+        "providers": [
+            {"provider": name, **_figures_view(s, seconds, count_name="calls"), "outcomes": outcomes}
+            for name, (s, outcomes) in sorted(providers.items())
+        ],
+    }
+
+
+class MetricsRollup:
+    """Writes this instance's figures to ``performance_logs`` and reads windows across instances."""
+
+    def __init__(
+        self,
+        metrics: RequestMetrics,
+        pool: asyncpg.Pool,
+        *,
+        instance: str,
+        bucket_seconds: float,
+        backlog: int,
+        hub: EventHub | None = None,
+        event_seconds: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._metrics = metrics
+        self._pool = pool
+        self.instance = instance
+        self.bucket_seconds = max(1, int(bucket_seconds))
+        self.backlog = backlog
+        self._hub = hub
+        self.event_seconds = event_seconds
+        self._clock = clock
+        self._pending: deque[Bucket] = deque()
+        self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._generation = 0
+        self._task: asyncio.Task[None] | None = None
+        self._since_event: dict[RowKey, Series] = {}
+        self._event_opened = clock()
+        self._maintained = 0.0
+        self.written_rows = 0
+        self.dropped_buckets = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="metrics-rollup")
+
+    async def close(self, timeout: float) -> None:
+        """Stop the loop and write what is left for at most ``timeout`` seconds."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not await self.flush():
+                    await asyncio.sleep(0.2)
+        if self._pending:
+            self.dropped_buckets += len(self._pending)
+            log.error("metrics_lost_at_shutdown", buckets=len(self._pending), error=self.last_error)
+            self._pending.clear()
+
+    async def _run(self) -> None:
+        while True:
+            now = self._clock()
+            await asyncio.sleep((math.floor(now / self.bucket_seconds) + 1) * self.bucket_seconds - now)
+            try:
+                await self.flush()
+                if self.event_seconds and self._clock() - self._event_opened >= self.event_seconds:
+                    self.publish_event()
+                if self._clock() - self._maintained >= MAINTENANCE_SECONDS:
+                    await self.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # isolation boundary: one bad round must not end the rollups
+                log.exception("metrics_rollup_failed")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def flush(self) -> bool:
+        """Seal the current figures and write every sealed bucket; False when PostgreSQL refused."""
+        async with self._lock:
+            self._generation += 1  # odd: a flush is moving figures from memory to the table
+            self._idle.clear()
+            try:
+                return await self._write()
+            finally:
+                self._generation += 1
+                self._idle.set()
+
+    async def _write(self) -> bool:
+        bucket = self._metrics.seal()
+        if not bucket.empty:
+            _add_bucket(self._since_event, bucket)
+            self._pending.append(bucket)
+            while len(self._pending) > self.backlog:
+                self._pending.popleft()
+                self.dropped_buckets += 1
+                log.error("metrics_bucket_dropped", dropped=self.dropped_buckets, backlog=self.backlog)
+        if not self._pending:
+            return True
+        rows = [row for b in self._pending for row in bucket_rows(b, self.instance, self.bucket_seconds)]
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                async with self._pool.acquire() as conn:
+                    async with conn.transaction():
+                        await queries.copy_performance_rows(conn, rows)
+        except _POISON as exc:
+            self.dropped_buckets += len(self._pending)
+            self._pending.clear()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("metrics_rows_rejected", rows=len(rows), error=self.last_error)
+            return True
+        except _DB_FAILURES as exc:
+            self.failures += 1
+            if self.last_error is None:
+                log.warning("metrics_write_failed", buckets=len(self._pending), error=type(exc).__name__)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self._pending.clear()
+        self.written_rows += len(rows)
+        if self.last_error is not None:
+            log.info("metrics_write_recovered")
+            self.last_error = None
+        return True
+
+    async def maintain(self) -> None:
+        """Compact old rows and drop expired ones, when no other instance is doing it."""
+        self._maintained = now = self._clock()
+        try:
+            async with asyncio.timeout(30):
+                async with self._pool.acquire() as conn:
+                    async with conn.transaction():
+                        if not await queries.try_performance_maintenance_lock(conn):
+                            return
+                        deleted = await queries.delete_performance_logs(conn, _utc(now - RETENTION))
+                        compacted = await queries.compact_performance_logs(
+                            conn, _utc(now - COMPACT_AFTER), COMPACT_SECONDS
+                        )
+        except _DB_FAILURES as exc:
+            log.warning("metrics_maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if deleted or compacted:
+            log.info("metrics_maintained", deleted=deleted, compacted_into=compacted)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _unwritten(self, figures: Figures, since_label: float) -> None:
+        """Add this instance's figures not in the table yet (sealed backlog and current bucket)."""
+        for bucket in (*self._pending, self._metrics.current()):
+            if self._label(bucket.start) >= since_label:
+                figures.add_bucket(bucket, self.instance)
+
+    def _label(self, start: float) -> float:
+        return math.floor(start / self.bucket_seconds) * self.bucket_seconds
+
+    async def window(self, seconds: float) -> Figures:
+        """Every instance's figures of the last ``seconds``, this instance's unwritten ones included once."""
+        until = self._clock()
+        figures = Figures(seconds, until - seconds, until)
+        since = _utc(figures.since)
+        try:
+            for _ in range(READ_TRIES):
+                await self._idle.wait()
+                generation = self._generation
+                rows = await self._query(since)
+                if generation == self._generation:
+                    break
+            else:
+                async with self._lock:  # no flush can start until the memory part is taken too
+                    rows = await self._query(since)
+                    figures.add_rows(rows)
+                    self._unwritten(figures, figures.since)
+                    return figures
+        except _DB_FAILURES as exc:
+            figures.complete = False
+            figures.reason = f"PostgreSQL unreachable ({type(exc).__name__}): only this instance's unwritten figures"
+            self._unwritten(figures, figures.since)
+            return figures
+        figures.add_rows(rows)
+        self._unwritten(figures, figures.since)
+        return figures
+
+    async def _query(self, since: datetime) -> list[asyncpg.Record]:
+        async with asyncio.timeout(READ_TIMEOUT):
+            return await queries.performance_window(self._pool, since)
+
+    # -- the periodic event ------------------------------------------------------------------
+
+    def publish_event(self) -> bool:
+        """Publish this instance's summary since the last ``metrics`` event."""
+        if self._hub is None:
+            return False
+        now = self._clock()
+        figures = Figures(max(now - self._event_opened, 1e-9), self._event_opened, now, self._since_event)
+        figures.instances.add(self.instance)
+        self._since_event, self._event_opened = {}, now
+        doc = summarize(figures)
+        data = {
+            "instance": self.instance,
+            "window_s": round(figures.seconds, 3),
+            "from": doc["from"],
+            "to": doc["to"],
+            **doc["totals"],
+            "status_classes": {c: v["requests"] for c, v in doc["status_classes"].items()},
+            "providers": {p["provider"]: {"calls": p["calls"], "errors": p["errors"],
+                                          "latency_ms": p["latency_ms"]} for p in doc["providers"]},
+        }
+        errors = data["error_rate"]
+        return self._hub.publish("metrics", data, correlation_id=None,
+                                 severity="warning" if errors >= 0.05 else "info")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for status and metrics."""
+        return {
+            "queued_buckets": len(self._pending),
+            "written_rows": self.written_rows,
+            "dropped_buckets": self.dropped_buckets,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
