@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -57,6 +58,13 @@ class Settings:
     events_reconnect_max_seconds: float = 5.0
     event_ticket_seconds: int = 30
     event_ticket_secret: str | None = field(default=None, repr=False)
+    # Metrics rollups and the file explorer: see README.md.
+    metrics_public: bool = False
+    metrics_flush_seconds: float = 10.0
+    metrics_event_seconds: float = 60.0
+    metrics_backlog: int = 360
+    fs_roots: Mapping[str, Path] = field(default_factory=dict)
+    fs_list_max: int = 1000
     # Chat providers: see docs/providers.md.
     providers: tuple[str, ...] = ()  # allow-list; empty: every installed plugin
     provider_chain: tuple[str, ...] = ("deepseek", "local")
@@ -124,6 +132,7 @@ class Settings:
         for name in ("token_cache_seconds", "shutdown_timeout"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
+        _validate_metrics_and_fs(self)
         self._validate_events()
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
@@ -184,6 +193,38 @@ def _validate_providers(s: Settings) -> None:
         raise SettingsError("TENTACULO_MOCK_FAIL", f"must be one of {', '.join(m for m in MOCK_FAILURES if m)}")
 
 
+FS_ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _fs_roots(var: str, raw: str) -> dict[str, Path]:
+    """``name=path,name=path`` -> {name: Path}; names are what clients put first in a path."""
+    roots: dict[str, Path] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, path = (s.strip() for s in item.partition("="))
+        if not sep or not path:
+            raise SettingsError(var, f"expected name=path items separated by commas, got {item!r}")
+        if not FS_ROOT_NAME.fullmatch(name):
+            raise SettingsError(var, f"root name {name!r} must be letters, digits, '._-' (max 64)")
+        if name in roots:
+            raise SettingsError(var, f"root name {name!r} is given twice")
+        roots[name] = Path(path)
+    return roots
+
+
+def _validate_metrics_and_fs(s: Settings) -> None:
+    if not 1 <= s.metrics_flush_seconds <= 300:
+        raise SettingsError("TENTACULO_METRICS_FLUSH_SECONDS", "must be 1..300")
+    if s.metrics_event_seconds < 0:
+        raise SettingsError("TENTACULO_METRICS_EVENT_SECONDS", "must not be negative (0 turns the event off)")
+    for name in ("metrics_backlog", "fs_list_max"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
+    if s.fs_list_max > 100_000:
+        raise SettingsError("TENTACULO_FS_LIST_MAX", "must be at most 100000")
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -205,6 +246,8 @@ def _parse(var: str, annotation: object, raw: str) -> object:
         raise SettingsError(var, f"expected true or false, got {raw!r}")
     if kind == "Path":
         return Path(raw)
+    if kind == "Mapping[str, Path]":
+        return _fs_roots(var, raw)
     if kind == "tuple[str, ...]":
         return tuple(item.strip() for item in raw.split(",") if item.strip())
     return raw
