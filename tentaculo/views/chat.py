@@ -19,6 +19,7 @@ from tentaculo import keys
 from tentaculo.auth import requires
 from tentaculo.errors import Problem, ValidationFailed, problem_body
 from tentaculo.jsonio import json_response, read_json_object
+from tentaculo.middlewares import route_of
 from tentaculo.providers import (
     ROLES,
     AllProvidersFailed,
@@ -231,6 +232,8 @@ class ChatTurn:
         self.message_id = uuid.uuid4()
         self.session_id = spec.session_id or str(uuid.uuid4())
         self.started = request[keys.STARTED]
+        self.opened = self.started
+        self.route = (route_of(request) or request.path, request.method)
         self.ended: float | None = None
         self.stream: ChatStream | None = None
         self.attempts: list[Attempt] = []
@@ -263,11 +266,22 @@ class ChatTurn:
             self.error = f"no provider could answer (tried: {tried})"
             raise Problem("provider_unavailable", self.error, attempts=self.attempts_view()) from None
         self.stream = stream
+        self.opened = time.perf_counter()
         self.attempts = stream.attempts
         self.provider = stream.provider
         self.model = stream.model
         self.degraded = stream.degraded
         return stream
+
+    def observe_providers(self, request_route: str, method: str) -> None:
+        """Provider figures: each failed attempt, and the answering call from its start to the answer's end."""
+        metrics = self.app[keys.METRICS]
+        for attempt in self.attempts:
+            if attempt.status == "error":
+                metrics.observe_provider(request_route, method, attempt.provider, "error", attempt.latency_ms)
+            elif attempt.status == "ok" and self.ended is not None:
+                answering = attempt.latency_ms + (self.ended - self.opened) * 1000
+                metrics.observe_provider(request_route, method, attempt.provider, self.status, answering)
 
     def add(self, chunk: Chunk) -> None:
         if chunk.content:
@@ -316,6 +330,7 @@ class ChatTurn:
             await self.stream.aclose()
         if self.ended is None:
             self.ended = time.perf_counter()
+        self.observe_providers(*self.route)
         settings = self.app[keys.SETTINGS]
         u = self.usage
         self.app[keys.CHAT_LOG].record((
