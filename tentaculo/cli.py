@@ -18,6 +18,7 @@ from tentaculo.auth import SCOPES, hash_token, new_token, parse_scopes
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.settings import Settings, SettingsError
+from tentaculo.views.tokens import TOKEN_NAME
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -172,6 +173,9 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await migrate(conn)
         if args.token_command == "create":
+            if not TOKEN_NAME.fullmatch(args.name):
+                print("tentaculo: a token name is 1 to 64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+                return 2
             try:
                 scopes = parse_scopes(args.scopes)
             except ValueError as exc:

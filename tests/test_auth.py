@@ -112,3 +112,10 @@ async def test_token_store_cache_serves_while_database_is_away(settings) -> None
     await proxy.restore()
     await pool.close()
     await proxy.close()
+
+
+async def test_token_name_with_nul_or_odd_characters_is_a_validation_error(gateway, admin_headers) -> None:
+    for name in ("a\x00b", "emoji-\U0001F600", " lead", "x" * 65):
+        resp = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"]}, headers=admin_headers)
+        assert resp.status == 422, name
+        assert (await resp.json())["errors"][0]["field"] == "name"

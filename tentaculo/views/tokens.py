@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 from aiohttp import web
 
@@ -11,7 +13,7 @@ from tentaculo.db import queries
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.jsonio import json_response, read_json_object
 
-TOKEN_NAME_MAX = 64
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @requires("read")
@@ -41,8 +43,8 @@ async def create_token(request: web.Request) -> web.Response:
     data = await read_json_object(request)
     errors = []
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > TOKEN_NAME_MAX:
-        errors.append({"field": "name", "message": f"a non-empty string of at most {TOKEN_NAME_MAX} characters"})
+    if not isinstance(name, str) or not TOKEN_NAME.fullmatch(name):
+        errors.append({"field": "name", "message": "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"})
     raw_scopes = data.get("scopes")
     scopes: frozenset[str] = frozenset()
     if not isinstance(raw_scopes, list) or not all(isinstance(s, str) for s in raw_scopes):
@@ -57,11 +59,11 @@ async def create_token(request: web.Request) -> web.Response:
     token = new_token()
     try:
         await queries.insert_token(
-            request.app[keys.DB_POOL], name.strip(), hash_token(token), sorted(scopes), request[keys.PRINCIPAL].name
+            request.app[keys.DB_POOL], name, hash_token(token), sorted(scopes), request[keys.PRINCIPAL].name
         )
     except asyncpg.UniqueViolationError:
         raise ValidationFailed([{"field": "name", "message": "an active token has this name"}]) from None
-    return json_response({"name": name.strip(), "scopes": sorted(scopes), "token": token}, status=201)
+    return json_response({"name": name, "scopes": sorted(scopes), "token": token}, status=201)
 
 
 @requires("admin")
