@@ -29,7 +29,8 @@ from tentaculo.errors import Problem
 
 log = structlog.get_logger("tentaculo.sandbox")
 
-MAX_PATH_CHARS = 4096
+# Percent-encoded, 1024 characters (up to 4 UTF-8 bytes each) still fit the server's 16 KB request line.
+MAX_PATH_CHARS = 1024
 MAX_SEGMENT_BYTES = 255
 DECODE_LAYERS = 3
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
