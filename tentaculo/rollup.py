@@ -13,6 +13,10 @@ the table, so a read must not overlap one: the read notes a generation number, q
 takes the memory part only if no flush began meanwhile (else it tries again, and finally reads
 under the flush lock). Nothing is counted twice or missed.
 
+Event. Every ``event_seconds`` each instance tries to claim the period in Redis (SET NX); the one
+that does publishes a ``metrics`` event with every instance's figures over the smallest window
+covering the period, so clients get one summary per period whatever the number of instances.
+
 Maintenance. One instance at a time (advisory lock) merges rows older than ``COMPACT_AFTER``
 into ``COMPACT_SECONDS`` buckets and deletes rows older than ``RETENTION``, so the 24 h window
 reads about a thousand rows per series and instance.
@@ -32,6 +36,8 @@ from typing import Any
 
 import asyncpg
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tentaculo.db import queries
 from tentaculo.events import EventHub
@@ -105,6 +111,34 @@ class Figures:
             self.instances.add(instance)
 
 
+EVENT_ROUTES = 20
+
+
+def event_window(period_seconds: float) -> str:
+    """The smallest window that covers an event period."""
+    return next((name for name, seconds in WINDOWS.items() if seconds >= period_seconds), "24h")
+
+
+def event_data(figures: Figures, window: str) -> dict[str, Any]:
+    """The ``metrics`` event's data (docs/events.md): totals, the busiest routes, every provider."""
+    doc = summarize(figures)
+    totals = doc["totals"]
+    return {
+        "window": window,
+        "window_seconds": WINDOWS[window],
+        "from": doc["from"],
+        "to": doc["to"],
+        "instances": doc["instances"],
+        "complete": doc["complete"],
+        **totals,
+        "status_classes": {c: v["requests"] for c, v in doc["status_classes"].items()},
+        "routes": [{"route": r["route"], "method": r["method"], "requests": r["requests"], "errors": r["errors"],
+                    "p99_ms": r["latency_ms"]["p99"]} for r in doc["routes"][:EVENT_ROUTES]],
+        "providers": [{"provider": p["provider"], "calls": p["calls"], "errors": p["errors"],
+                       "p99_ms": p["latency_ms"]["p99"]} for p in doc["providers"]],
+    }
+
+
 def latency_view(s: Series) -> dict[str, float | None]:
     """p50/p95/p99 (histogram estimates), mean and max of one series, in milliseconds."""
     view: dict[str, float | None] = {name: quantile(s.histogram, q, s.latency_max_ms) for name, q in QUANTILES}
@@ -172,6 +206,8 @@ class MetricsRollup:
         bucket_seconds: float,
         backlog: int,
         hub: EventHub | None = None,
+        redis: Redis | None = None,
+        redis_prefix: str = "",
         event_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -181,6 +217,8 @@ class MetricsRollup:
         self.bucket_seconds = max(1, int(bucket_seconds))
         self.backlog = backlog
         self._hub = hub
+        self._redis = redis
+        self._event_key = f"{redis_prefix}metrics:event:"
         self.event_seconds = event_seconds
         self._clock = clock
         self._pending: deque[Bucket] = deque()
@@ -189,8 +227,7 @@ class MetricsRollup:
         self._idle.set()
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
-        self._since_event: dict[RowKey, Series] = {}
-        self._event_opened = clock()
+        self._next_event = (math.floor(clock() / event_seconds) + 1) * event_seconds if event_seconds else 0.0
         self._maintained = 0.0
         self.written_rows = 0
         self.dropped_buckets = 0
@@ -223,8 +260,10 @@ class MetricsRollup:
             await asyncio.sleep((math.floor(now / self.bucket_seconds) + 1) * self.bucket_seconds - now)
             try:
                 await self.flush()
-                if self.event_seconds and self._clock() - self._event_opened >= self.event_seconds:
-                    self.publish_event()
+                now = self._clock()
+                if self.event_seconds and now >= self._next_event:
+                    self._next_event = (math.floor(now / self.event_seconds) + 1) * self.event_seconds
+                    await self.publish_summary(now)
                 if self._clock() - self._maintained >= MAINTENANCE_SECONDS:
                     await self.maintain()
             except asyncio.CancelledError:
@@ -248,7 +287,6 @@ class MetricsRollup:
     async def _write(self) -> bool:
         bucket = self._metrics.seal()
         if not bucket.empty:
-            _add_bucket(self._since_event, bucket)
             self._pending.append(bucket)
             while len(self._pending) > self.backlog:
                 self._pending.popleft()
@@ -344,28 +382,25 @@ class MetricsRollup:
 
     # -- the periodic event ------------------------------------------------------------------
 
-    def publish_event(self) -> bool:
-        """Publish this instance's summary since the last ``metrics`` event."""
-        if self._hub is None:
+    async def publish_summary(self, now: float) -> bool:
+        """Publish the ``metrics`` event of the period holding ``now``: every instance's figures over
+        the smallest window covering the period. Every instance tries; the first to claim the period
+        in Redis publishes, so clients get one event per period. False when another one did."""
+        if self._hub is None or self._redis is None or not self.event_seconds:
             return False
-        now = self._clock()
-        figures = Figures(max(now - self._event_opened, 1e-9), self._event_opened, now, self._since_event)
-        figures.instances.add(self.instance)
-        self._since_event, self._event_opened = {}, now
-        doc = summarize(figures)
-        data = {
-            "instance": self.instance,
-            "window_s": round(figures.seconds, 3),
-            "from": doc["from"],
-            "to": doc["to"],
-            **doc["totals"],
-            "status_classes": {c: v["requests"] for c, v in doc["status_classes"].items()},
-            "providers": {p["provider"]: {"calls": p["calls"], "errors": p["errors"],
-                                          "latency_ms": p["latency_ms"]} for p in doc["providers"]},
-        }
-        errors = data["error_rate"]
+        period = math.floor(now / self.event_seconds)
+        try:
+            claimed = await self._redis.set(f"{self._event_key}{period}", self.instance, nx=True,
+                                            ex=max(1, math.ceil(2 * self.event_seconds)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("metrics_event_skipped", error=f"{type(exc).__name__}: {exc}")
+            return False
+        if not claimed:
+            return False
+        window = event_window(self.event_seconds)
+        data = event_data(await self.window(WINDOWS[window]), window)
         return self._hub.publish("metrics", data, correlation_id=None,
-                                 severity="warning" if errors >= 0.05 else "info")
+                                 severity="warning" if data["error_rate"] >= 0.05 else "info")
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for status and metrics."""
