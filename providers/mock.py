@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from tentaculo import __version__
@@ -54,12 +54,14 @@ VOCABULARY = (
 )  # fmt: skip
 
 
-def _digest_stream(seed: bytes) -> Iterator[int]:
-    """Bytes derived from ``seed``, as many as needed (SHA-256 in counter mode)."""
+def _digest_bytes(seed: bytes, count: int) -> bytes:
+    """``count`` bytes derived from ``seed``: the seed itself, then SHA-256 in counter mode."""
+    out = seed
     counter = 0
-    while True:
-        yield from hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+    while len(out) < count:
+        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
         counter += 1
+    return out[:count]
 
 
 def answer_text(request: ChatRequest, model: str, words: int = DEFAULT_WORDS) -> tuple[list[str], list[str]]:
@@ -68,8 +70,7 @@ def answer_text(request: ChatRequest, model: str, words: int = DEFAULT_WORDS) ->
     for m in request.messages:
         seed.update(m.role.encode() + b"\x00" + m.content.encode() + b"\x00")
     digest = seed.digest()
-    stream = _digest_stream(digest)
-    chosen = [VOCABULARY[next(stream) % len(VOCABULARY)] for _ in range(words)]
+    chosen = [VOCABULARY[b % len(VOCABULARY)] for b in _digest_bytes(digest, words)]
     content = [f"Mock answer {digest.hex()[:8]}: "] + [w + " " for w in chosen[:-1]] + [chosen[-1] + "."]
     reasoning: list[str] = []
     if model == "mock-reasoner":

@@ -761,7 +761,8 @@ class ChatStream:
 
     Iterate it for the chunks (the first one included). It enforces the read timeout, caps the
     answer's size, turns plugin bugs into :class:`ProviderError` and reports the outcome to the
-    provider's circuit breaker. ``aclose()`` stops the upstream call.
+    provider's circuit breaker. ``aclose()`` stops the upstream call. It is read by the task that
+    opened it (the request's handler): that is the task its read timeout cancels.
     """
 
     def __init__(self, registry: ProviderRegistry, slot: ProviderSlot, request: ChatRequest) -> None:
@@ -782,33 +783,32 @@ class ChatStream:
         # only stamps the time, and the timer cancels a read that has waited too long.
         self._timeout = registry.settings.provider_read_timeout
         self._loop = asyncio.get_running_loop()
-        self._reader: asyncio.Task[Any] | None = None
+        self._owner = asyncio.current_task()
+        self._reading = False
         self._read_since = 0.0
         self._expired = False
         self._timer: asyncio.TimerHandle | None = None
 
     def _watch(self) -> None:
         self._timer = None
-        reader = self._reader
-        if reader is None or self._closed:
+        if not self._reading or self._closed or self._owner is None:
             return  # not reading now: the next read re-arms
         due = self._read_since + self._timeout
         if self._loop.time() >= due:
             self._expired = True
-            reader.cancel()
+            self._owner.cancel()
         else:
             self._timer = self._loop.call_at(due, self._watch)
 
     async def _next(self) -> Chunk:
-        task = asyncio.current_task()
-        self._reader = task
+        self._reading = True
         self._read_since = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(self._read_since + self._timeout, self._watch)
         try:
             chunk = await self._iterator.__anext__()
         except asyncio.CancelledError:
-            if self._expired and task is not None and task.uncancel() == 0:
+            if self._expired and self._owner is not None and self._owner.uncancel() == 0:
                 self._expired = False
                 raise ProviderTimeout(f"{self.provider} sent nothing for {self._timeout:g} s") from None
             raise
@@ -820,7 +820,7 @@ class ChatStream:
             log.exception("provider_plugin_error", provider=self.provider)
             raise ProviderError(f"{self.provider} failed: {type(exc).__name__}") from exc
         finally:
-            self._reader = None
+            self._reading = False
         if not isinstance(chunk, Chunk):
             raise ProviderProtocolError(f"{self.provider} yielded {type(chunk).__name__}, not a Chunk")
         if chunk.model:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ from tentaculo import keys
 from tentaculo.auth import requires
 from tentaculo.errors import Problem, ValidationFailed, problem_body
 from tentaculo.jsonio import json_response, read_json_object
-from tentaculo.middlewares import route_of
+from tentaculo.middlewares import new_correlation_id, route_of
 from tentaculo.providers import (
     ROLES,
     AllProvidersFailed,
@@ -229,8 +228,9 @@ class ChatTurn:
         self.correlation_id = request[keys.CORRELATION_ID]
         principal = request.get(keys.PRINCIPAL)
         self.token_name = principal.name if principal is not None else None
-        self.message_id = uuid.uuid4()
-        self.session_id = spec.session_id or str(uuid.uuid4())
+        # Random UUID4s, minted like correlation ids: lookup keys, not secrets.
+        self.message_id = new_correlation_id()
+        self.session_id = spec.session_id or new_correlation_id()
         self.started = request[keys.STARTED]
         self.opened = self.started
         self.route = (route_of(request) or request.path, request.method)
@@ -354,7 +354,7 @@ class ChatTurn:
         ))
         self.registry.notify_chat({
             "correlation_id": self.correlation_id,
-            "message_id": str(self.message_id),
+            "message_id": self.message_id,
             "session_id": self.session_id,
             "token_name": self.token_name,
             "provider": self.provider,
@@ -397,7 +397,7 @@ async def _answer_json(turn: ChatTurn, stream: ChatStream) -> web.Response:
     turn.succeeded()
     return json_response({
         "correlation_id": turn.correlation_id,
-        "message_id": str(turn.message_id),
+        "message_id": turn.message_id,
         "session_id": turn.session_id,
         "provider": turn.provider,
         "model": turn.model,
@@ -416,7 +416,7 @@ async def _answer_sse(request: web.Request, turn: ChatTurn, stream: ChatStream) 
         try:
             await sse.send(_json({
                 "correlation_id": turn.correlation_id,
-                "message_id": str(turn.message_id),
+                "message_id": turn.message_id,
                 "session_id": turn.session_id,
                 "provider": turn.provider,
                 "model": turn.model,

@@ -144,7 +144,7 @@ def _usage(turn: ChatTurn) -> dict[str, int] | None:
 
 
 def _envelope(turn: ChatTurn, created: int, obj: str) -> dict[str, Any]:
-    return {"id": f"chatcmpl-{turn.message_id.hex}", "object": obj, "created": created, "model": turn.model or "",
+    return {"id": f"chatcmpl-{turn.message_id.replace('-', '')}", "object": obj, "created": created, "model": turn.model or "",
             "system_fingerprint": None}
 
 
