@@ -101,6 +101,13 @@ def _display(name: str) -> str:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _modified(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, timezone.utc)
 
@@ -204,7 +211,11 @@ class Sandbox:
                 os.close(fd)
                 raise Problem("not_found", f"{shown} does not exist") from None
             except NotADirectoryError:
+                # Linux answers ENOTDIR, not ELOOP, for a symlink under O_DIRECTORY | O_NOFOLLOW.
+                swapped = _is_symlink(component, fd)
                 os.close(fd)
+                if swapped:  # a symlink appeared after the containment check
+                    raise _forbidden(f"{shown} changed while being opened; refused") from None
                 raise Problem("invalid_path", f"{shown} is not a directory") from None
             except PermissionError:
                 os.close(fd)
