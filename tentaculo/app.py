@@ -17,15 +17,27 @@ from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
-from tentaculo.events import EventHub, hook_provider_events
+from tentaculo.dependencies import DependencyMonitor
+from tentaculo.events import DISABLED, EventHub, hook_provider_events
+from tentaculo.features import (
+    FeatureFlags,
+    Flag,
+    chat_check,
+    database_check,
+    events_check,
+    registry_check,
+)
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import add_correlation_header, middleware_chain
 from tentaculo.providers import ProviderRegistry
+from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
 from tentaculo.settings import Settings
 from tentaculo.tickets import EventTickets
 from tentaculo.views import events, health, spec, tokens
 from tentaculo.views import chat, openai_compat
 from tentaculo.views import providers as provider_views
+from tentaculo.views import features as feature_views
+from tentaculo.views import status as status_views
 
 log = structlog.get_logger("tentaculo.app")
 
@@ -49,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_startup.append(_publish_provider_events)  # runs after every cleanup context started
     app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, events_ctx, http_client_ctx, providers_ctx])
+    app.cleanup_ctx.extend([dependencies_ctx, features_ctx, services_ctx])
     _add_routes(app)
     return app
 
@@ -67,6 +80,11 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/operator/api/chat", chat.chat)
     app.router.add_post("/v1/chat/completions", openai_compat.chat_completions)
     app.router.add_get("/v1/models", openai_compat.list_models)
+    app.router.add_get("/operator/api/status", status_views.status)
+    app.router.add_get("/operator/api/modules", status_views.modules)
+    app.router.add_get("/operator/api/topology", status_views.topology)
+    app.router.add_get("/operator/api/features", feature_views.list_features)
+    app.router.add_put("/operator/api/features/{name}", feature_views.set_feature)
 
 
 async def _start_draining(app: web.Application) -> None:
@@ -215,3 +233,65 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.start()
     yield
     await hub.close()
+
+
+async def dependencies_ctx(app: web.Application) -> AsyncIterator[None]:
+    """PostgreSQL and Redis checked in the background, so status never waits on them."""
+    monitor = DependencyMonitor(app[keys.DB_POOL], app[keys.REDIS], interval=app[keys.SETTINGS].dependency_check_seconds)
+    app[keys.DEPENDENCIES] = monitor
+    await monitor.start()
+    yield
+    await monitor.close()
+
+
+async def features_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Feature flags: read at start, kept in step by ``feature_toggle`` events and a periodic re-read."""
+    hub = app[keys.EVENTS]
+    flags = FeatureFlags(app[keys.DB_POOL], reload_seconds=app[keys.SETTINGS].features_reload_seconds)
+    flags.add_check("events", events_check(hub))
+    flags.add_check("chat", chat_check(app[keys.PROVIDERS]))
+    flags.add_check("metrics", database_check(app[keys.DEPENDENCIES], "figures of other instances are missing"))
+    flags.publish = lambda _name, data: hub.publish(
+        "feature_toggle", data, severity="warning" if data["status"] != "on" else "info"
+    )
+
+    def obey(flag: Flag, previous: Flag | None) -> None:
+        if flag.name == "events" and flag.status == "off":
+            hub.end_streams(DISABLED)
+
+    flags.on_change.append(obey)
+    hub.listeners.append(flags.on_event)
+    app[keys.FEATURES] = flags
+    await flags.start()
+    yield
+    hub.listeners.remove(flags.on_event)
+    await flags.close()
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The module registry (reloaded from PostgreSQL) and its health prober."""
+    settings = app[keys.SETTINGS]
+    lifecycle = app[keys.LIFECYCLE]
+    hub = app[keys.EVENTS]
+
+    def own_status() -> tuple[str, str | None]:
+        return ("off", "draining: the instance is shutting down") if lifecycle.draining else ("on", None)
+
+    registry = ServiceRegistry(app[keys.DB_POOL], settings, self_status=own_status)
+    registry.on_status_change.append(lambda change: publish_service_status(hub, change))
+    prober = ServiceProber(
+        registry,
+        app[keys.HTTP_CLIENT],
+        interval=settings.probe_interval_seconds,
+        connect_timeout=settings.probe_connect_timeout,
+        timeout=settings.probe_timeout,
+        slow_ms=settings.probe_slow_ms,
+    )
+    app[keys.SERVICES] = registry
+    app[keys.PROBER] = prober
+    app[keys.FEATURES].add_check("proxy", registry_check(registry))
+    await registry.start()
+    await prober.start()
+    yield
+    await prober.close()
+    await registry.close()

@@ -1,4 +1,4 @@
-"""The ``tentaculo`` command: run, migrate, token."""
+"""The ``tentaculo`` command: run, migrate, token, service, providers, smoke."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="list tokens (never their secrets)")
     revoke = tsub.add_parser("revoke", help="revoke the active token with this name")
     revoke.add_argument("name")
+    _service_parser(sub)
     return parser
 
 
@@ -73,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 applied = asyncio.run(_migrate(settings))
                 print(f"applied migrations: {applied}" if applied else "schema is up to date")
                 return 0
+            if args.command == "service":
+                return asyncio.run(_service_command(settings, args))
             return asyncio.run(_token_command(settings, args))
     except MigrationError as exc:
         print(f"tentaculo: {exc}", file=sys.stderr)
@@ -240,4 +244,80 @@ async def list_providers(settings: Settings, out: TextIO = sys.stdout) -> int:
         print(f"{p['name']:<12} {p['status']:<9} {p['circuit']['state']:<9} {p['version'] or '-':<9} "
               f"{p['distribution'] or '-':<20} {models:<36} {p['reason'] or ''}", file=out)
     print(f"chain (provider \"auto\"): {', '.join(registry.chain) or '-'}", file=out)
+    return 0
+
+
+SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def _service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    service = sub.add_parser("service", help="list or change the VX11 modules (running gateways pick changes up at once)")
+    ssub = service.add_subparsers(dest="service_command", required=True)
+    ssub.add_parser("list", help="list the modules as configured (live health: GET /operator/api/modules)")
+    change = ssub.add_parser("set", help="add a module or change the fields given")
+    change.add_argument("name", help="module name: lower-case letters, digits, '-' and '_'")
+    change.add_argument("--url", help="base address (http://, https://, redis://, rediss://); '' clears it")
+    change.add_argument("--health-path", help="path of its health check (default /health)")
+    change.add_argument("--role", help="what it does (a new module's default: module)")
+    change.add_argument("--display-name", help="name shown to operators (a new module's default: its name)")
+    change.add_argument("--description")
+    enabled = change.add_mutually_exclusive_group()
+    enabled.add_argument("--enabled", dest="enabled", action="store_true", default=None, help="probe and proxy it")
+    enabled.add_argument("--disabled", dest="enabled", action="store_false", help="report it off, never call it")
+
+
+def _service_errors(args: argparse.Namespace) -> list[str]:
+    from tentaculo.settings import SERVICE_URL_SCHEMES
+
+    errors = []
+    if not SERVICE_NAME.fullmatch(args.name):
+        errors.append("NAME: lower-case letters, digits, '-' and '_', at most 64")
+    if args.url and not args.url.startswith(SERVICE_URL_SCHEMES):
+        errors.append("--url: must start with " + ", ".join(SERVICE_URL_SCHEMES) + " (or be '' to clear it)")
+    if args.health_path is not None and not (args.health_path.startswith("/") and len(args.health_path) <= 512):
+        errors.append("--health-path: must start with '/'")
+    return errors
+
+
+async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
+    from tentaculo.services import public_address
+    from tentaculo.settings import service_key
+
+    if args.service_command == "set" and (errors := _service_errors(args)):
+        for error in errors:
+            print(f"tentaculo: {error}", file=sys.stderr)
+        return 2
+    conn = await _connect(settings)
+    try:
+        await migrate(conn)
+        if args.service_command == "list":
+            rows = await queries.list_service_configs(conn)
+            print(f"{'NAME':<20} {'ROLE':<16} {'ENABLED':<8} {'HEALTH':<12} ADDRESS")
+            for r in rows:
+                override = settings.service_urls.get(service_key(r["name"]))
+                address = public_address(override or r["base_url"]) or "-"
+                if override:
+                    address += " (from TENTACULO_SERVICE_" + service_key(r["name"]).upper() + "_URL)"
+                print(f"{r['name']:<20} {r['role']:<16} {'yes' if r['enabled'] else 'no':<8} "
+                      f"{r['health_path']:<12} {address}")
+            return 0
+        row, created = await queries.set_service_config(
+            conn,
+            args.name,
+            url=args.url or None,
+            clear_url=args.url == "",
+            health_path=args.health_path,
+            enabled=args.enabled,
+            role=args.role,
+            display_name=args.display_name,
+            description=args.description,
+        )
+    finally:
+        await conn.close()
+    state = "enabled" if row["enabled"] else "disabled"
+    print(f"{'added' if created else 'updated'} module {row['name']!r}: {public_address(row['base_url']) or 'no address'}"
+          f", health {row['health_path']}, {state}; running gateways reload it now", file=sys.stderr)
+    if settings.service_urls.get(service_key(row["name"])):
+        print(f"note: TENTACULO_SERVICE_{service_key(row['name']).upper()}_URL overrides this address where it is set",
+              file=sys.stderr)
     return 0

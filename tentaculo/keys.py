@@ -13,9 +13,12 @@ from redis.asyncio import Redis
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import Principal, TokenStore
 from tentaculo.chatlog import ChatActionLog
+from tentaculo.dependencies import DependencyMonitor
 from tentaculo.events import EventHub
+from tentaculo.features import FeatureFlags
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
+from tentaculo.services import ServiceProber, ServiceRegistry
 from tentaculo.settings import Settings
 from tentaculo.tickets import EventTickets
 
@@ -50,6 +53,10 @@ PROVIDERS = web.AppKey("providers", ProviderRegistry)
 CHAT_LOG = web.AppKey("chat_log", ChatActionLog)
 EVENTS = web.AppKey("events", EventHub)
 TICKETS = web.AppKey("event_tickets", EventTickets)
+SERVICES = web.AppKey("services", ServiceRegistry)
+PROBER = web.AppKey("service_prober", ServiceProber)
+FEATURES = web.AppKey("features", FeatureFlags)
+DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,4 +1,4 @@
-"""The middleware chain, outermost first: correlation, errors, audit, metrics, auth."""
+"""The middleware chain, outermost first: correlation, errors, audit+metrics, auth (then the feature gate)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tentaculo.auth import (
     required_scope,
 )
 from tentaculo.errors import Problem
+from tentaculo.features import feature_of
 from tentaculo.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -209,11 +210,12 @@ def presented_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the token to a principal and check the scope the route declares."""
+    """Resolve the token to a principal, check the scope the route declares, then its feature flag."""
     if not _passed_routing(request):
         return await handler(request)
     scope = required_scope(request.match_info.handler, request)
     if scope == PUBLIC:
+        _check_feature(request)
         return await handler(request)
     ticket = request.query.get(TICKET_PARAM) if request.query_string else None
     if ticket is not None and not accepts_ticket(request.match_info.handler):
@@ -240,14 +242,29 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(token_name=principal.name)
     if scope not in principal.scopes:
         raise Problem("forbidden", f"this call needs the '{scope}' scope", required_scope=scope)
+    _check_feature(request)
     return await handler(request)
+
+
+def _check_feature(request: web.Request) -> None:
+    """The feature gate: 503 ``feature_disabled`` for a handler marked ``@feature(name)`` while that flag is off.
+
+    It runs after the token and scope checks (a caller without a valid token learns nothing about
+    flags) as part of the auth layer, so a refusal is audited like any other.
+    """
+    name = feature_of(request.match_info.handler)
+    if name is not None and request.app[keys.FEATURES].is_off(name):
+        _, reason = request.app[keys.FEATURES].effective(name)
+        raise Problem("feature_disabled", f"the {name!r} feature is turned off: {reason}", feature=name)
 
 
 def middleware_chain(settings: Settings) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
     """The chain for ``settings``, outermost first.
 
     Audit and metrics (one layer) wrap auth so that refused requests (401/403) are recorded
-    and counted too.
+    and counted too. Auth ends with the feature gate (``_check_feature``): a caller without a
+    valid token learns nothing about which features are on, and a 503 ``feature_disabled`` is
+    still audited.
     """
     return [
         correlation_middleware,

@@ -84,6 +84,15 @@ class Settings:
     local_model: str | None = None
     mock_delay_ms: float = 0.0
     mock_fail: str = ""
+    # VX11 modules: see tentaculo/services.py. service_urls: module name (dashes as "_") -> address.
+    service_urls: Mapping[str, str] = field(default_factory=dict, repr=False)
+    services_reload_seconds: float = 10.0
+    probe_interval_seconds: float = 5.0
+    probe_connect_timeout: float = 1.0
+    probe_timeout: float = 2.0
+    probe_slow_ms: float = 1000.0
+    features_reload_seconds: float = 0.5
+    dependency_check_seconds: float = 2.0
 
     @property
     def access_log_enabled(self) -> bool:
@@ -96,7 +105,7 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name == "provider_options":
+            if f.name in ("provider_options", "service_urls"):
                 continue
             var = ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
             raw = env.get(var)
@@ -105,6 +114,7 @@ class Settings:
             raw = raw.strip()
             values[f.name] = _parse(var, f.type, raw)
         values["provider_options"] = _plugin_options(env)
+        values["service_urls"] = _service_urls(env)
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -134,6 +144,7 @@ class Settings:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
         _validate_metrics_and_fs(self)
         self._validate_events()
+        _validate_services(self)
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -173,6 +184,37 @@ def _plugin_options(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
             if name and option:
                 options.setdefault(name.lower(), {})[option.lower()] = value
     return options
+
+
+SERVICE_PREFIX, SERVICE_SUFFIX = "TENTACULO_SERVICE_", "_URL"
+SERVICE_URL_SCHEMES = ("http://", "https://", "redis://", "rediss://")
+
+
+def service_key(name: str) -> str:
+    """How a module name appears in ``TENTACULO_SERVICE_<NAME>_URL``, lower-cased: dashes become ``_``."""
+    return name.replace("-", "_").lower()
+
+
+def _service_urls(env: Mapping[str, str]) -> dict[str, str]:
+    """``TENTACULO_SERVICE_<NAME>_URL=address`` -> {service_key: address}; empty values are ignored."""
+    urls: dict[str, str] = {}
+    for var, value in env.items():
+        if var.startswith(SERVICE_PREFIX) and var.endswith(SERVICE_SUFFIX) and value.strip():
+            name = var[len(SERVICE_PREFIX):-len(SERVICE_SUFFIX)]
+            if name:
+                urls[service_key(name)] = value.strip()
+    return urls
+
+
+def _validate_services(s: Settings) -> None:
+    for key, url in s.service_urls.items():
+        if not url.startswith(SERVICE_URL_SCHEMES):
+            raise SettingsError(f"{SERVICE_PREFIX}{key.upper()}{SERVICE_SUFFIX}",
+                                "must be an http://, https://, redis:// or rediss:// URL")
+    for name in ("services_reload_seconds", "probe_interval_seconds", "probe_connect_timeout", "probe_timeout",
+                 "probe_slow_ms", "features_reload_seconds", "dependency_check_seconds"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
 
 
 def _validate_providers(s: Settings) -> None:

@@ -261,3 +261,87 @@ async def delete_performance_logs(conn: asyncpg.Connection, before: Any) -> int:
     """Drop rollups of buckets that start before ``before``; returns how many."""
     status = await conn.execute("DELETE FROM performance_logs WHERE bucket_start < $1", before)
     return int(status.split()[-1])
+
+
+# Instances LISTEN here: a change of service_configs made elsewhere (the CLI) reloads them at once.
+SERVICE_CONFIGS_CHANNEL = "tentaculo_service_configs"
+
+
+async def list_service_configs(db: Executor) -> list[asyncpg.Record]:
+    """Every VX11 module's configuration, by name."""
+    return await db.fetch(
+        "SELECT name, display_name, role, base_url, health_path, enabled, description, updated_at"
+        " FROM service_configs ORDER BY name"
+    )
+
+
+async def list_topology_edges(db: Executor) -> list[asyncpg.Record]:
+    """Every edge between modules."""
+    return await db.fetch("SELECT source, target, kind FROM topology_edges ORDER BY source, target")
+
+
+async def set_service_config(
+    conn: asyncpg.Connection,
+    name: str,
+    *,
+    url: str | None = None,
+    clear_url: bool = False,
+    health_path: str | None = None,
+    enabled: bool | None = None,
+    role: str | None = None,
+    display_name: str | None = None,
+    description: str | None = None,
+) -> tuple[asyncpg.Record, bool]:
+    """Create or change a module (only the fields given) and tell running instances; (row, created)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """
+            INSERT INTO service_configs (name, display_name, role, base_url, health_path, enabled, description)
+            VALUES ($1, coalesce($2, $1), coalesce($3, 'module'), $4, coalesce($5, '/health'),
+                    coalesce($6, true), coalesce($7, ''))
+            ON CONFLICT (name) DO UPDATE SET
+                display_name = coalesce($2, service_configs.display_name),
+                role = coalesce($3, service_configs.role),
+                base_url = CASE WHEN $8 THEN $4 ELSE service_configs.base_url END,
+                health_path = coalesce($5, service_configs.health_path),
+                enabled = coalesce($6, service_configs.enabled),
+                description = coalesce($7, service_configs.description),
+                updated_at = now()
+            RETURNING name, display_name, role, base_url, health_path, enabled, description, (xmax = 0) AS created
+            """,
+            name,
+            display_name,
+            role,
+            None if clear_url else url,
+            health_path,
+            enabled,
+            description,
+            clear_url or url is not None,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", SERVICE_CONFIGS_CHANNEL, name)
+    return row, bool(row["created"])
+
+
+async def list_feature_flags(db: Executor) -> list[asyncpg.Record]:
+    """Every feature flag as stored."""
+    return await db.fetch(
+        "SELECT name, status, reason, description, updated_at, updated_by FROM feature_flags ORDER BY name"
+    )
+
+
+async def update_feature_flag(
+    db: Executor, name: str, status: str, reason: str | None, updated_by: str | None
+) -> asyncpg.Record | None:
+    """Set a flag's status; the previous status comes back too. None when no flag has that name."""
+    return await db.fetchrow(
+        """
+        UPDATE feature_flags AS f SET status = $2, reason = $3, updated_by = $4, updated_at = now()
+        FROM (SELECT name, status FROM feature_flags WHERE name = $1 FOR UPDATE) AS old
+        WHERE f.name = old.name
+        RETURNING f.name, f.status, f.reason, f.description, f.updated_at, f.updated_by, old.status AS previous_status
+        """,
+        name,
+        status,
+        reason,
+        updated_by,
+    )

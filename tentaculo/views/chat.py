@@ -17,6 +17,7 @@ from aiohttp_sse import sse_response
 from tentaculo import keys
 from tentaculo.auth import requires
 from tentaculo.errors import Problem, ValidationFailed, problem_body
+from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
 from tentaculo.middlewares import new_correlation_id, route_of
 from tentaculo.providers import (
@@ -371,6 +372,7 @@ class ChatTurn:
 
 
 @requires("chat")
+@feature("chat")
 async def chat(request: web.Request) -> web.StreamResponse:
     """Chat through the provider registry: JSON, or SSE with ``stream: true`` / ``Accept: text/event-stream``."""
     data = await read_json_object(request)

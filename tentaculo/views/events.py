@@ -16,6 +16,7 @@ from tentaculo.auth import TICKET_PARAM, requires
 from tentaculo.errors import Problem, ValidationFailed, problem_body
 from tentaculo.events import (
     CLIENT_GONE,
+    DISABLED,
     ERROR,
     EVENT_TYPES,
     REDIS_LOST,
@@ -31,6 +32,7 @@ from tentaculo.events import (
     parse_event_id,
     position_frame,
 )
+from tentaculo.features import feature
 from tentaculo.jsonio import json_response
 from tentaculo.middlewares import CORRELATION_RE, presented_token
 from tentaculo.tickets import rejected
@@ -104,6 +106,7 @@ def _unavailable(reason: str, retry_after: float = 1.0) -> Problem:
 
 
 @requires("read", ticket=True)
+@feature("events")
 async def events(request: web.Request) -> web.StreamResponse:
     """SSE stream of live events (resumable); with ``Accept: application/json``, a page of recent ones."""
     hub = request.app[keys.EVENTS]
@@ -161,6 +164,11 @@ async def _stream(
                 except StreamClosed as closed:
                     if closed.reason == REDIS_LOST:
                         await write(_error_frame(hub, cid, hub.reason or "Redis unreachable"))
+                    elif closed.reason == DISABLED:
+                        problem = problem_body("feature_disabled", "live events were turned off", cid,
+                                               feature="events")
+                        await write(control_frame(ERROR, problem, source=hub.instance, correlation_id=cid,
+                                                  severity="error"))
                     break
                 if event.key <= last:  # already replayed from history
                     continue
@@ -236,9 +244,9 @@ async def _page(
 
 
 @requires("read")
+@feature("events")
 async def ticket(request: web.Request) -> web.Response:
     """A short-lived ticket that opens event streams for the calling token (for EventSource)."""
     tickets = request.app[keys.TICKETS]
     value = await tickets.issue(request[keys.PRINCIPAL])
     return json_response({"ticket": value, "expires_in": tickets.ttl_seconds}, headers={"Cache-Control": "no-store"})
-

@@ -21,6 +21,7 @@ from aiohttp_sse import sse_response
 from tentaculo import keys
 from tentaculo.auth import requires
 from tentaculo.errors import Problem, ValidationFailed
+from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
 from tentaculo.providers import ChatRequest, ChatStream, ProviderError, ProviderRegistry
 from tentaculo.views.chat import FIELD_MAX, ChatSpec, ChatTurn, check_messages, check_options, unknown_provider
@@ -117,6 +118,7 @@ def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: 
 
 
 @requires("chat")
+@feature("chat")
 @_openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI chat completions, streaming (``data: [DONE]``-terminated chunks) or not."""
@@ -210,6 +212,7 @@ async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, incl
 
 
 @requires("chat")
+@feature("chat")
 @_openai_errors
 async def list_models(request: web.Request) -> web.Response:
     """Models in OpenAI's list shape: ``auto``, each usable provider, and each model it serves."""

@@ -1,0 +1,100 @@
+"""DependencyMonitor: PostgreSQL and Redis checked in the background, so status answers from memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tentaculo.db import queries
+
+log = structlog.get_logger("tentaculo.dependencies")
+
+_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyCheck:
+    """The last check of one dependency."""
+
+    status: str
+    reason: str | None
+    latency_ms: float | None
+    checked_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "latency_ms": self.latency_ms,
+                "checked_at": self.checked_at}
+
+
+NOT_CHECKED = DependencyCheck("error", "not checked yet", None, None)
+
+
+class DependencyMonitor:
+    """Pings PostgreSQL and Redis every ``interval`` s (each bounded by ``timeout``) and keeps the results."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, *, interval: float, timeout: float = 2.0) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._checks: dict[str, Callable[[], Awaitable[Any]]] = {
+            "postgresql": lambda: queries.ping(pool),
+            "redis": redis.ping,
+        }
+        self.results: dict[str, DependencyCheck] = dict.fromkeys(self._checks, NOT_CHECKED)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Check once (bounded), then keep checking in the background."""
+        await self.check_all()
+        self._task = asyncio.create_task(self._run(), name="dependency-monitor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check_all()
+            except Exception:  # isolation boundary: monitoring must outlive a bug
+                log.exception("dependency_check_failed")
+
+    async def check_all(self) -> None:
+        """Check every dependency at once and keep the results."""
+        names = list(self._checks)
+        results = await asyncio.gather(*(self._check(self._checks[n]) for n in names))
+        for name, result in zip(names, results):
+            previous = self.results.get(name)
+            if previous is not None and previous.checked_at is not None and previous.status != result.status:
+                log.info("dependency_status_changed", dependency=name, status=result.status, reason=result.reason)
+            self.results[name] = result
+
+    async def _check(self, ping: Callable[[], Awaitable[Any]]) -> DependencyCheck:
+        started = time.perf_counter()
+        reason: str | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                await ping()
+        except _FAILURES as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {self.timeout:g} s"
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        now = datetime.now(timezone.utc)
+        if reason is None:
+            return DependencyCheck("on", None, latency, now)
+        return DependencyCheck("error", reason[:300], None, now)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: check.as_dict() for name, check in self.results.items()}
