@@ -30,6 +30,8 @@ from tentaculo.features import (
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import add_correlation_header, middleware_chain
 from tentaculo.providers import ProviderRegistry
+from tentaculo.rollup import MetricsRollup
+from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
 from tentaculo.settings import Settings
 from tentaculo.tickets import EventTickets
@@ -38,6 +40,8 @@ from tentaculo.views import chat, openai_compat
 from tentaculo.views import providers as provider_views
 from tentaculo.views import features as feature_views
 from tentaculo.views import status as status_views
+from tentaculo.views import fs, trace
+from tentaculo.views import metrics as metrics_views
 
 log = structlog.get_logger("tentaculo.app")
 
@@ -56,12 +60,14 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.LIFECYCLE] = keys.Lifecycle()
     app[keys.SCHEMA] = keys.SchemaState()
     app[keys.METRICS] = RequestMetrics()
+    app[keys.SANDBOX] = Sandbox(settings.fs_roots, max_entries=settings.fs_list_max)
     app.on_response_prepare.append(add_correlation_header)
     app.on_shutdown.append(_start_draining)
     app.on_startup.append(_publish_provider_events)  # runs after every cleanup context started
     app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, events_ctx, http_client_ctx, providers_ctx])
     app.cleanup_ctx.extend([dependencies_ctx, features_ctx, services_ctx])
+    app.cleanup_ctx.append(metrics_ctx)
     _add_routes(app)
     return app
 
@@ -85,6 +91,10 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/operator/api/topology", status_views.topology)
     app.router.add_get("/operator/api/features", feature_views.list_features)
     app.router.add_put("/operator/api/features/{name}", feature_views.set_feature)
+    app.router.add_get("/operator/api/metrics", metrics_views.metrics)
+    app.router.add_get("/metrics", metrics_views.prometheus)
+    app.router.add_get("/operator/api/fs/list", fs.list_dir)
+    app.router.add_get("/operator/api/trace/{correlation_id}", trace.trace)
 
 
 async def _start_draining(app: web.Application) -> None:
@@ -295,3 +305,29 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await prober.close()
     await registry.close()
+
+
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metric rollups to performance_logs and the periodic ``metrics`` event; the last bucket is
+    written at shutdown, before the pool closes. Also tells feature flags whether the file
+    explorer has roots."""
+    settings = app[keys.SETTINGS]
+    rollup = MetricsRollup(
+        app[keys.METRICS],
+        app[keys.DB_POOL],
+        instance=settings.instance,
+        bucket_seconds=settings.metrics_flush_seconds,
+        backlog=settings.metrics_backlog,
+        hub=app[keys.EVENTS],
+        redis=app[keys.REDIS],
+        redis_prefix=settings.redis_prefix,
+        event_seconds=settings.metrics_event_seconds,
+    )
+    app[keys.ROLLUP] = rollup
+    flags = app.get(keys.FEATURES)
+    if flags is not None:
+        sandbox = app[keys.SANDBOX]
+        flags.add_check("file_explorer", lambda: None if sandbox.status()[0] == "on" else sandbox.status())
+    rollup.start()
+    yield
+    await rollup.close(timeout=settings.shutdown_timeout)

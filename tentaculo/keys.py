@@ -18,6 +18,8 @@ from tentaculo.events import EventHub
 from tentaculo.features import FeatureFlags
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
+from tentaculo.rollup import MetricsRollup
+from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry
 from tentaculo.settings import Settings
 from tentaculo.tickets import EventTickets
@@ -48,6 +50,8 @@ REDIS = web.AppKey("redis", Redis)
 TOKENS = web.AppKey("tokens", TokenStore)
 AUDIT = web.AppKey("audit", AuditWriter)
 METRICS = web.AppKey("metrics", RequestMetrics)
+ROLLUP = web.AppKey("metrics_rollup", MetricsRollup)
+SANDBOX = web.AppKey("sandbox", Sandbox)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 PROVIDERS = web.AppKey("providers", ProviderRegistry)
 CHAT_LOG = web.AppKey("chat_log", ChatActionLog)
