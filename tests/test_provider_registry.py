@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from providers.mock import answer_text
 from tentaculo.providers import (
@@ -55,17 +56,21 @@ async def test_built_in_providers_register_through_entry_points() -> None:
 
 
 async def test_broken_plugins_are_isolated_with_reasons(http) -> None:
-    registry = await registry_of(
+    with capture_logs() as logs:
+        registry = await registry_of(
         http,
-        ep("good", "tests.plugin_samples:Working"),
-        ep("missing", "tests.no_such_module:Provider"),
-        ep("nostart", "tests.plugin_samples:FailsToStart"),
-        ep("slow", "tests.plugin_samples:StartsForever"),
-        ep("noinit", "tests.plugin_samples:FailsToConstruct"),
-        ep("future", "tests.plugin_samples:FutureInterface"),
-        ep("thing", "tests.plugin_samples:NotAProvider"),
-        provider_chain=("good",),
-    )
+            ep("good", "tests.plugin_samples:Working"),
+            ep("missing", "tests.no_such_module:Provider"),
+            ep("nostart", "tests.plugin_samples:FailsToStart"),
+            ep("slow", "tests.plugin_samples:StartsForever"),
+            ep("noinit", "tests.plugin_samples:FailsToConstruct"),
+            ep("future", "tests.plugin_samples:FutureInterface"),
+            ep("thing", "tests.plugin_samples:NotAProvider"),
+            provider_chain=("good",),
+        )
+    logged = {e["event"] for e in logs if e["log_level"] == "error"}
+    assert {"provider_import_failed", "provider_start_failed", "provider_start_timeout", "provider_create_failed",
+            "provider_interface_mismatch", "provider_incomplete"} <= logged
     states = {p["name"]: (p["status"], p["reason"]) for p in registry.snapshot()}
     assert states["good"] == ("on", None)
     assert states["missing"][0] == "error" and "failed to import: ModuleNotFoundError" in states["missing"][1]
@@ -143,12 +148,14 @@ async def test_status_changes_reach_listeners(http) -> None:
     changes: list[StatusChange] = []
     registry.on_status_change.append(changes.append)
     registry.on_status_change.append(lambda change: 1 / 0)  # a broken listener must not break chats
-    await registry.start()
-    assert [(c.status, c.circuit, c.previous_status) for c in changes] == [("on", "closed", None)]
-    failing = chat_request("x", metadata={"mock": {"fail": "before"}})
-    for _ in range(2):
-        with pytest.raises(AllProvidersFailed):
-            await registry.open(failing)
+    with capture_logs() as logs:
+        await registry.start()
+        assert [(c.status, c.circuit, c.previous_status) for c in changes] == [("on", "closed", None)]
+        failing = chat_request("x", metadata={"mock": {"fail": "before"}})
+        for _ in range(2):
+            with pytest.raises(AllProvidersFailed):
+                await registry.open(failing)
+    assert any(e["event"] == "provider_callback_failed" for e in logs)
     now[0] = 5.0
     await collect(await registry.open(chat_request("x")))
     assert [(c.status, c.circuit) for c in changes] == [
