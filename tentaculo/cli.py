@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         settings.log_format,
         settings.log_level,
-        secrets=[settings.admin_token or "", settings.deepseek_api_key or "", settings.event_ticket_secret or ""],
+        secrets=[settings.admin_token or "", settings.deepseek_api_key or "", settings.event_ticket_secret or "",
+                 *settings.service_tokens.values()],
     )
     if args.command == "providers":
         return asyncio.run(list_providers(settings))

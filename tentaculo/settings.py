@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -20,6 +21,31 @@ class SettingsError(ValueError):
 
 def _default_instance() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleTimeouts:
+    """One module's ``TENTACULO_SERVICE_<NAME>_TIMEOUT``: seconds, None where the proxy default applies."""
+
+    connect: float | None = None
+    read: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """One rule of ``TENTACULO_SERVICE_<NAME>_ALLOW``: these methods (None: any) under these path prefixes."""
+
+    methods: frozenset[str] | None
+    prefixes: tuple[str, ...]
+
+    def covers(self, path: str) -> bool:
+        """Whether ``path`` (decoded, relative to the module's base) is under one of the prefixes.
+
+        A prefix ending in ``/`` matches everything below it; any other prefix matches itself and
+        what is below it as a path segment (``/health`` matches ``/health/db``, not ``/healthz``).
+        """
+        return any(path.startswith(p) if p.endswith("/") else path == p or path.startswith(p + "/")
+                   for p in self.prefixes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +119,18 @@ class Settings:
     probe_slow_ms: float = 1000.0
     features_reload_seconds: float = 0.5
     dependency_check_seconds: float = 2.0
+    # Reverse proxy to the modules: see tentaculo/proxy.py. The per-module maps are keyed like service_urls.
+    proxy_connect_timeout: float = 5.0
+    proxy_read_timeout: float = 60.0
+    proxy_pool_wait: float = 10.0
+    proxy_pool_size: int = 512
+    proxy_pool_per_module: int = 128
+    proxy_retries: int = 1
+    proxy_max_body_bytes: int = 100 * 1024 * 1024
+    trusted_proxies: tuple[str, ...] = ()
+    service_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
+    service_timeouts: Mapping[str, ModuleTimeouts] = field(default_factory=dict)
+    service_allow: Mapping[str, tuple[AllowRule, ...]] = field(default_factory=dict)
 
     @property
     def access_log_enabled(self) -> bool:
@@ -105,7 +143,7 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name in ("provider_options", "service_urls"):
+            if f.name in ("provider_options", "service_urls", "service_tokens", "service_timeouts", "service_allow"):
                 continue
             var = ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
             raw = env.get(var)
@@ -115,6 +153,7 @@ class Settings:
             values[f.name] = _parse(var, f.type, raw)
         values["provider_options"] = _plugin_options(env)
         values["service_urls"] = _service_urls(env)
+        values.update(_service_proxy_options(env))
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -145,6 +184,7 @@ class Settings:
         _validate_metrics_and_fs(self)
         self._validate_events()
         _validate_services(self)
+        _validate_proxy(self)
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -215,6 +255,100 @@ def _validate_services(s: Settings) -> None:
                  "probe_slow_ms", "features_reload_seconds", "dependency_check_seconds"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
+
+
+SERVICE_OPTION_SUFFIXES = {"_TOKEN": "service_tokens", "_TIMEOUT": "service_timeouts", "_ALLOW": "service_allow"}
+_METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
+_BAD_PREFIX = re.compile(r"//|\\|%|\s|(^|/)\.\.?(/|$)")
+
+
+def _service_proxy_options(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """``TENTACULO_SERVICE_<NAME>_TOKEN`` / ``_TIMEOUT`` / ``_ALLOW`` -> {field: {service_key: value}}."""
+    options: dict[str, dict[str, object]] = {name: {} for name in SERVICE_OPTION_SUFFIXES.values()}
+    for var, value in env.items():
+        if not var.startswith(SERVICE_PREFIX) or not value.strip():
+            continue
+        for suffix, name in SERVICE_OPTION_SUFFIXES.items():
+            module = var[len(SERVICE_PREFIX):-len(suffix)] if var.endswith(suffix) else ""
+            if module:
+                raw = value.strip()
+                if name == "service_timeouts":
+                    options[name][service_key(module)] = _module_timeouts(var, raw)
+                elif name == "service_allow":
+                    options[name][service_key(module)] = _allow_rules(var, raw)
+                else:
+                    options[name][service_key(module)] = raw
+    return options
+
+
+def _seconds(var: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(var, f"expected a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 86_400:
+        raise SettingsError(var, f"seconds must be in (0, 86400], got {raw!r}")
+    return value
+
+
+def _module_timeouts(var: str, raw: str) -> ModuleTimeouts:
+    """``30`` (read timeout) or ``connect=2,read=30`` (either part may be left out)."""
+    if "=" not in raw:
+        return ModuleTimeouts(read=_seconds(var, raw))
+    parts: dict[str, float] = {}
+    for item in (i.strip() for i in raw.split(",") if i.strip()):
+        key, _, value = (x.strip() for x in item.partition("="))
+        if key not in ("connect", "read") or key in parts:
+            raise SettingsError(var, f"expected SECONDS or connect=SECONDS,read=SECONDS, got {raw!r}")
+        parts[key] = _seconds(var, value)
+    return ModuleTimeouts(connect=parts.get("connect"), read=parts.get("read"))
+
+
+def _allow_rules(var: str, raw: str) -> tuple[AllowRule, ...]:
+    """``[METHODS:]PREFIX[,PREFIX...]`` rules separated by ``;``, e.g. ``GET,HEAD:/;POST:/api/jobs``.
+
+    METHODS is a comma list or ``*``; a rule that starts with ``/`` allows every method.
+    """
+    rules = []
+    for rule in (r.strip() for r in raw.split(";") if r.strip()):
+        if rule.startswith("/"):
+            methods_text, paths_text = "*", rule
+        else:
+            methods_text, sep, paths_text = rule.partition(":")
+            if not sep:
+                raise SettingsError(var, f"rule {rule!r}: expected METHODS:PREFIX[,PREFIX...] or PREFIX[,...]")
+        methods: frozenset[str] | None = None
+        if methods_text.strip() != "*":
+            methods = frozenset(m.strip().upper() for m in methods_text.split(",") if m.strip())
+            if not methods or not all(_METHOD.fullmatch(m) for m in methods):
+                raise SettingsError(var, f"rule {rule!r}: methods must be a comma list of HTTP methods or *")
+        prefixes = tuple(p.strip() for p in paths_text.split(",") if p.strip())
+        if not prefixes:
+            raise SettingsError(var, f"rule {rule!r}: name at least one path prefix, e.g. /api/")
+        for prefix in prefixes:
+            if not prefix.startswith("/") or _BAD_PREFIX.search(prefix):
+                raise SettingsError(var, f"rule {rule!r}: prefix {prefix!r} must start with / and hold no "
+                                         "'//', '.' or '..' segment, '%', '\\' or spaces")
+        rules.append(AllowRule(methods, prefixes))
+    if not rules:
+        raise SettingsError(var, "expected at least one rule, e.g. GET,HEAD:/;POST:/api/")
+    return tuple(rules)
+
+
+def _validate_proxy(s: Settings) -> None:
+    for name in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_pool_wait"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
+    for name in ("proxy_pool_size", "proxy_pool_per_module", "proxy_max_body_bytes"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
+    if not 0 <= s.proxy_retries <= 5:
+        raise SettingsError("TENTACULO_PROXY_RETRIES", "must be 0..5")
+    for item in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError("TENTACULO_TRUSTED_PROXIES", f"{item!r} is not an IP address or CIDR") from None
 
 
 def _validate_providers(s: Settings) -> None:
