@@ -30,6 +30,7 @@ from tentaculo.features import (
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import add_correlation_header, middleware_chain
 from tentaculo.providers import ProviderRegistry
+from tentaculo.proxy import ModuleProxy
 from tentaculo.rollup import MetricsRollup
 from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
@@ -42,6 +43,7 @@ from tentaculo.views import features as feature_views
 from tentaculo.views import status as status_views
 from tentaculo.views import fs, trace
 from tentaculo.views import metrics as metrics_views
+from tentaculo.views import proxy as proxy_views
 
 log = structlog.get_logger("tentaculo.app")
 
@@ -68,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([database_ctx, redis_ctx, tokens_ctx, audit_ctx, events_ctx, http_client_ctx, providers_ctx])
     app.cleanup_ctx.extend([dependencies_ctx, features_ctx, services_ctx])
     app.cleanup_ctx.append(metrics_ctx)
+    app.cleanup_ctx.append(proxy_ctx)
     _add_routes(app)
     return app
 
@@ -95,6 +98,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_views.prometheus)
     app.router.add_get("/operator/api/fs/list", fs.list_dir)
     app.router.add_get("/operator/api/trace/{correlation_id}", trace.trace)
+    app.router.add_route("*", "/operator/api/proxy/{service}/{path:.*}", proxy_views.proxy)
 
 
 async def _start_draining(app: web.Application) -> None:
@@ -210,6 +214,15 @@ async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.HTTP_CLIENT] = session
     yield
     await session.close()
+
+
+async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reverse proxy's own connection pool to the modules, bounded apart from the providers' session."""
+    transport = ModuleProxy(app[keys.SETTINGS])
+    await transport.start()
+    app[keys.PROXY] = transport
+    yield
+    await transport.close()
 
 
 async def providers_ctx(app: web.Application) -> AsyncIterator[None]:

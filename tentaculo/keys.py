@@ -18,6 +18,7 @@ from tentaculo.events import EventHub
 from tentaculo.features import FeatureFlags
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
+from tentaculo.proxy import ModuleProxy
 from tentaculo.rollup import MetricsRollup
 from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry
@@ -53,6 +54,7 @@ METRICS = web.AppKey("metrics", RequestMetrics)
 ROLLUP = web.AppKey("metrics_rollup", MetricsRollup)
 SANDBOX = web.AppKey("sandbox", Sandbox)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+PROXY = web.AppKey("proxy", ModuleProxy)
 PROVIDERS = web.AppKey("providers", ProviderRegistry)
 CHAT_LOG = web.AppKey("chat_log", ChatActionLog)
 EVENTS = web.AppKey("events", EventHub)

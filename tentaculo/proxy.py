@@ -1,0 +1,560 @@
+"""Reverse proxy transport to the VX11 modules: its whole contract is written here, once.
+
+A call to ``/operator/api/proxy/<module>/<path>?<query>`` is forwarded to
+``<module base address>/<path>?<query>``; the view (``tentaculo/views/proxy.py``) decides
+whether it may go, this module carries it.
+
+Path
+----
+``module_path()`` takes the path exactly as the client sent it and refuses what could land
+outside the module's base path: a ``.`` or ``..`` segment in any spelling (``%2e%2e``,
+``%252e%252e``, ``..;``) is ``path_forbidden`` (403); an empty segment (``//host`` tricks), an
+encoded ``/`` or ``\\``, a backslash, NUL or control characters, or broken percent-encoding
+are ``invalid_path`` (400). What passes is forwarded byte for byte as the client encoded it.
+
+Request
+-------
+The method, the body and every end-to-end header go upstream, with these changes:
+
+* hop-by-hop headers are dropped: ``Connection`` and every header it names, ``Keep-Alive``,
+  ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` (and ``Expect``, which
+  the gateway answers itself);
+* the operator's credentials never leave: ``X-VX11-Token`` and ``Authorization`` are dropped,
+  as are credential-like query parameters (``ticket``, ``token``, ...); the module's own
+  credential (``TENTACULO_SERVICE_<NAME>_TOKEN``) is sent as ``Authorization: Bearer``;
+* ``X-Correlation-ID`` is the request's correlation id;
+* ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (and ``Forwarded``, ``X-Real-IP``) are taken
+  from the client only when its address is in ``TENTACULO_TRUSTED_PROXIES``, and then the
+  client's address is appended to ``X-Forwarded-For``; otherwise they are replaced with what
+  this gateway saw.
+
+The body streams: it is read from the client in chunks while it is written upstream, never
+held whole, and refused past ``TENTACULO_PROXY_MAX_BODY_BYTES`` (413).
+
+Response
+--------
+Status, headers and body come back as the module sent them, compressed bodies included
+(nothing is decoded), minus the hop-by-hop headers and ``Server``. A ``Location`` pointing
+into the module's base address is rewritten to the gateway's proxy path, so internal addresses
+do not reach clients. The body streams chunk by chunk as it arrives (SSE and chunked responses
+reach the client as they are produced).
+
+Timeouts, retries, errors
+-------------------------
+Each module has a connect timeout (``TENTACULO_PROXY_CONNECT_TIMEOUT``) and a read timeout
+(``TENTACULO_PROXY_READ_TIMEOUT``: the longest silence while waiting for the response or
+between two body chunks), both overridable per module with ``TENTACULO_SERVICE_<NAME>_TIMEOUT``.
+Waiting for a free pooled connection is bounded by ``TENTACULO_PROXY_POOL_WAIT``.
+
+A call is retried (``TENTACULO_PROXY_RETRIES`` times) only when all of these hold: the method
+is idempotent per RFC 9110 section 9.2.2 and has no request body (GET, HEAD, OPTIONS, PUT,
+DELETE; TRACE is never proxied meaningfully and not retried), and the connection failed before
+any response byte arrived (refused, reset, a kept-alive connection the module had closed).
+Timeouts are not retried: a slow module would only be asked twice as long.
+
+Failures surface as :class:`UpstreamUnavailable` (502 ``upstream_unavailable``) and
+:class:`UpstreamTimeout` (504 ``upstream_timeout``). Their details name the module and the kind
+of failure only; never its address, the module's own error text or a stack trace.
+
+WebSocket
+---------
+A WebSocket upgrade is forwarded the same way (same headers, credentials and path rules);
+frames are pumped in both directions and a close code from either side is passed to the other
+(an abrupt end becomes 1014 "bad gateway").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, unquote_plus, unquote_to_bytes
+
+import aiohttp
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from tentaculo.auth import QUERY_TOKEN_NAMES, TICKET_PARAM
+from tentaculo.errors import Problem
+from tentaculo.settings import ModuleTimeouts, Settings
+
+log = structlog.get_logger("tentaculo.proxy")
+
+PROXY_ROOT = "/operator/api/proxy"
+# RFC 9110 section 9.2.2 idempotent methods the proxy may retry (TRACE left out on purpose).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+# Request headers that are never copied upstream as they came: credentials, what the transport
+# sets itself, and the forwarding headers that are rebuilt.
+_REQUEST_DROP = frozenset({
+    "host", "content-length", "expect", "x-vx11-token", "authorization", "x-correlation-id",
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
+})
+_FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
+_RESPONSE_DROP = frozenset({"server", "content-length", "x-correlation-id"})
+# Headers aiohttp's client adds when absent; left out unless the client sent them itself.
+_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+CREDENTIAL_PARAMS = QUERY_TOKEN_NAMES | {TICKET_PARAM}
+# Module statuses that count against its circuit: it is failing, not the request.
+FAILURE_STATUSES = frozenset({500, 502, 503, 504})
+CHUNK = 64 * 1024
+WS_MAX_MESSAGE = 4 * 1024 * 1024
+WS_HEARTBEAT = 30.0
+WS_CLOSE_TIMEOUT = 5.0
+RETRY_BACKOFF = 0.05
+
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class UpstreamUnavailable(Problem):
+    """The module could not be reached or answered with something that is not HTTP (502)."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__("upstream_unavailable", detail, **extra)
+
+
+class UpstreamTimeout(Problem):
+    """The module did not connect or answer in time (504)."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__("upstream_timeout", detail, **extra)
+
+
+class BodyTooLarge(Exception):
+    """The client's body went past ``TENTACULO_PROXY_MAX_BODY_BYTES`` while it streamed."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def module_path(raw_path: str, service: str) -> tuple[str, str]:
+    """Split the raw request path into (the part after the module name as sent, its decoded form).
+
+    Raises ``path_forbidden`` for dot segments in any encoding, ``invalid_path`` for anything
+    that could change which host or directory is addressed.
+    """
+    parts = raw_path.split("/", 5)
+    if (len(parts) != 6 or [_decoded(p) for p in parts[1:4]] != ["operator", "api", "proxy"]
+            or _decoded(parts[4]) != service):
+        raise Problem("invalid_path", "the path must be /operator/api/proxy/<module>/<path>")
+    rest = parts[5]
+    if not _PATH_CHARS.fullmatch(rest):
+        raise Problem("invalid_path", "the path holds characters that are not allowed in a URL path")
+    if _BAD_PERCENT.search(rest):
+        raise Problem("invalid_path", "the path holds a '%' that is not a percent-encoded byte")
+    segments = rest.split("/")
+    decoded_segments = []
+    for i, segment in enumerate(segments):
+        if segment == "" and i != len(segments) - 1:
+            raise Problem("invalid_path", "the path holds an empty segment ('//')")
+        decoded_segments.append(_check_segment(segment))
+    return rest, "/" + "/".join(decoded_segments)
+
+
+def _decoded(segment: str) -> str:
+    return unquote(segment, errors="replace")
+
+
+def _check_segment(segment: str) -> str:
+    """One segment, checked as sent and after each round of percent-decoding (double encoding)."""
+    value, first = segment, None
+    for _ in range(3):
+        if value.split(";", 1)[0] in (".", ".."):
+            raise Problem("path_forbidden",
+                          "'.' and '..' path segments are refused: they would leave the module's base path")
+        if "%" not in value or _BAD_PERCENT.search(value):
+            break
+        raw = unquote_to_bytes(value)
+        if any(b < 0x20 or b == 0x7F for b in raw):
+            raise Problem("invalid_path", "the path holds an encoded NUL or control character")
+        if b"/" in raw or b"\\" in raw:
+            raise Problem("invalid_path", "encoded '/' and '\\' are refused in a proxied path")
+        value = raw.decode("utf-8", errors="replace")
+        first = value if first is None else first
+    return first if first is not None else value
+
+
+def forwarded_query(raw_query: str) -> str:
+    """The query string as sent, minus credential-like parameters (never forwarded)."""
+    if not raw_query:
+        return ""
+    return "&".join(
+        item for item in raw_query.split("&")
+        if item and unquote_plus(item.partition("=")[0]).lower() not in CREDENTIAL_PARAMS
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a module is reached: origin and base path, with credentials taken out of the URL."""
+
+    origin: str
+    base_path: str
+    auth: aiohttp.BasicAuth | None
+
+    @classmethod
+    def parse(cls, address: str) -> Upstream:
+        url = URL(address)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("not an http(s) address")
+        auth = aiohttp.BasicAuth(url.user or "", url.password or "") if url.user or url.password else None
+        return cls(str(url.origin()), url.raw_path.rstrip("/"), auth)
+
+    def url(self, rest: str, query: str) -> URL:
+        """The module's URL for a proxied path (kept exactly as the client encoded it)."""
+        return URL(f"{self.origin}{self.base_path}/{rest}{'?' + query if query else ''}", encoded=True)
+
+    def public_location(self, location: str, service: str) -> str:
+        """A ``Location`` into the module, as the gateway's proxy path; others unchanged."""
+        for base in (f"{self.origin}{self.base_path}/", f"{self.origin}{self.base_path}"):
+            after = location[len(base):]
+            if location.startswith(base) and (base.endswith("/") or after[:1] in ("", "?", "#")):
+                return f"{PROXY_ROOT}/{service}/{after.lstrip('/')}"
+        return location
+
+
+# --------------------------------------------------------------------------- headers
+
+
+class TrustedProxies:
+    """``TENTACULO_TRUSTED_PROXIES``: addresses whose X-Forwarded-* headers are believed."""
+
+    def __init__(self, items: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(i, strict=False) for i in items)
+
+    def __contains__(self, address: object) -> bool:
+        if not self._networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Header names listed in ``Connection``: hop-by-hop too (RFC 9110 section 7.6.1)."""
+    named: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def _hop_by_hop(name: str, named: set[str]) -> bool:
+    lower = name.lower()
+    return lower in HOP_BY_HOP or lower.startswith("proxy-") or lower in named
+
+
+def upstream_headers(
+    request: web.Request,
+    *,
+    correlation_id: str,
+    credential: str | None,
+    trusted: TrustedProxies,
+) -> tuple[CIMultiDict[str], tuple[str, ...]]:
+    """The headers to send upstream, and which automatic client headers to leave out."""
+    inbound = request.headers
+    named = _connection_named(inbound)
+    out: CIMultiDict[str] = CIMultiDict()
+    peer = request.remote or ""
+    believe = peer in trusted
+    for name, value in inbound.items():
+        lower = name.lower()
+        if lower in _REQUEST_DROP or _hop_by_hop(name, named) or (lower in _FORWARDING and not believe):
+            continue
+        if lower == "x-forwarded-for":
+            continue  # rebuilt below
+        out.add(name, value)
+    chain = ", ".join(inbound.getall("X-Forwarded-For", ())) if believe else ""
+    out["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
+    if not (believe and "X-Forwarded-Proto" in out):
+        out["X-Forwarded-Proto"] = request.scheme
+    if not (believe and "X-Forwarded-Host" in out) and request.host:
+        out["X-Forwarded-Host"] = request.host
+    out["X-Correlation-ID"] = correlation_id
+    if credential:
+        out["Authorization"] = f"Bearer {credential}"
+    skip = tuple(h for h in _AUTO_HEADERS if h not in inbound)
+    return out, skip
+
+
+def client_headers(upstream: CIMultiDictProxy[str], target: Upstream, service: str) -> CIMultiDict[str]:
+    """The module's response headers as the client gets them."""
+    named = _connection_named(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in _RESPONSE_DROP or _hop_by_hop(name, named):
+            continue
+        if lower in ("location", "content-location"):
+            value = target.public_location(value, service)
+        out.add(name, value)
+    return out
+
+
+# --------------------------------------------------------------------------- request body
+
+
+class RequestBody:
+    """The client's body streamed upstream chunk by chunk, at most ``limit`` bytes.
+
+    Records why it stopped early, so the caller can tell a client that went away or sent too
+    much from a module that failed.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.sent = 0
+        self.too_large = False
+        self.client_failed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._content.iter_chunked(CHUNK):
+                self.sent += len(chunk)
+                if self.sent > self._limit:
+                    self.too_large = True
+                    raise BodyTooLarge(f"over {self._limit} bytes")
+                yield chunk
+        except (OSError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError,
+                asyncio.IncompleteReadError):
+            self.client_failed = True
+            raise
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """Why a connection failed, from its errno only: the OS message may carry the address."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name does not resolve"
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    return "connection failed"
+
+
+class ModuleProxy:
+    """One bounded connection pool to the modules and the calls made over it; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.trusted = TrustedProxies(settings.trusted_proxies)
+        self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
+        self._upstreams: dict[str, Upstream] = {}
+
+    async def start(self) -> None:
+        # WebSockets hold their connection for as long as they live: they get a pool of their own
+        # (same bounds), so open sockets never starve plain calls of connections.
+        self._session, self._ws_session = self._new_session(), self._new_session()
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        s = self.settings
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.proxy_pool_size, limit_per_host=s.proxy_pool_per_module,
+                                           ttl_dns_cache=60),
+            timeout=self.timeout(None),
+            cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every operator: keep no cookies
+            auto_decompress=False,  # bodies pass through as the module encoded them
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
+            max_field_size=32 * 1024,
+            max_line_size=16 * 1024,
+        )
+
+    async def close(self) -> None:
+        for session in (self._session, self._ws_session):
+            if session is not None:
+                await session.close()
+        self._session = self._ws_session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "ModuleProxy.start() was not awaited"
+        return self._session
+
+    def upstream(self, address: str) -> Upstream:
+        """The parsed base address (cached); ValueError for a non-HTTP one."""
+        found = self._upstreams.get(address)
+        if found is None:
+            if len(self._upstreams) >= 1024:
+                self._upstreams.clear()
+            found = self._upstreams[address] = Upstream.parse(address)
+        return found
+
+    def limits(self, timeouts: ModuleTimeouts | None) -> tuple[float, float]:
+        """(connect, read) seconds for a module."""
+        t = timeouts or ModuleTimeouts()
+        return (t.connect or self.settings.proxy_connect_timeout, t.read or self.settings.proxy_read_timeout)
+
+    def timeout(self, timeouts: ModuleTimeouts | None) -> aiohttp.ClientTimeout:
+        connect, read = self.limits(timeouts)
+        return aiohttp.ClientTimeout(
+            total=None, connect=self.settings.proxy_pool_wait + connect, sock_connect=connect, sock_read=read
+        )
+
+    async def send(
+        self,
+        service: str,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        *,
+        body: RequestBody | None,
+        auth: aiohttp.BasicAuth | None,
+        skip_auto_headers: tuple[str, ...],
+        timeouts: ModuleTimeouts | None,
+    ) -> aiohttp.ClientResponse:
+        """Send the request and return the module's response with its body still unread.
+
+        The caller owns the response: ``release()`` it when the body was relayed in full,
+        ``close()`` it otherwise. Raises UpstreamUnavailable, UpstreamTimeout, or BodyTooLarge.
+        """
+        retries = self.settings.proxy_retries if method in IDEMPOTENT and body is None else 0
+        timeout = self.timeout(timeouts)
+        attempt = 0
+        while True:
+            try:
+                return await self.session.request(
+                    method, url, headers=headers, data=body.chunks() if body is not None else None, auth=auth,
+                    timeout=timeout, allow_redirects=False, skip_auto_headers=skip_auto_headers,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if body is not None and body.too_large:
+                    raise BodyTooLarge() from None
+                retryable = isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)) and not \
+                    isinstance(exc, aiohttp.ClientSSLError)
+                if not retryable or attempt >= retries:
+                    raise self.failure(service, exc, timeouts) from None
+                attempt += 1
+                log.info("proxy_retry", service=service, attempt=attempt, error=type(exc).__name__)
+            await asyncio.sleep(RETRY_BACKOFF * attempt)
+
+    def failure(self, service: str, exc: BaseException, timeouts: ModuleTimeouts | None) -> Problem:
+        """The problem a client sees for ``exc``: names the module and the kind of failure, never its address."""
+        connect, read = self.limits(timeouts)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(f"module {service!r} could not be connected to within {connect:g} s "
+                                   f"(plus up to {self.settings.proxy_pool_wait:g} s waiting for a free connection)",
+                                   service=service)
+        if isinstance(exc, (aiohttp.SocketTimeoutError, TimeoutError)):
+            return UpstreamTimeout(f"module {service!r} did not answer within {read:g} s", service=service)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return UpstreamUnavailable(f"module {service!r} failed the TLS handshake", service=service)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamUnavailable(f"module {service!r} is unreachable: {_connect_reason(exc)}", service=service)
+        if isinstance(exc, aiohttp.WSServerHandshakeError):
+            return UpstreamUnavailable(f"module {service!r} refused the WebSocket upgrade (HTTP {exc.status})",
+                                       service=service, upstream_status=exc.status)
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return UpstreamUnavailable(f"module {service!r} sent an invalid HTTP response", service=service)
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return UpstreamUnavailable(f"module {service!r} broke off its response", service=service)
+        return UpstreamUnavailable(f"module {service!r} closed the connection before answering", service=service)
+
+    async def websocket(
+        self,
+        service: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        *,
+        protocols: tuple[str, ...],
+        auth: aiohttp.BasicAuth | None,
+        timeouts: ModuleTimeouts | None,
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open the module's side of a WebSocket (handshake bounded by the module's timeouts)."""
+        connect, read = self.limits(timeouts)
+        try:
+            async with asyncio.timeout(self.settings.proxy_pool_wait + connect + read):
+                assert self._ws_session is not None, "ModuleProxy.start() was not awaited"
+                return await self._ws_session.ws_connect(
+                    url, headers=headers, protocols=protocols, auth=auth, autoping=True, heartbeat=WS_HEARTBEAT,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=WS_CLOSE_TIMEOUT),
+                    max_msg_size=WS_MAX_MESSAGE,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self.failure(service, exc, timeouts) from None
+
+
+# --------------------------------------------------------------------------- WebSocket pumping
+
+
+def _sendable(code: int | None) -> int:
+    """A close code that may go on the wire: an abrupt end (1006, 1015, unknown) becomes 1014 "bad gateway"."""
+    if not code or code in (1005, 1006, 1015):
+        return WSCloseCode.BAD_GATEWAY
+    return code
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    closes: dict[str, tuple[int, bytes]],
+    label: str,
+) -> None:
+    """Copy frames from ``source`` to ``sink`` until ``source`` closes, then close ``sink`` with its code.
+
+    The code and reason ``source`` closed with are kept in ``closes[label]``, so that a cancelled
+    pump's work can be finished.
+    """
+    try:
+        while True:
+            msg = await source.receive()
+            if msg.type == WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+            elif msg.type == WSMsgType.CLOSE:
+                code = msg.data if msg.data and msg.data != 1005 else WSCloseCode.OK  # 1005: closed without a code
+                reason = msg.extra if isinstance(msg.extra, str) else ""
+                closes[label] = (_sendable(code), reason.encode()[:123].decode("utf-8", errors="ignore").encode())
+                break
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                closes.setdefault(label, (_sendable(source.close_code), b""))
+                break
+    except ConnectionError:
+        return  # the sink went away: its own pump closes the other side
+    if not sink.closed:
+        code, message = closes[label]
+        with contextlib.suppress(ConnectionError):
+            await sink.close(code=code, message=message)
+
+
+async def pump_websockets(client: web.WebSocketResponse, module: aiohttp.ClientWebSocketResponse) -> None:
+    """Relay frames both ways until either side closes; the close code crosses over.
+
+    The server cancels this when the client's connection ends (which is also how a clean close
+    ends); the module is then still told the client's close code.
+    """
+    closes: dict[str, tuple[int, bytes]] = {}
+    to_module = asyncio.create_task(_pump(client, module, closes, "client"), name="ws-client-to-module")
+    to_client = asyncio.create_task(_pump(module, client, closes, "module"), name="ws-module-to-client")
+    try:
+        _, pending = await asyncio.wait({to_module, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        if pending:
+            # One side closed and the other was told: give its pump the close handshake's time.
+            await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT)
+    finally:
+        for task in (to_module, to_client):
+            task.cancel()
+        await asyncio.gather(to_module, to_client, return_exceptions=True)
+        if not module.closed:
+            code, message = closes.get("client", (WSCloseCode.GOING_AWAY, b""))
+            with contextlib.suppress(ConnectionError):
+                await module.close(code=code, message=message)
