@@ -1,0 +1,205 @@
+"""The reverse proxy when modules and clients misbehave: broken bodies, garbage, timeouts, retries,
+the circuit breaker, clients that leave, and a thousand slow calls at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tentaculo import keys
+from tentaculo.app import create_app
+from tentaculo.settings import ModuleTimeouts, Settings
+from tests.conftest import serve, wait_for
+from tests.proxy_upstreams import ModuleApp, RawModule, drop_first, garbage
+
+Gateway = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def module() -> AsyncIterator[ModuleApp]:
+    m = await ModuleApp().start()
+    yield m
+    await m.close()
+
+
+@pytest.fixture
+def start_gateway(aiohttp_client, settings: Settings) -> Gateway:
+    async def start(madre: str, **changes: object) -> TestClient:
+        s = dataclasses.replace(settings, service_urls={"madre": madre}, **changes)  # type: ignore[arg-type]
+        return await serve(aiohttp_client, create_app(s))
+
+    return start
+
+
+def url(path: str) -> str:
+    return "/operator/api/proxy/madre/" + path
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def assert_problem(problem: dict, code: str, cid: str) -> None:
+    assert problem["code"] == code
+    assert problem["correlation_id"] == cid
+    text = orjson.dumps(problem).decode()
+    for leak in ("127.0.0.1", "10.1.2.3", "Traceback", "localhost"):
+        assert leak not in text, leak
+
+
+async def test_module_breaking_off_its_body_truncates_the_response_and_counts_on_the_circuit(
+    start_gateway, module, admin_headers
+) -> None:
+    gw = await start_gateway(module.url + "/base")
+    resp = await gw.get(url("broken"), headers=admin_headers)
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == "100000"
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    entry = gw.app[keys.SERVICES].get("madre")
+    assert entry is not None and entry.breaker.failures == 1
+    assert entry.last_proxy_error == "module 'madre' broke off its response"
+
+
+async def test_module_sending_garbage_is_upstream_unavailable(start_gateway, admin_headers) -> None:
+    raw = await RawModule(garbage).start()
+    try:
+        gw = await start_gateway(raw.url)
+        resp = await gw.get(url("x"), headers={**admin_headers, "X-Correlation-ID": "garbage-1"})
+        assert resp.status == 502
+        assert resp.content_type == "application/problem+json"
+        assert resp.headers["X-Correlation-ID"] == "garbage-1"
+        problem = await resp.json()
+        assert_problem(problem, "upstream_unavailable", "garbage-1")
+        assert problem["detail"] == "module 'madre' sent an invalid HTTP response"
+        assert raw.proxied() == ["GET /x HTTP/1.1"]  # a broken answer is not retried
+    finally:
+        await raw.close()
+
+
+async def test_unreachable_module_is_upstream_unavailable_without_its_address(start_gateway, admin_headers) -> None:
+    raw = await RawModule(garbage).start()
+    await raw.close()  # nothing listens on that port any more
+    gw = await start_gateway(raw.url)
+    resp = await gw.get(url("x"), headers={**admin_headers, "X-Correlation-ID": "refused-1"})
+    assert resp.status == 502
+    problem = await resp.json()
+    assert_problem(problem, "upstream_unavailable", "refused-1")
+    assert problem["detail"] == "module 'madre' is unreachable: connection refused"
+
+
+async def test_idempotent_calls_without_body_are_retried_once_and_others_are_not(start_gateway, admin_headers) -> None:
+    raw = await RawModule(drop_first).start()
+    try:
+        gw = await start_gateway(raw.url)
+        resp = await gw.get(url("x"), headers=admin_headers)
+        assert resp.status == 200
+        assert await resp.json() == {"second": True}
+        assert raw.proxied() == ["GET /x HTTP/1.1"] * 2
+
+        resp = await gw.post(url("x"), data=b"once", headers=admin_headers)
+        assert resp.status == 502
+        assert (await resp.json())["detail"] == "module 'madre' closed the connection before answering"
+        assert raw.proxied()[2:] == ["POST /x HTTP/1.1"]
+    finally:
+        await raw.close()
+
+
+async def test_slow_module_is_upstream_timeout_after_its_own_read_timeout(start_gateway, module, admin_headers) -> None:
+    gw = await start_gateway(module.url + "/base", service_timeouts={"madre": ModuleTimeouts(read=0.2)})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await gw.get(url("slow?delay=5"), headers={**admin_headers, "X-Correlation-ID": "slow-1"})
+    assert resp.status == 504
+    assert loop.time() - started < 2
+    problem = await resp.json()
+    assert_problem(problem, "upstream_timeout", "slow-1")
+    assert problem["detail"] == "module 'madre' did not answer within 0.2 s"
+
+
+async def test_failing_module_opens_its_circuit_shows_error_and_publishes_it(
+    start_gateway, module, admin_headers
+) -> None:
+    gw = await start_gateway(module.url + "/base", breaker_failures=2, breaker_reset_seconds=60)
+    seen: list[dict] = []
+
+    def on_event(event) -> None:
+        if event.type == "service_status":
+            envelope = orjson.loads(event.envelope)
+            if envelope["data"]["service"] == "madre":
+                seen.append({**envelope["data"], "correlation_id": envelope["correlation_id"]})
+
+    gw.app[keys.EVENTS].listeners.append(on_event)
+    for i in range(2):
+        resp = await gw.get(url("status/503"), headers={**admin_headers, "X-Correlation-ID": f"failing-{i}"})
+        assert resp.status == 503  # the module's own answer is relayed
+    refused = await gw.get(url("status/503"), headers={**admin_headers, "X-Correlation-ID": "open-1"})
+    assert refused.status == 502
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert_problem(await refused.json(), "upstream_unavailable", "open-1")
+    assert len(module.requests_to("/base/status")) == 2
+    registry = gw.app[keys.SERVICES]
+    status, reason = registry.status_of("madre")
+    assert status == "error" and "circuit open" in (reason or "")
+    opened = {"circuit": "open", "status": "error", "correlation_id": "failing-1"}
+    await wait_for(lambda: _true(any(opened.items() <= e.items() for e in seen)))
+
+
+async def test_client_leaving_mid_stream_cancels_the_module_call(start_gateway, module, admin_headers) -> None:
+    gw = await start_gateway(module.url + "/base")
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(gw.make_url(url("endless")), headers=admin_headers)
+        assert resp.status == 200
+        assert await resp.content.readuntil(b"\n\n") == b"data: tick\n\n"
+        resp.close()  # drop the connection mid-stream
+    async with asyncio.timeout(5):
+        await module.cancelled.wait()
+
+
+async def test_client_leaving_mid_upload_cancels_the_module_call(start_gateway, module, admin_headers) -> None:
+    gw = await start_gateway(module.url + "/base")
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    head = (f"POST {url('upload')} HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10000000\r\n"
+            f"X-VX11-Token: {admin_headers['X-VX11-Token']}\r\n\r\n")
+    writer.write(head.encode() + b"u" * 200_000)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        await module.upload_started.wait()
+    writer.transport.abort()  # gone with 9.8 MB still to send
+    async with asyncio.timeout(5):
+        await module.upload_broken.wait()
+    assert module.requests_to("/base/upload") == []  # the module never saw a complete request
+
+
+async def test_a_thousand_concurrent_slow_calls_share_a_bounded_pool_and_leak_no_descriptor(
+    start_gateway, module, admin_headers
+) -> None:
+    per_module = 50
+    gw = await start_gateway(module.url + "/base", proxy_pool_per_module=per_module, proxy_pool_size=100)
+    assert (await gw.get(url("slow?delay=0"), headers=admin_headers)).status == 200
+    before = _open_fds()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+
+        async def call() -> int:
+            async with session.get(gw.make_url(url("slow?delay=0.05")), headers=admin_headers) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(call() for _ in range(1000)))
+        assert statuses == [200] * 1000
+        assert 2 <= module.max_in_flight <= per_module
+        during = _open_fds()
+    assert during > before + 1000  # the client's connections were all open at once
+    # Idle kept-alive connections to the module (both ends live in this process) may remain.
+    await wait_for(lambda: _true(_open_fds() <= before + 2 * per_module + 10))
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
