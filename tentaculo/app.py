@@ -260,7 +260,8 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def dependencies_ctx(app: web.Application) -> AsyncIterator[None]:
     """PostgreSQL and Redis checked in the background, so status never waits on them."""
-    monitor = DependencyMonitor(app[keys.DB_POOL], app[keys.REDIS], interval=app[keys.SETTINGS].dependency_check_seconds)
+    interval = app[keys.SETTINGS].dependency_check_seconds
+    monitor = DependencyMonitor(app[keys.DB_POOL], app[keys.REDIS], interval=interval)
     app[keys.DEPENDENCIES] = monitor
     await monitor.start()
     yield

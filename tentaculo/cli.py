@@ -252,7 +252,7 @@ SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def _service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    service = sub.add_parser("service", help="list or change the VX11 modules (running gateways pick changes up at once)")
+    service = sub.add_parser("service", help="list or change the VX11 modules (running gateways apply it at once)")
     ssub = service.add_subparsers(dest="service_command", required=True)
     ssub.add_parser("list", help="list the modules as configured (live health: GET /operator/api/modules)")
     change = ssub.add_parser("set", help="add a module or change the fields given")
@@ -316,8 +316,9 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     state = "enabled" if row["enabled"] else "disabled"
-    print(f"{'added' if created else 'updated'} module {row['name']!r}: {public_address(row['base_url']) or 'no address'}"
-          f", health {row['health_path']}, {state}; running gateways reload it now", file=sys.stderr)
+    address = public_address(row["base_url"]) or "no address"
+    print(f"{'added' if created else 'updated'} module {row['name']!r}: {address}, health {row['health_path']}, "
+          f"{state}; running gateways reload it now", file=sys.stderr)
     if settings.service_urls.get(service_key(row["name"])):
         print(f"note: TENTACULO_SERVICE_{service_key(row['name']).upper()}_URL overrides this address where it is set",
               file=sys.stderr)

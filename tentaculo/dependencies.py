@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -74,7 +74,7 @@ class DependencyMonitor:
         """Check every dependency at once and keep the results."""
         names = list(self._checks)
         results = await asyncio.gather(*(self._check(self._checks[n]) for n in names))
-        for name, result in zip(names, results):
+        for name, result in zip(names, results, strict=True):
             previous = self.results.get(name)
             if previous is not None and previous.checked_at is not None and previous.status != result.status:
                 log.info("dependency_status_changed", dependency=name, status=result.status, reason=result.reason)
@@ -91,7 +91,7 @@ class DependencyMonitor:
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
         latency = round((time.perf_counter() - started) * 1000, 3)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if reason is None:
             return DependencyCheck("on", None, latency, now)
         return DependencyCheck("error", reason[:300], None, now)

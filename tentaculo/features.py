@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -140,7 +140,7 @@ class FeatureFlags:
         if self.sync_error is not None:
             log.info("feature_flags_reload_recovered")
         self.sync_error = None
-        self.synced_at = datetime.now(timezone.utc)
+        self.synced_at = datetime.now(UTC)
 
     # ----------------------------------------------------------------- changes
 

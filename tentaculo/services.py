@@ -45,7 +45,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -133,7 +133,7 @@ class Probe:
 class ServiceEntry:
     """A module: its configuration, last health result and circuit breaker."""
 
-    __slots__ = ("config", "probe", "breaker", "last_proxy_error", "published", "changed_at")
+    __slots__ = ("breaker", "changed_at", "config", "last_proxy_error", "probe", "published")
 
     def __init__(self, config: ServiceConfig, breaker: CircuitBreaker) -> None:
         self.config = config
@@ -278,7 +278,7 @@ class ServiceRegistry:
             try:
                 async with asyncio.timeout(2):
                     await conn.close()
-            except (*_DB_FAILURES, asyncio.TimeoutError):
+            except (TimeoutError, *_DB_FAILURES):
                 conn.terminate()
 
     def _on_notify(self, *_: object) -> None:
@@ -295,7 +295,7 @@ class ServiceRegistry:
         if self.load_error is not None:
             log.info("services_reload_recovered")
         self.load_error = None
-        self.loaded_at = datetime.now(timezone.utc)
+        self.loaded_at = datetime.now(UTC)
         self.reloads += 1
 
     def _config(self, row: Mapping[str, Any]) -> ServiceConfig:
@@ -441,11 +441,11 @@ class ServiceRegistry:
         if entry.published is None and not entry.probed:
             # A module that is never probed (off, or this gateway) starts out known: no event.
             entry.published = (status, circuit)
-            entry.changed_at = datetime.now(timezone.utc)
+            entry.changed_at = datetime.now(UTC)
             return
         previous = entry.published
         entry.published = (status, circuit)
-        entry.changed_at = datetime.now(timezone.utc)
+        entry.changed_at = datetime.now(UTC)
         probe = entry.probe
         change = {
             "service": entry.name,
@@ -659,7 +659,7 @@ class ServiceProber:
         if status == "on" and latency_ms > self.slow_ms:
             status, reason = "degraded", f"slow: answered in {latency_ms:.0f} ms (over {self.slow_ms:g} ms)"
         answered = status != "error" or http_status is not None
-        return Probe(status, reason, latency_ms if answered else None, datetime.now(timezone.utc), http_status)
+        return Probe(status, reason, latency_ms if answered else None, datetime.now(UTC), http_status)
 
     async def _get_health(self, config: ServiceConfig) -> tuple[str, str | None, int | None]:
         assert config.address is not None

@@ -100,6 +100,7 @@ async def test_bad_flag_changes_are_refused(gateway, admin_headers, make_token, 
 
     for body, field in (({"status": "maybe"}, "status"), ({"status": "error"}, "status"), ({}, "status"),
                         ({"status": "off", "reason": 7}, "reason"), ({"status": "off", "reason": "x" * 501}, "reason"),
+                        ({"status": "off", "reason": "nul\x00byte"}, "reason"),
                         ({"status": "off", "colour": "red"}, "colour")):
         resp = await _put(gateway, "chat", body, admin_headers)
         assert resp.status == 422, body
@@ -130,7 +131,8 @@ async def test_turning_events_off_ends_open_streams_and_refuses_new_ones(gateway
     for method, path in (("GET", "/operator/api/events"), ("POST", "/operator/api/events/ticket")):
         refused = await gateway.request(method, path, headers=admin_headers)
         assert refused.status == 503 and (await refused.json())["feature"] == "events"
-    features = {f["name"]: f for f in (await (await gateway.get(FEATURES_URL, headers=admin_headers)).json())["features"]}
+    listed = await (await gateway.get(FEATURES_URL, headers=admin_headers)).json()
+    features = {f["name"]: f for f in listed["features"]}
     assert features["events"]["status"] == "off" and features["events"]["reason"] == "maintenance"
 
 

@@ -133,7 +133,8 @@ async def _probed_once(client: Any) -> None:
 
 async def test_each_kind_of_module_gets_an_honest_status(aiohttp_client, settings, admin_headers, modules) -> None:
     healthy, plain, slow = await modules("healthy"), await modules("plain"), await modules("slow")
-    failing, says_degraded, says_down = await modules("failing"), await modules("says_degraded"), await modules("says_down")
+    failing, says_degraded = await modules("failing"), await modules("says_degraded")
+    says_down = await modules("says_down")
     hang = await modules("hang")
     port = healthy.server.port
     urls = {
@@ -175,7 +176,8 @@ async def test_each_kind_of_module_gets_an_honest_status(aiohttp_client, setting
     assert all(m["circuit"]["state"] == "closed" for m in got.values())
 
 
-async def test_status_is_fast_and_complete_while_a_module_hangs(aiohttp_client, settings, admin_headers, modules) -> None:
+async def test_status_is_fast_and_complete_while_a_module_hangs(aiohttp_client, settings, admin_headers,
+                                                                 modules) -> None:
     hang = await modules("hang")
     settings = probing(settings, {"spawner": hang.url}, probe_timeout=2.0, probe_connect_timeout=1.0)
     client = await serve(aiohttp_client, create_app(settings))
@@ -333,7 +335,8 @@ async def test_redis_down_makes_events_error_not_off(aiohttp_client, settings, a
 
         async def events_broken() -> bool:
             body = await (await client.get(STATUS, headers=admin_headers)).json()
-            return body["features"]["events"]["status"] == "error" and body["dependencies"]["redis"]["status"] == "error"
+            deps, features = body["dependencies"], body["features"]
+            return features["events"]["status"] == "error" and deps["redis"]["status"] == "error"
 
         await wait_for(events_broken, timeout=10)
         body = await (await client.get(STATUS, headers=admin_headers)).json()

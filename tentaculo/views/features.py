@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 from aiohttp import web
 
@@ -11,8 +13,11 @@ from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.features import FLAG_STATUSES, REASON_MAX, UnknownFeature
 from tentaculo.jsonio import json_response, read_json_object
 
-_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Connection trouble only: anything else the database refuses is a bug, not an outage.
+_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 _FIELDS = ("status", "reason")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @requires("read")
@@ -36,7 +41,7 @@ async def set_feature(request: web.Request) -> web.Response:
     data = await read_json_object(request)
     errors = []
     status = data.get("status")
-    if status not in FLAG_STATUSES:
+    if not isinstance(status, str) or status not in FLAG_STATUSES:
         errors.append({"field": "status", "message": f"required: one of {', '.join(FLAG_STATUSES)}"})
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
@@ -45,9 +50,11 @@ async def set_feature(request: web.Request) -> web.Response:
         reason = reason.strip() or None
         if reason is not None and len(reason) > REASON_MAX:
             errors.append({"field": "reason", "message": f"at most {REASON_MAX} characters"})
+        elif reason is not None and _CONTROL.search(reason):
+            errors.append({"field": "reason", "message": "must be one line of text, without control characters"})
     for key in sorted(set(data) - set(_FIELDS)):
         errors.append({"field": key, "message": "unknown field; send only status and reason"})
-    if errors:
+    if errors or not isinstance(status, str):
         raise ValidationFailed(errors)
     principal = request[keys.PRINCIPAL]
     try:
