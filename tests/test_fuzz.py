@@ -52,8 +52,9 @@ def fuzz_gateway(pg_server_dsn: str, redis_url: str, tmp_path: Path):
         "TENTACULO_LOG_FORMAT": "json",
         "TENTACULO_LOG_LEVEL": "warning",
     }
-    log = (tmp_path / "gateway.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tentaculo", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (tmp_path / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tentaculo", "run"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     import urllib.request
 
     deadline = time.monotonic() + 60
@@ -90,7 +91,7 @@ def _fuzz(st: str, base: str, token: str, log: Path, tmp_path: Path, selection: 
             "--max-examples", "10",
             "--seed", "20261124",
             "--generation-deterministic",
-            "--max-time", "120",
+            "--max-time", "90",
             "--request-timeout", "10",
             "--workers", "2",
             # The live stream never ends by design (its JSON page is tested in test_events).
