@@ -78,11 +78,12 @@ def test_fuzzing_the_whole_api_finds_no_5xx_and_nothing_outside_the_spec(fuzz_ga
     # A flag the fuzzer turns off makes its endpoints answer 503 feature_disabled by design, so flag
     # changes are fuzzed on their own, after every other operation was fuzzed with the flags on.
     flags = "/operator/api/features/{name}"
-    for selection in (["--exclude-path", flags], ["--include-path", flags]):
-        _fuzz(st, base, token, log, tmp_path, selection)
+    # The fuzzer keeps generating until --max-time: one operation alone needs far less time.
+    for selection, seconds in ((["--exclude-path", flags], 90), (["--include-path", flags], 15)):
+        _fuzz(st, base, token, log, tmp_path, selection, seconds)
 
 
-def _fuzz(st: str, base: str, token: str, log: Path, tmp_path: Path, selection: list[str]) -> None:
+def _fuzz(st: str, base: str, token: str, log: Path, tmp_path: Path, selection: list[str], seconds: int) -> None:
     result = subprocess.run(
         [
             st, "run", str(SPEC), "--url", base, *selection,
@@ -91,7 +92,7 @@ def _fuzz(st: str, base: str, token: str, log: Path, tmp_path: Path, selection: 
             "--max-examples", "10",
             "--seed", "20261124",
             "--generation-deterministic",
-            "--max-time", "90",
+            "--max-time", str(seconds),
             "--request-timeout", "10",
             "--workers", "2",
             # The live stream never ends by design (its JSON page is tested in test_events).
