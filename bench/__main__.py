@@ -32,13 +32,13 @@ def _table(figures: list[Figure]) -> str:
         verdict = "" if f.ok is None else ("ok" if f.ok else "MISSED")
         rows.append((f.scenario, f.name, f"{f.value} {f.unit}".strip(), f.goal, verdict))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 async def main(selected: list[str]) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     env = BenchEnv()
     figures: list[Figure] = []

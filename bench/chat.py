@@ -11,7 +11,6 @@ through ``POST /operator/api/chat``, one request at a time, alternating.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import time

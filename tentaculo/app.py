@@ -36,14 +36,12 @@ from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
 from tentaculo.settings import Settings
 from tentaculo.tickets import EventTickets
-from tentaculo.views import events, health, spec, tokens
-from tentaculo.views import chat, openai_compat
-from tentaculo.views import providers as provider_views
+from tentaculo.views import chat, events, fs, health, openai_compat, spec, tokens, trace
 from tentaculo.views import features as feature_views
-from tentaculo.views import status as status_views
-from tentaculo.views import fs, trace
 from tentaculo.views import metrics as metrics_views
+from tentaculo.views import providers as provider_views
 from tentaculo.views import proxy as proxy_views
+from tentaculo.views import status as status_views
 
 log = structlog.get_logger("tentaculo.app")
 

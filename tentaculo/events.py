@@ -22,7 +22,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -90,7 +90,7 @@ def format_event_id(key: EventKey) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _frame(event_id: str | None, event_type: str, envelope: bytes) -> bytes:
@@ -187,7 +187,7 @@ class TooManyClients(Exception):
 class Subscription:
     """One client's filter and bounded queue; the hub pushes, the stream view pulls."""
 
-    __slots__ = ("types", "correlation_id", "limit", "reason", "on_slow", "_items", "_waiter")
+    __slots__ = ("_items", "_waiter", "correlation_id", "limit", "on_slow", "reason", "types")
 
     def __init__(self, types: frozenset[str] | None, correlation_id: str | None, limit: int) -> None:
         self.types = types

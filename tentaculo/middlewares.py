@@ -7,7 +7,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import structlog
@@ -168,7 +168,7 @@ def record_middleware(*, access_log: bool) -> Callable[[web.Request, Handler], A
             app = request.app
             app[keys.AUDIT].record(
                 (
-                    datetime.now(timezone.utc),
+                    datetime.now(UTC),
                     request[keys.CORRELATION_ID],
                     token_name,
                     request.method,

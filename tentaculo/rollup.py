@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -63,7 +63,7 @@ _POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def bucket_rows(bucket: Bucket, instance: str, bucket_seconds: int) -> list[tuple[Any, ...]]:

@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -109,7 +109,7 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
 
 
 def _modified(st: os.stat_result) -> datetime:
-    return datetime.fromtimestamp(st.st_mtime, timezone.utc)
+    return datetime.fromtimestamp(st.st_mtime, UTC)
 
 
 def _entry(entry: os.DirEntry[str], dir_fd: int) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from datetime import UTC
 
 import asyncpg
 
@@ -106,13 +107,13 @@ async def test_shutdown_flushes_queued_rows(aiohttp_client, settings, db, admin_
 
 
 async def test_writer_batches_large_bursts(database_url, db) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     writer = AuditWriter(pool, capacity=10_000, batch_size=500, flush_seconds=0.05)
     writer.start()
     instance = f"burst-{uuid.uuid4().hex[:8]}"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for i in range(1_234):
         writer.record((now, f"c{i}", None, "GET", "/r", "/r", 200, 0.1, "127.0.0.1", instance, None))
     await wait_for(lambda: _count_is(db, instance, 1_234))

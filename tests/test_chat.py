@@ -92,7 +92,7 @@ async def test_accept_event_stream_alone_streams(aiohttp_client, settings, admin
     gw = await chat_gateway(aiohttp_client, settings)
     resp = await gw.post(CHAT, json={"message": "hi"}, headers={**admin_headers, "Accept": "text/event-stream"})
     events = parse_sse(await resp.text())
-    assert [n for n, _ in events][0] == "start" and events[-1][0] == "done"
+    assert next(n for n, _ in events) == "start" and events[-1][0] == "done"
 
 
 async def test_reasoning_streams_as_reasoning_deltas(aiohttp_client, settings, admin_headers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -14,7 +14,7 @@ from tests.faults import proxy_postgres
 
 
 def row(cid: str, status: str = "ok") -> tuple:
-    return (datetime.now(timezone.utc), cid, uuid.uuid4(), "session", "tester", "mock", "mock", status, "stop",
+    return (datetime.now(UTC), cid, uuid.uuid4(), "session", "tester", "mock", "mock", status, "stop",
             3, 13, 1.5, False, True, json.dumps([{"provider": "mock", "status": "ok"}]), None, "test-instance")
 
 

@@ -8,8 +8,8 @@ import json
 import structlog
 from structlog.testing import capture_logs
 
-from tentaculo.logging import REDACTED, SecretScrubber, configure_logging, shared_processors
 from tentaculo.app import create_app
+from tentaculo.logging import REDACTED, SecretScrubber, configure_logging, shared_processors
 from tests.conftest import ADMIN_TOKEN, serve
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
@@ -17,7 +17,7 @@ from tentaculo.app import create_app
 from tentaculo.metrics import LATENCY_BOUNDS_MS, RequestMetrics, Series, quantile
 from tentaculo.rollup import COMPACT_SECONDS, MetricsRollup
 from tentaculo.settings import Settings
-from tests.chat_helpers import chat_gateway, new_cid
+from tests.chat_helpers import chat_gateway
 from tests.conftest import AppClient, serve, wait_for
 from tests.faults import proxy_postgres
 
@@ -190,7 +190,7 @@ async def test_postgres_away_answers_with_this_instances_figures(
 
 async def test_compaction_keeps_sums_and_drops_expired_rows(database_url, db: asyncpg.Connection) -> None:
     route = f"/compaction-{uuid.uuid4().hex[:8]}"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     hist = [0] * (len(LATENCY_BOUNDS_MS) + 1)
     rows = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tentaculo import keys
 from tentaculo.views.trace import in_time_order
@@ -82,7 +82,7 @@ async def test_limit_bounds_each_source_and_says_so(gateway, admin_headers) -> N
 
 
 def test_items_of_one_millisecond_keep_their_causal_order() -> None:
-    ms = datetime(2026, 1, 2, 3, 4, 5, 130_000, tzinfo=timezone.utc)
+    ms = datetime(2026, 1, 2, 3, 4, 5, 130_000, tzinfo=UTC)
     at = lambda us: ms + timedelta(microseconds=us)  # noqa: E731
     items = [
         {"kind": "audit", "ts": at(900), "route": "/operator/api/chat"},

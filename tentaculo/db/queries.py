@@ -128,7 +128,7 @@ _CHAT_ACTION_INSERT = "INSERT INTO copilot_actions_log ({}) SELECT {} FROM unnes
 
 async def insert_chat_actions(db: Executor, rows: Sequence[tuple[Any, ...]]) -> None:
     """Write chat action rows (``attempts`` as JSON text) in one statement."""
-    await db.execute(_CHAT_ACTION_INSERT, *(list(column) for column in zip(*rows)))
+    await db.execute(_CHAT_ACTION_INSERT, *(list(column) for column in zip(*rows, strict=False)))
 
 
 async def chat_actions_for(db: Executor, correlation_id: str) -> list[asyncpg.Record]:

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -335,7 +335,7 @@ class ChatTurn:
         settings = self.app[keys.SETTINGS]
         u = self.usage
         self.app[keys.CHAT_LOG].record((
-            datetime.now(timezone.utc),
+            datetime.now(UTC),
             self.correlation_id,
             self.message_id,
             self.session_id,

@@ -77,7 +77,7 @@ async def ready(request: web.Request) -> web.Response:
 
     names = ("postgresql", "redis", "migrations")
     results = await asyncio.gather(_timed(postgresql), _timed(redis), _timed(migrations))
-    checks = dict(zip(names, results))
+    checks = dict(zip(names, results, strict=False))
     failing = [name for name, check in checks.items() if check["status"] != "on"]
     body: dict[str, Any] = {"status": "on" if not failing else "error", "checks": checks}
     checks["audit"] = audit_check(app)

@@ -19,7 +19,7 @@ from tentaculo.metrics import LATENCY_BOUNDS_MS, Series
 from tentaculo.rollup import QUANTILES, WINDOWS, Figures, summarize
 
 DEFAULT_WINDOW = "5m"
-_LE = tuple(f"{b / 1000:g}" for b in LATENCY_BOUNDS_MS) + ("+Inf",)
+_LE = (*tuple(f"{b / 1000:g}" for b in LATENCY_BOUNDS_MS), "+Inf")
 
 
 def window_of(request: web.Request) -> str:
@@ -75,7 +75,7 @@ class _Families:
 def _buckets(s: Series) -> list[tuple[str, float]]:
     running = 0
     out = []
-    for le, n in zip(_LE, s.histogram):
+    for le, n in zip(_LE, s.histogram, strict=False):
         running += n
         out.append((le, float(running)))
     return out
