@@ -339,7 +339,12 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     flags = app.get(keys.FEATURES)
     if flags is not None:
         sandbox = app[keys.SANDBOX]
-        flags.add_check("file_explorer", lambda: None if sandbox.status()[0] == "on" else sandbox.status())
+
+        def file_explorer_check() -> tuple[str, str] | None:
+            state, reason = sandbox.status()  # a reason whenever the state is not "on"
+            return None if state == "on" or reason is None else (state, reason)
+
+        flags.add_check("file_explorer", file_explorer_check)
     rollup.start()
     yield
     await rollup.close(timeout=settings.shutdown_timeout)

@@ -93,18 +93,18 @@ def _databases(settings: Settings, *, need_redis: bool) -> Iterator[Settings]:
     from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
 
     with contextlib.ExitStack() as stack:
-        changes: dict[str, str] = {}
-        if not settings.database_url:
+        database_url, redis_url = settings.database_url, settings.redis_url
+        if not database_url:
             pg = EmbeddedPostgres(settings.state_dir / "postgres")
             print(f"starting embedded PostgreSQL in {pg.directory}", file=sys.stderr)
-            changes["database_url"] = pg.start()
+            database_url = pg.start()
             stack.callback(pg.stop)
-        if need_redis and not settings.redis_url:
+        if need_redis and not redis_url:
             redis = EmbeddedRedis(settings.state_dir / "redis")
-            changes["redis_url"] = redis.start()
+            redis_url = redis.start()
             print(f"started embedded Redis at {redis.url}", file=sys.stderr)
             stack.callback(redis.stop)
-        yield dataclasses.replace(settings, **changes)
+        yield dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
@@ -159,7 +159,8 @@ def _run(settings: Settings) -> int:
         # A client that goes away cancels its handler, so a chat stops its upstream call at once.
         handler_cancellation=True,
         loop=loop,
-        **SERVER_LIMITS,
+        max_field_size=SERVER_LIMITS["max_field_size"],
+        max_line_size=SERVER_LIMITS["max_line_size"],
         print=lambda msg: print(msg.replace("======== ", "tentaculo ").replace(" ========", ""), file=sys.stderr),
     )
     return 0

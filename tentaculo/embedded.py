@@ -7,6 +7,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
 
 EMBEDDED_DATABASE = "tentaculo"
 
@@ -20,7 +24,7 @@ class EmbeddedPostgres:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory.resolve()
-        self._server = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
         """Start (or join) the server and return the DSN of the ``tentaculo`` database."""
@@ -32,11 +36,11 @@ class EmbeddedPostgres:
             import pgserver  # imported here: only the zero-configuration path needs it
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.directory, cleanup_mode="stop")
-        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
+        self._server = server = pgserver.get_server(self.directory, cleanup_mode="stop")
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
         if "1 row" not in exists:
-            self._server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
-        return self._server.get_uri(EMBEDDED_DATABASE)
+            server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
+        return server.get_uri(EMBEDDED_DATABASE)
 
     @property
     def admin_dsn(self) -> str:

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import orjson
 import structlog
@@ -73,7 +73,9 @@ end
 return 0
 """
 
-EventKey = tuple[int, int]
+EventKey: TypeAlias = tuple[int, int]
+# XRANGE / XREVRANGE reply of a client without decode_responses; redis-py types it loosely.
+StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def parse_event_id(text: str) -> EventKey | None:
@@ -607,7 +609,7 @@ class EventHub:
 
     async def history(self, start: str, count: int) -> list[Event]:
         """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
-        entries = await self._redis.xrange(self.stream_key, min=start, max="+", count=count)
+        entries = cast(StreamEntries, await self._redis.xrange(self.stream_key, min=start, max="+", count=count))
         return [_decoded(eid, fields) for eid, fields in entries]
 
     async def recent(
@@ -625,7 +627,7 @@ class EventHub:
         chunk = max(limit * 2, 100)
         scanned = 0
         while True:
-            entries = await self._redis.xrevrange(self.stream_key, max=upper, min="-", count=chunk)
+            entries = cast(StreamEntries, await self._redis.xrevrange(self.stream_key, max=upper, min="-", count=chunk))
             for eid, fields in entries:
                 event = _decoded(eid, fields)
                 if probe.matches(event):

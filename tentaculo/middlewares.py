@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from tentaculo import keys
 from tentaculo.auth import (
@@ -142,7 +143,7 @@ def _passed_routing(request: web.Request) -> bool:
     return request.match_info.http_exception is None
 
 
-def record_middleware(*, access_log: bool) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def record_middleware(*, access_log: bool) -> Middleware:
     """Audit and metrics for every routed request, whatever its outcome; optionally a log line.
 
     One layer records both: they need the same status, route and duration.
@@ -233,11 +234,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
     else:
         try:
-            principal = await request.app[keys.TOKENS].authenticate(token)
+            found = await request.app[keys.TOKENS].authenticate(token)
         except TokenStoreUnavailable:
             raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
-        if principal is None:
+        if found is None:
             raise Problem("invalid_token", "the token is unknown, revoked or malformed")
+        principal = found
     request[keys.PRINCIPAL] = principal
     structlog.contextvars.bind_contextvars(token_name=principal.name)
     if scope not in principal.scopes:
@@ -258,7 +260,7 @@ def _check_feature(request: web.Request) -> None:
         raise Problem("feature_disabled", f"the {name!r} feature is turned off: {reason}", feature=name)
 
 
-def middleware_chain(settings: Settings) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+def middleware_chain(settings: Settings) -> list[Middleware]:
     """The chain for ``settings``, outermost first.
 
     Audit and metrics (one layer) wrap auth so that refused requests (401/403) are recorded

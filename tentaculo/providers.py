@@ -634,7 +634,7 @@ class ProviderRegistry:
                 log.exception("provider_callback_failed", callback=getattr(callback, "__qualname__", repr(callback)))
 
     def _callback_done(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)  # type: ignore[arg-type]
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("provider_callback_failed", error=repr(task.exception()))
 

@@ -160,7 +160,8 @@ def _figures_view(s: Series, seconds: float, *, count_name: str) -> dict[str, An
 def summarize(figures: Figures) -> dict[str, Any]:
     """The document of ``GET /operator/api/metrics`` (without window name and dropped counts)."""
     seconds = figures.seconds
-    total, by_class = Series(), {}
+    total = Series()
+    by_class: dict[str, Series] = {}
     routes: dict[tuple[str, str], tuple[Series, dict[str, int]]] = {}
     providers: dict[str, tuple[Series, dict[str, int]]] = {}
     for (route, method, status_class, provider), s in sorted(figures.series.items()):

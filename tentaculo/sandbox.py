@@ -16,7 +16,7 @@ import asyncio
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,7 +198,7 @@ class Sandbox:
         finally:
             os.close(fd)
 
-    def _open_beneath(self, base: str, components: list[str], shown: str) -> int:
+    def _open_beneath(self, base: str, components: Sequence[str], shown: str) -> int:
         """Open ``base/components`` one directory at a time, following no symlink."""
         try:
             fd = os.open(base, _DIR_FLAGS)

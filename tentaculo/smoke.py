@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,5 +108,4 @@ async def run_smoke(base: str, token: str, *, out: Callable[[str], None] = print
 
 def main(base: str, token: str) -> int:
     """Entry point used by the CLI."""
-    runner: Callable[[Awaitable[int]], int] = asyncio.run
-    return 1 if runner(run_smoke(base, token)) else 0
+    return 1 if asyncio.run(run_smoke(base, token)) else 0

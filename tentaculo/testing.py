@@ -73,7 +73,7 @@ def make_context(
 
 async def stream_all(provider: Provider, request: ChatRequest, *, timeout: float = STEP_TIMEOUT) -> list[Chunk]:
     """Every chunk of one stream, with a time limit per chunk."""
-    chunks = []
+    chunks: list[Chunk] = []
     iterator = provider.stream(request).__aiter__()
     while True:
         try:

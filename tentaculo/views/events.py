@@ -155,9 +155,10 @@ async def _stream(
             await write(f"retry: {settings.events_retry_ms}\r\n\r\n".encode())
             last = (0, 0)
             if plan is not None:
-                last = await _replay(hub, sub, plan, write, cid)
-                if last is None:
+                replayed = await _replay(hub, sub, plan, write, cid)
+                if replayed is None:
                     return resp
+                last = replayed
             while True:
                 try:
                     event = await sub.get()

@@ -23,7 +23,7 @@ from tentaculo.auth import requires
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
-from tentaculo.providers import ChatRequest, ChatStream, ProviderError, ProviderRegistry
+from tentaculo.providers import ChatRequest, ChatStream, Message, ProviderError, ProviderRegistry
 from tentaculo.views.chat import FIELD_MAX, ChatSpec, ChatTurn, check_messages, check_options, unknown_provider
 
 # Parameters the gateway cannot honour: refused rather than silently ignored.
@@ -77,7 +77,7 @@ def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: 
     settings = request.app[keys.SETTINGS]
     errors: list[dict[str, str]] = []
     raw = data.get("messages")
-    messages = ()
+    messages: tuple[Message, ...] = ()
     if not isinstance(raw, list):
         errors.append({"field": "messages", "message": "must be a list of {role, content} objects"})
     else:

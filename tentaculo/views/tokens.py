@@ -54,7 +54,7 @@ async def create_token(request: web.Request) -> web.Response:
             scopes = parse_scopes(",".join(raw_scopes))
         except ValueError as exc:
             errors.append({"field": "scopes", "message": str(exc)})
-    if errors:
+    if errors or not isinstance(name, str):
         raise ValidationFailed(errors)
     token = new_token()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -23,6 +23,8 @@ LIMIT_DEFAULT, LIMIT_MAX = 200, 1000
 SOURCE_TIMEOUT = 5.0
 _MICROSECOND = timedelta(microseconds=1)
 _FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+
+T = TypeVar("T")
 
 
 def _limit(request: web.Request) -> int:
@@ -83,7 +85,7 @@ def in_time_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
-async def _bounded(call: Awaitable[Any]) -> Any:
+async def _bounded(call: Awaitable[T]) -> T:
     async with asyncio.timeout(SOURCE_TIMEOUT):
         return await call
 
