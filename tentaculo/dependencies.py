@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tentaculo.db import queries
+from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.dependencies")
 
@@ -57,10 +58,8 @@ class DependencyMonitor:
         self._task = asyncio.create_task(self._run(), name="dependency-monitor")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ import orjson
 import structlog
 
 from tentaculo.db import queries
+from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.features")
 
@@ -110,10 +111,8 @@ class FeatureFlags:
         self._task = asyncio.create_task(self._run(), name="feature-flags")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from tentaculo.db import queries
 from tentaculo.events import EventHub
 from tentaculo.metrics import LATENCY_BOUNDS_MS, Bucket, RequestMetrics, Series, merge_into, quantile
+from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.rollup")
 
@@ -242,10 +243,8 @@ class MetricsRollup:
 
     async def close(self, timeout: float) -> None:
         """Stop the loop and write what is left for at most ``timeout`` seconds."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while not await self.flush():

@@ -14,6 +14,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from tentaculo.tasks import stop_task
+
 log = structlog.get_logger("tentaculo.rows")
 
 WriteRows = Callable[[asyncpg.Connection, Sequence[tuple[Any, ...]]], Awaitable[None]]
@@ -136,13 +138,8 @@ class RowWriter:
     async def close(self, timeout: float) -> None:
         """Stop taking rows, stop the loop, and flush for at most ``timeout`` seconds."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         try:
             async with asyncio.timeout(timeout):
                 while not await self.flush():

@@ -61,6 +61,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from tentaculo.db import queries
 from tentaculo.providers import CircuitBreaker
 from tentaculo.settings import Settings, service_key
+from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.services")
 
@@ -227,10 +228,8 @@ class ServiceRegistry:
         self._task = asyncio.create_task(self._run(), name="service-registry")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._drop_listener()
 
     async def _run(self) -> None:
@@ -595,10 +594,8 @@ class ServiceProber:
                 await self._first_round.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
