@@ -101,7 +101,8 @@ _REQUEST_DROP = frozenset({
 })
 _FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
 _RESPONSE_DROP = frozenset({"server", "content-length", "x-correlation-id"})
-# Headers aiohttp's client adds when absent; left out unless the client sent them itself.
+# Headers aiohttp's client adds when absent: never added, so the module sees only what the client
+# sent (a header the client did send is copied like any other).
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CREDENTIAL_PARAMS = QUERY_TOKEN_NAMES | {TICKET_PARAM}
 # Module statuses that count against its circuit: it is failing, not the request.
@@ -264,8 +265,8 @@ def upstream_headers(
     correlation_id: str,
     credential: str | None,
     trusted: TrustedProxies,
-) -> tuple[CIMultiDict[str], tuple[str, ...]]:
-    """The headers to send upstream, and which automatic client headers to leave out."""
+) -> CIMultiDict[str]:
+    """The headers to send upstream."""
     inbound = request.headers
     named = _connection_named(inbound)
     out: CIMultiDict[str] = CIMultiDict()
@@ -287,8 +288,7 @@ def upstream_headers(
     out["X-Correlation-ID"] = correlation_id
     if credential:
         out["Authorization"] = f"Bearer {credential}"
-    skip = tuple(h for h in _AUTO_HEADERS if h not in inbound)
-    return out, skip
+    return out
 
 
 def client_headers(upstream: CIMultiDictProxy[str], target: Upstream, service: str) -> CIMultiDict[str]:
@@ -358,6 +358,8 @@ class ModuleProxy:
         self._session: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}
+        # One ClientTimeout per distinct module setting, built once rather than on every call.
+        self._timeouts: dict[ModuleTimeouts | None, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         # WebSockets hold their connection for as long as they live: they get a pool of their own
@@ -373,7 +375,7 @@ class ModuleProxy:
             cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every operator: keep no cookies
             auto_decompress=False,  # bodies pass through as the module encoded them
             trust_env=False,
-            skip_auto_headers=("User-Agent",),
+            skip_auto_headers=_AUTO_HEADERS,
             max_field_size=32 * 1024,
             max_line_size=16 * 1024,
         )
@@ -404,10 +406,14 @@ class ModuleProxy:
         return (t.connect or self.settings.proxy_connect_timeout, t.read or self.settings.proxy_read_timeout)
 
     def timeout(self, timeouts: ModuleTimeouts | None) -> aiohttp.ClientTimeout:
-        connect, read = self.limits(timeouts)
-        return aiohttp.ClientTimeout(
-            total=None, connect=self.settings.proxy_pool_wait + connect, sock_connect=connect, sock_read=read
-        )
+        """The client timeouts for a module (cached: settings do not change while running)."""
+        found = self._timeouts.get(timeouts)
+        if found is None:
+            connect, read = self.limits(timeouts)
+            found = self._timeouts[timeouts] = aiohttp.ClientTimeout(
+                total=None, connect=self.settings.proxy_pool_wait + connect, sock_connect=connect, sock_read=read
+            )
+        return found
 
     async def send(
         self,
@@ -418,7 +424,6 @@ class ModuleProxy:
         *,
         body: RequestBody | None,
         auth: aiohttp.BasicAuth | None,
-        skip_auto_headers: tuple[str, ...],
         timeouts: ModuleTimeouts | None,
     ) -> aiohttp.ClientResponse:
         """Send the request and return the module's response with its body still unread.
@@ -433,7 +438,7 @@ class ModuleProxy:
             try:
                 return await self.session.request(
                     method, url, headers=headers, data=body.chunks() if body is not None else None, auth=auth,
-                    timeout=timeout, allow_redirects=False, skip_auto_headers=skip_auto_headers,
+                    timeout=timeout, allow_redirects=False,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if body is not None and body.too_large:

@@ -111,7 +111,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     length = request.content_length
     if length is not None and length > settings.proxy_max_body_bytes:
         raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes")
-    headers, skip = upstream_headers(
+    headers = upstream_headers(
         request,
         correlation_id=request[keys.CORRELATION_ID],
         credential=settings.service_tokens.get(key),
@@ -136,7 +136,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         if websocket:
             return await _websocket(request, transport, verdict, name, url, headers, offered, auth, timeouts)
-        return await _forward(request, transport, verdict, name, target, url, headers, skip, auth, timeouts)
+        return await _forward(request, transport, verdict, name, target, url, headers, auth, timeouts)
     finally:
         verdict.release()  # no-op once a verdict was given; frees a half-open trial otherwise
 
@@ -171,7 +171,6 @@ async def _forward(
     target: Upstream,
     url: URL,
     headers: CIMultiDict[str],
-    skip: tuple[str, ...],
     auth: aiohttp.BasicAuth | None,
     timeouts: ModuleTimeouts | None,
 ) -> web.StreamResponse:
@@ -181,7 +180,7 @@ async def _forward(
         headers["Content-Length"] = str(request.content_length)
     try:
         upstream = await transport.send(
-            name, request.method, url, headers, body=body, auth=auth, skip_auto_headers=skip, timeouts=timeouts
+            name, request.method, url, headers, body=body, auth=auth, timeouts=timeouts
         )
     except BodyTooLarge:
         raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes") from None
