@@ -46,6 +46,11 @@ Each module has a connect timeout (``TENTACULO_PROXY_CONNECT_TIMEOUT``) and a re
 between two body chunks), both overridable per module with ``TENTACULO_SERVICE_<NAME>_TIMEOUT``.
 Waiting for a free pooled connection is bounded by ``TENTACULO_PROXY_POOL_WAIT``.
 
+A bodyless GET to a plain-HTTP module (the common call) goes over a lean keep-alive pool of its
+own: at most ``TENTACULO_PROXY_POOL_PER_MODULE`` connections per module, the response head parsed
+by httptools, the body relayed by Content-Length, chunks or end of connection. Everything else
+(bodies, HEAD, WebSocket, TLS) goes through aiohttp's client, under the same rules.
+
 A call is retried (``TENTACULO_PROXY_RETRIES`` times) only when all of these hold: the method
 is idempotent per RFC 9110 section 9.2.2 and has no request body (GET, HEAD, OPTIONS, PUT,
 DELETE; TRACE is never proxied meaningfully and not retried), and the connection failed before
@@ -70,12 +75,14 @@ import contextlib
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, unquote_plus, unquote_to_bytes
 
 import aiohttp
+import httptools
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -205,6 +212,9 @@ class Upstream:
     origin: str
     base_path: str
     auth: aiohttp.BasicAuth | None
+    host: str = ""
+    port: int = 0
+    plain: bool = False  # plain HTTP: eligible for the lean GET path
 
     @classmethod
     def parse(cls, address: str) -> Upstream:
@@ -212,7 +222,20 @@ class Upstream:
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("not an http(s) address")
         auth = aiohttp.BasicAuth(url.user or "", url.password or "") if url.user or url.password else None
-        return cls(str(url.origin()), url.raw_path.rstrip("/"), auth)
+        return cls(str(url.origin()), url.raw_path.rstrip("/"), auth, url.host, url.port or 80, url.scheme == "http")
+
+    def get_head(self, rest: str, query: str, headers: CIMultiDict[str], auth: aiohttp.BasicAuth | None) -> bytes:
+        """A GET's request head as it goes on the wire (what aiohttp's client would send for it)."""
+        parts = [f"GET {self.base_path}/{rest}{'?' + query if query else ''} HTTP/1.1\r\n"
+                 f"Host: {self.origin.partition('://')[2]}\r\n"]
+        parts += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        if auth is not None:
+            parts.append(f"Authorization: {auth.encode()}\r\n")
+        parts.append("\r\n")
+        text = "".join(parts)
+        if text.count("\n") != len(parts) + 1 or text.count("\r") != len(parts) + 1:
+            raise ValueError("a header holds a line break")
+        return text.encode("utf-8", "surrogateescape")
 
     def url(self, rest: str, query: str) -> URL:
         """The module's URL for a proxied path (kept exactly as the client encoded it)."""
@@ -336,14 +359,285 @@ class RequestBody:
             raise
 
 
+# --------------------------------------------------------------------------- the lean GET path
+
+# Most proxied calls are a bodyless GET over plain HTTP: those skip aiohttp's client machinery and
+# go over a small keep-alive pool of their own, parsed by httptools (llhttp). Everything else
+# (bodies, HEAD, WebSocket, TLS) keeps using aiohttp.
+_HEAD_LIMIT = 80 * 1024  # status line plus headers, as aiohttp's client limits allow
+_PAUSE_AT = 4 * CHUNK  # stop reading from the module while this much body waits for the client
+_RESUME_AT = CHUNK
+
+
+class InvalidResponse(Exception):
+    """The module answered with something that is not an HTTP/1.1 response."""
+
+
+class ModuleResponse:
+    """A module's answer on the lean path: status and headers, the body read as it arrives.
+
+    Offers what the view uses of ``aiohttp.ClientResponse``: ``status``, ``headers``,
+    ``content_length``, ``read()``, ``content.readany()``/``is_eof()``, ``release()``, ``close()``.
+    """
+
+    __slots__ = ("_buffered", "_chunks", "_conn", "_error", "_head", "_lost", "_pool", "_raw_headers",
+                 "_read_timeout", "_seen", "_settled", "_waiter", "complete", "headers", "keep_alive", "received",
+                 "status")
+
+    def __init__(self, pool: _ModulePool, conn: _ModuleConnection, read_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._pool = pool
+        self._conn = conn
+        self._read_timeout = read_timeout
+        self._head: asyncio.Future[None] = loop.create_future()
+        self._waiter: asyncio.Future[None] | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._seen = 0
+        self._error: BaseException | None = None
+        self._lost = False
+        self._settled = False
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.received = False  # any byte of the answer arrived (after that, no retry)
+        self.complete = False
+        self.keep_alive = False
+
+    # -- fed by the connection
+
+    def _data(self, data: bytes) -> None:
+        self.received = True
+        if not self._head.done():
+            self._seen += len(data)
+        try:
+            self._conn.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(InvalidResponse(str(exc)))
+            return
+        if not self._head.done() and self._seen > _HEAD_LIMIT:
+            self._fail(InvalidResponse("response head too large"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._conn.parser.get_status_code()
+        if 100 <= status < 200:
+            self._raw_headers.clear()  # an interim answer: the real one follows
+            return
+        if self._head.done():
+            self._fail(InvalidResponse("a second response to one request"))
+            return
+        self.status = status
+        self.headers = CIMultiDictProxy(CIMultiDict(
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in self._raw_headers
+        ))
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _PAUSE_AT and self._conn.transport is not None:
+            self._conn.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # the end of an interim answer
+        self.complete = True
+        self.keep_alive = self._conn.parser.should_keep_alive()  # read here: the parser resets after
+        self._wake()
+
+    def _connection_lost(self) -> None:
+        self._lost = True
+        if self.complete:
+            return
+        if self._head.done() and "Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers:
+            self.complete = True  # a body delimited by the end of the connection
+            self._wake()
+        else:
+            self._fail(aiohttp.ServerDisconnectedError() if not self._head.done()
+                       else aiohttp.ClientPayloadError("the module closed the connection mid-body"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if not self._head.done():
+            self._head.set_exception(exc)
+            self._head.exception()  # retrieved: whoever waits re-raises it
+        self._wake()
+        self._conn.abort()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- used by the caller
+
+    async def wait_head(self) -> None:
+        async with asyncio.timeout(self._read_timeout):
+            await self._head
+
+    @property
+    def content(self) -> ModuleResponse:
+        return self
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def is_eof(self) -> bool:
+        return self.complete and not self._chunks
+
+    async def readany(self) -> bytes:
+        """The body received so far (waits for some); ``b""`` at its end."""
+        while not self._chunks:
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        if self._buffered > _PAUSE_AT and self._conn.transport is not None and not self._lost:
+            self._conn.transport.resume_reading()
+        self._buffered = 0
+        return data
+
+    async def read(self) -> bytes:
+        parts = []
+        while chunk := await self.readany():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Done with a body read to its end: the connection goes back to the pool if it may."""
+        if not self._settled:
+            self._settled = True
+            keep = self.complete and self.keep_alive and self._error is None and not self._lost
+            self._pool.put_back(self._conn, keep)
+
+    def close(self) -> None:
+        """Done early: the connection is closed (an unread body is never reused)."""
+        if not self._settled:
+            self._settled = True
+            self._pool.put_back(self._conn, False)
+
+
+class _ModuleConnection(asyncio.Protocol):
+    """One kept-alive connection to a module; the current response gets its parsed bytes."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.response: ModuleResponse | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        if self.response is None:
+            self.abort()  # bytes nobody asked for: the connection cannot be trusted any more
+            return
+        self.response._data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.response is not None:
+            self.response._connection_lost()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # httptools callbacks, passed on to the response being read
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.response is not None:
+            self.response.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.response is not None:
+            self.response.on_message_complete()
+
+
+class _ModulePool:
+    """At most ``limit`` connections (in use or idle) to one module's host and port."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self._host = host
+        self._port = port
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[_ModuleConnection] = []
+
+    async def acquire(self, pool_wait: float, connect: float) -> tuple[_ModuleConnection, bool]:
+        """A connection and whether it was reused; its slot is held until ``put_back``."""
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(pool_wait):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise aiohttp.ConnectionTimeoutError() from None
+        else:
+            await self._slots.acquire()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn, True
+        try:
+            async with asyncio.timeout(connect):
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    _ModuleConnection, self._host, self._port
+                )
+        except TimeoutError:
+            self._slots.release()
+            raise aiohttp.ConnectionTimeoutError() from None
+        except BaseException:
+            self._slots.release()
+            raise
+        return conn, False
+
+    def put_back(self, conn: _ModuleConnection, keep: bool) -> None:
+        conn.response = None
+        if keep and not conn.closed:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+        self._slots.release()
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.abort()
+        self._idle.clear()
+
+
 # --------------------------------------------------------------------------- the transport
 
 
 def _connect_reason(exc: BaseException) -> str:
     """Why a connection failed, from its errno only: the OS message may carry the address."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
         return "its host name does not resolve"
-    os_error = getattr(exc, "os_error", None)
+    os_error = getattr(exc, "os_error", exc)
     if isinstance(os_error, OSError) and os_error.errno:
         return os.strerror(os_error.errno).lower()
     return "connection failed"
@@ -358,6 +652,7 @@ class ModuleProxy:
         self._session: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}
+        self._pools: dict[tuple[str, int], _ModulePool] = {}
         # One ClientTimeout per distinct module setting, built once rather than on every call.
         self._timeouts: dict[ModuleTimeouts | None, aiohttp.ClientTimeout] = {}
 
@@ -381,6 +676,9 @@ class ModuleProxy:
         )
 
     async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         for session in (self._session, self._ws_session):
             if session is not None:
                 await session.close()
@@ -419,19 +717,24 @@ class ModuleProxy:
         self,
         service: str,
         method: str,
-        url: URL,
+        target: Upstream,
+        rest: str,
+        query: str,
         headers: CIMultiDict[str],
         *,
         body: RequestBody | None,
         auth: aiohttp.BasicAuth | None,
         timeouts: ModuleTimeouts | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> aiohttp.ClientResponse | ModuleResponse:
         """Send the request and return the module's response with its body still unread.
 
         The caller owns the response: ``release()`` it when the body was relayed in full,
         ``close()`` it otherwise. Raises UpstreamUnavailable, UpstreamTimeout, or BodyTooLarge.
         """
         retries = self.settings.proxy_retries if method in IDEMPOTENT and body is None else 0
+        if body is None and method == "GET" and target.plain:
+            return await self._get(service, target, target.get_head(rest, query, headers, auth), retries, timeouts)
+        url = target.url(rest, query)
         timeout = self.timeout(timeouts)
         attempt = 0
         while True:
@@ -451,6 +754,42 @@ class ModuleProxy:
                 log.info("proxy_retry", service=service, attempt=attempt, error=type(exc).__name__)
             await asyncio.sleep(RETRY_BACKOFF * attempt)
 
+    async def _get(
+        self, service: str, target: Upstream, head: bytes, retries: int, timeouts: ModuleTimeouts | None
+    ) -> ModuleResponse:
+        """The lean path: a bodyless GET over the module's own keep-alive pool."""
+        connect, read = self.limits(timeouts)
+        key = (target.host, target.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _ModulePool(target.host, target.port, self.settings.proxy_pool_per_module)
+        attempt = 0
+        while True:
+            response = None
+            try:
+                conn, _ = await pool.acquire(self.settings.proxy_pool_wait, connect)
+                response = conn.response = ModuleResponse(pool, conn, read)
+                if conn.closed or conn.transport is None:
+                    raise aiohttp.ServerDisconnectedError()
+                conn.transport.write(head)
+                await response.wait_head()
+                return response
+            except (aiohttp.ClientError, OSError, InvalidResponse) as exc:
+                if response is not None:
+                    response.close()
+                # Retried only when nothing of an answer arrived: refused, reset, a dropped kept-alive connection.
+                retryable = not isinstance(exc, (TimeoutError, InvalidResponse)) and not (
+                    response is not None and response.received)
+                if not retryable or attempt >= retries:
+                    raise self.failure(service, exc, timeouts) from None
+                attempt += 1
+                log.info("proxy_retry", service=service, attempt=attempt, error=type(exc).__name__)
+            except BaseException:
+                if response is not None:
+                    response.close()  # cancelled (the client left): the module's call ends with it
+                raise
+            await asyncio.sleep(RETRY_BACKOFF * attempt)
+
     def failure(self, service: str, exc: BaseException, timeouts: ModuleTimeouts | None) -> Problem:
         """The problem a client sees for ``exc``: names the module and the kind of failure, never its address."""
         connect, read = self.limits(timeouts)
@@ -467,10 +806,12 @@ class ModuleProxy:
         if isinstance(exc, aiohttp.WSServerHandshakeError):
             return UpstreamUnavailable(f"module {service!r} refused the WebSocket upgrade (HTTP {exc.status})",
                                        service=service, upstream_status=exc.status)
-        if isinstance(exc, aiohttp.ClientResponseError):
+        if isinstance(exc, (aiohttp.ClientResponseError, InvalidResponse)):
             return UpstreamUnavailable(f"module {service!r} sent an invalid HTTP response", service=service)
         if isinstance(exc, aiohttp.ClientPayloadError):
             return UpstreamUnavailable(f"module {service!r} broke off its response", service=service)
+        if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
+            return UpstreamUnavailable(f"module {service!r} is unreachable: {_connect_reason(exc)}", service=service)
         return UpstreamUnavailable(f"module {service!r} closed the connection before answering", service=service)
 
     async def websocket(

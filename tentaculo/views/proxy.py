@@ -30,6 +30,7 @@ from tentaculo.proxy import (
     WS_MAX_MESSAGE,
     BodyTooLarge,
     ModuleProxy,
+    ModuleResponse,
     RequestBody,
     Upstream,
     UpstreamUnavailable,
@@ -117,7 +118,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         credential=settings.service_tokens.get(key),
         trusted=transport.trusted,
     )
-    url = target.url(rest, forwarded_query(raw_query))
+    query = forwarded_query(raw_query)
     auth = None if key in settings.service_tokens else target.auth
     timeouts = settings.service_timeouts.get(key)
     websocket = request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
@@ -135,8 +136,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     verdict = Verdict(registry, entry.name)
     try:
         if websocket:
-            return await _websocket(request, transport, verdict, name, url, headers, offered, auth, timeouts)
-        return await _forward(request, transport, verdict, name, target, url, headers, auth, timeouts)
+            return await _websocket(request, transport, verdict, name, target.url(rest, query), headers, offered,
+                                    auth, timeouts)
+        return await _forward(request, transport, verdict, name, target, rest, query, headers, auth, timeouts)
     finally:
         verdict.release()  # no-op once a verdict was given; frees a half-open trial otherwise
 
@@ -169,7 +171,8 @@ async def _forward(
     verdict: Verdict,
     name: str,
     target: Upstream,
-    url: URL,
+    rest: str,
+    query: str,
     headers: CIMultiDict[str],
     auth: aiohttp.BasicAuth | None,
     timeouts: ModuleTimeouts | None,
@@ -180,7 +183,7 @@ async def _forward(
         headers["Content-Length"] = str(request.content_length)
     try:
         upstream = await transport.send(
-            name, request.method, url, headers, body=body, auth=auth, timeouts=timeouts
+            name, request.method, target, rest, query, headers, body=body, auth=auth, timeouts=timeouts
         )
     except BodyTooLarge:
         raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes") from None
@@ -224,7 +227,7 @@ async def _forward(
 
 async def _relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: aiohttp.ClientResponse | ModuleResponse,
     headers: CIMultiDict[str],
     verdict: Verdict,
     name: str,
