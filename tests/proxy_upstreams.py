@@ -26,6 +26,7 @@ class Seen:
     raw_path: str
     headers: dict[str, list[str]]
     body_size: int = 0
+    peer_port: int | None = None  # the gateway's side of the connection: tells reuse from reconnects
 
 
 @dataclass
@@ -54,7 +55,8 @@ class ModuleApp:
         headers: dict[str, list[str]] = {}
         for name, value in request.headers.items():
             headers.setdefault(name.lower(), []).append(value)
-        self.seen.append(Seen(request.method, request.raw_path, headers, body_size))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.seen.append(Seen(request.method, request.raw_path, headers, body_size, peer[1] if peer else None))
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

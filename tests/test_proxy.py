@@ -393,3 +393,13 @@ def test_allow_and_timeout_settings_syntax() -> None:
                      ("TENTACULO_TRUSTED_PROXIES", "not-an-ip"), ("TENTACULO_PROXY_RETRIES", "9")]:
         with pytest.raises(ValueError, match=var):
             Settings.from_env({var: bad})
+
+
+async def test_sequential_calls_reuse_one_keep_alive_connection(start_gateway, module, admin_headers) -> None:
+    gateway = await start_gateway()
+    for n in range(20):
+        resp = await gateway.get(f"/operator/api/proxy/madre/echo/reuse-{n}", headers=admin_headers)
+        assert resp.status == 200
+    ports = {seen.peer_port for seen in module.requests_to("/base/echo/reuse-")}
+    assert len(module.requests_to("/base/echo/reuse-")) == 20
+    assert len(ports) == 1, f"the proxy opened {len(ports)} connections for 20 sequential calls"
