@@ -1,10 +1,10 @@
 """EventHub: events published through Redis, one subscriber per instance, bounded fan-out to SSE clients.
 
 Transport. ``publish()`` queues an event in a bounded outbox and returns at once; a background
-task writes queued events to Redis with one Lua script per event that appends the event to a
-Redis stream (the retained history, capped by length and age; the stream entry id becomes the
-event id) and publishes ``<id> <envelope>`` on a pub/sub channel, atomically, so live order is id
-order. Each instance runs one pub/sub reader; it decodes every message once and hands the same
+task writes queued events to Redis with one Lua script per batch that, for each event in
+turn, appends it to a Redis stream (the retained history, capped by length and age; the stream
+entry id becomes the event id) and publishes ``<id> <envelope>`` on a pub/sub channel, atomically,
+so live order is id order. Each instance runs one pub/sub reader; it decodes every message once and hands the same
 bytes to each matching client's bounded queue. A client whose queue is full is disconnected (it
 resumes with ``Last-Event-ID``), so a slow reader never holds memory without bound.
 
@@ -52,17 +52,20 @@ _ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 _U64 = 2**64 - 1
 _RedisFailure = (RedisError, OSError, TimeoutError)
 
-# KEYS: stream, channel. ARGV: max length, max age in ms, envelope without id.
+# KEYS: stream, channel. ARGV: max length, max age in ms, then one envelope without id per event.
+# One call per batch, not per event: each command costs the gateway far more than the event does.
 # Server time bounds the age so every instance trims alike whatever its own clock says.
 _PUBLISH_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[3])
+for i = 3, #ARGV do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+  redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[i])
+end
 local now = redis.call('TIME')
 local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
 if oldest > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', oldest))
 end
-redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[3])
-return id
+return #ARGV - 2
 """
 _TRIM_LUA = """
 local now = redis.call('TIME')
@@ -434,16 +437,13 @@ class EventHub:
                         await self._trim_script(keys=[self.stream_key], args=[self.history_ms])
                     continue
             batch = [self._outbox[i] for i in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            refused: ResponseError | None = None
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for payload in batch:
-                        await self._publish_script(
-                            keys=[self.stream_key, self.channel],
-                            args=[self.history_max, self.history_ms, payload],
-                            client=pipe,
-                        )
-                    # A connection failure still raises; a command Redis refused comes back as a value.
-                    results = await pipe.execute(raise_on_error=False)
+                await self._publish_script(
+                    keys=[self.stream_key, self.channel], args=[self.history_max, self.history_ms, *batch]
+                )
+            except ResponseError as exc:  # Redis refused the script (e.g. out of memory); it was reachable
+                refused = exc
             except _RedisFailure as exc:
                 self.publish_failures += 1
                 if self.publish_error is None:
@@ -458,12 +458,12 @@ class EventHub:
                 continue
             for _ in batch:
                 self._outbox.popleft()
-            refused = [r for r in results if isinstance(r, Exception)]
-            if refused:
-                # Retrying would duplicate the rest of the batch, which Redis did take: count and move on.
-                self.publish_dropped += len(refused)
-                log.error("events_refused_by_redis", events=len(refused), error=_describe(refused[0]))
-            self.published += len(batch) - len(refused)
+            if refused is not None:
+                # Retrying could duplicate the part of the batch Redis did take: count and move on.
+                self.publish_dropped += len(batch)
+                log.error("events_refused_by_redis", events=len(batch), error=_describe(refused))
+            else:
+                self.published += len(batch)
             backoff = 0.0
             if self.publish_error is not None:
                 log.info("events_publish_recovered", queued=len(self._outbox))
