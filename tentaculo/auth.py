@@ -107,6 +107,7 @@ class TokenStore:
     ) -> None:
         self._pool = pool
         self._admin_hash = hash_token(admin_token) if admin_token else None
+        self._admin = Principal("admin", frozenset(SCOPES))  # immutable: one for every request
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[bytes, _Cached] = {}
@@ -121,7 +122,7 @@ class TokenStore:
             return None
         digest = hash_token(token)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
-            return Principal("admin", frozenset(SCOPES))
+            return self._admin
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and now < cached.expires:
