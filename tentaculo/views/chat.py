@@ -299,6 +299,15 @@ class ChatTurn:
     def succeeded(self) -> None:
         self.status, self.ended = "ok", time.perf_counter()
 
+    async def collect(self, stream: ChatStream) -> None:
+        """Read the whole answer (the non-streaming faces); a provider failure becomes the problem to raise."""
+        try:
+            async for chunk in stream:
+                self.add(chunk)
+        except ProviderError as exc:
+            raise self.failed(exc) from None
+        self.succeeded()
+
     def failed(self, exc: ProviderError) -> Problem:
         """Record a failure after the first delta and return the problem the client gets."""
         self.status, self.ended = "error", time.perf_counter()
@@ -391,12 +400,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _answer_json(turn: ChatTurn, stream: ChatStream) -> web.Response:
-    try:
-        async for chunk in stream:
-            turn.add(chunk)
-    except ProviderError as exc:
-        raise turn.failed(exc) from None
-    turn.succeeded()
+    await turn.collect(stream)
     return json_response({
         "correlation_id": turn.correlation_id,
         "message_id": turn.message_id,

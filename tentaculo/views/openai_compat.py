@@ -151,12 +151,7 @@ def _envelope(turn: ChatTurn, created: int, obj: str) -> dict[str, Any]:
 
 
 async def _complete(turn: ChatTurn, stream: ChatStream) -> web.Response:
-    try:
-        async for chunk in stream:
-            turn.add(chunk)
-    except ProviderError as exc:
-        raise turn.failed(exc) from None
-    turn.succeeded()
+    await turn.collect(stream)
     message: dict[str, Any] = {"role": "assistant", "content": turn.content}
     if turn.reasoning:
         message["reasoning_content"] = turn.reasoning
