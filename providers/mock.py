@@ -20,11 +20,11 @@ with ``finish_reason: "length"``); ``fail`` is one of
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from tentaculo import __version__
+from tentaculo.digest import sha256
 from tentaculo.providers import (
     INTERFACE_VERSION,
     ChatRequest,
@@ -59,14 +59,14 @@ def _digest_bytes(seed: bytes, count: int) -> bytes:
     out = seed
     counter = 0
     while len(out) < count:
-        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        out += sha256(seed + counter.to_bytes(4, "big")).digest()
         counter += 1
     return out[:count]
 
 
 def answer_text(request: ChatRequest, model: str, words: int = DEFAULT_WORDS) -> tuple[list[str], list[str]]:
     """The deterministic answer: (content pieces, reasoning pieces), each piece one streamed delta."""
-    seed = hashlib.sha256(model.encode())
+    seed = sha256(model.encode())
     for m in request.messages:
         seed.update(m.role.encode() + b"\x00" + m.content.encode() + b"\x00")
     digest = seed.digest()

@@ -1,12 +1,13 @@
 """EventHub: events published through Redis, one subscriber per instance, bounded fan-out to SSE clients.
 
 Transport. ``publish()`` queues an event in a bounded outbox and returns at once; a background
-task writes queued events to Redis with one Lua script per batch that, for each event in
-turn, appends it to a Redis stream (the retained history, capped by length and age; the stream
-entry id becomes the event id) and publishes ``<id> <envelope>`` on a pub/sub channel, atomically,
-so live order is id order. Each instance runs one pub/sub reader; it decodes every message once and hands the same
-bytes to each matching client's bounded queue. A client whose queue is full is disconnected (it
-resumes with ``Last-Event-ID``), so a slow reader never holds memory without bound.
+task writes queued events to Redis with one Lua script per batch that appends each event to a
+Redis stream (the retained history, capped by length and age; the stream entry id becomes the
+event id) and publishes the whole batch as one pub/sub message, a ``<id> <envelope>`` line per
+event, atomically, so live order is id order. Each instance runs one pub/sub reader; it decodes
+every event once and hands the same bytes to each matching client's bounded queue. A client
+whose queue is full is disconnected (it resumes with ``Last-Event-ID``), so a slow reader never
+holds memory without bound.
 
 Failure. When the reader loses Redis, the hub's status becomes ``error`` with the reason, every
 client's queue is closed with ``redis`` (the stream view then sends a final ``event: error``),
@@ -43,6 +44,10 @@ SEVERITIES = ("info", "warning", "error")
 RESET, ERROR = "reset", "error"
 MAX_EVENT_BYTES = 64 * 1024
 PUBLISH_BATCH = 256
+PUBLISH_BATCH_BYTES = 256 * 1024  # one pub/sub message stays far below Redis's pubsub output buffer limit
+# How long the publisher waits for more events before a call: a few per call instead of one
+# halves what each costs the gateway (the call and every instance's read of it).
+PUBLISH_LINGER_SECONDS = 0.001
 IDLE_TRIM_SECONDS = 30.0
 # Why a subscription ended.
 SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE = "slow", "redis", "shutdown", "client_gone"
@@ -54,13 +59,17 @@ _U64 = 2**64 - 1
 _RedisFailure = (RedisError, OSError, TimeoutError)
 
 # KEYS: stream, channel. ARGV: max length, max age in ms, then one envelope without id per event.
-# One call per batch, not per event: each command costs the gateway far more than the event does.
+# One call and one pub/sub message per batch, not per event: each command and each message
+# costs the gateway far more than the event does. An envelope is JSON on one line, so the
+# message is ``<id> <envelope>`` lines joined by newlines.
 # Server time bounds the age so every instance trims alike whatever its own clock says.
 _PUBLISH_LUA = """
+local lines = {}
 for i = 3, #ARGV do
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
-  redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[i])
+  lines[#lines + 1] = id .. ' ' .. ARGV[i]
 end
+redis.call('PUBLISH', KEYS[2], table.concat(lines, '\\n'))
 local now = redis.call('TIME')
 local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
 if oldest > 0 then
@@ -444,7 +453,9 @@ class EventHub:
                     with contextlib.suppress(*_RedisFailure):
                         await self._trim_script(keys=[self.stream_key], args=[self.history_ms])
                     continue
-            batch = [self._outbox[i] for i in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            if len(self._outbox) < PUBLISH_BATCH:
+                await asyncio.sleep(PUBLISH_LINGER_SECONDS)
+            batch = self._next_batch()
             refused: ResponseError | None = None
             try:
                 await self._publish_script(
@@ -477,6 +488,17 @@ class EventHub:
                 log.info("events_publish_recovered", queued=len(self._outbox))
                 self.publish_error = None
 
+    def _next_batch(self) -> list[bytes]:
+        """The oldest queued events, up to PUBLISH_BATCH of them and PUBLISH_BATCH_BYTES (at least one)."""
+        batch: list[bytes] = []
+        size = 0
+        for payload in self._outbox:
+            if batch and (len(batch) >= PUBLISH_BATCH or size + len(payload) > PUBLISH_BATCH_BYTES):
+                break
+            batch.append(payload)
+            size += len(payload)
+        return batch
+
     # -- the reader ------------------------------------------------------------------------
 
     async def _listen(self) -> None:
@@ -488,6 +510,10 @@ class EventHub:
                 async with asyncio.timeout(5):
                     while (msg := await pubsub.get_message(timeout=1.0)) is None or msg["type"] != "subscribe":
                         pass
+                if self.status != "on" and self._was_online:
+                    # Back after an outage: idle pooled connections from before it may be dead,
+                    # and this client does not retry, so the next history read would fail on one.
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
                 self._went_online()
                 delay = 0.1
                 await self._pump(pubsub)
@@ -517,7 +543,11 @@ class EventHub:
                 continue
             heard = now
             if msg["type"] == "message":
-                self._dispatch(msg["data"])
+                self._dispatch_batch(msg["data"])
+
+    def _dispatch_batch(self, raw: bytes) -> None:
+        for line in raw.split(b"\n"):
+            self._dispatch(line)
 
     def _dispatch(self, raw: bytes) -> None:
         event_id, _, payload = raw.partition(b" ")

@@ -116,6 +116,31 @@ async def test_stream_opens_with_retry_and_delivers_the_envelope(gw, ev_settings
     assert data["data"] == {"message_id": "m-1", "provider": "mock"}
 
 
+async def test_a_burst_shares_one_redis_message_yet_each_event_arrives_once_in_order_and_intact(gw) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    watcher = Redis.from_url(gw.app[keys.SETTINGS].redis_url or "")
+    pubsub = watcher.pubsub()
+    await pubsub.subscribe(hub.channel)
+    texts = [f"line one of {n}\nline two {{\"quoted\"}} \u2028 end" for n in range(40)]
+    for n, text in enumerate(texts):  # queued together: the publisher sends them as one batch
+        hub.publish("chat", {"n": n, "text": text})
+    got = [await sse.event() for _ in texts]
+    messages = []
+    while (msg := await pubsub.get_message(timeout=0.2)) is not None:
+        if msg["type"] == "message":
+            messages.append(msg)
+    await pubsub.aclose()
+    await watcher.aclose()
+    assert 1 <= len(messages) < 40
+    assert [e["data"]["data"] for e in got] == [{"n": n, "text": t} for n, t in enumerate(texts)]
+    ids = [e["id"] for e in got]
+    assert len(set(ids)) == len(ids) == 40
+    assert hub.snapshot()["received"] == 40
+    page = await gw.get(EVENTS + "?limit=40", headers={"X-VX11-Token": ADMIN_TOKEN, "Accept": "application/json"})
+    assert [e["data"]["text"] for e in (await page.json())["events"]] == texts[::-1]  # newest first
+
+
 async def test_ping_comment_keeps_the_stream_alive(aiohttp_client, ev_settings) -> None:
     client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_ping_seconds=0.05)))
     sse = await open_stream(client)
