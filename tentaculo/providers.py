@@ -788,6 +788,7 @@ class ChatStream:
         self._read_since = 0.0
         self._expired = False
         self._timer: asyncio.TimerHandle | None = None
+        self._priming = False
 
     def _watch(self) -> None:
         self._timer = None
@@ -800,64 +801,82 @@ class ChatStream:
         else:
             self._timer = self._loop.call_at(due, self._watch)
 
-    async def _next(self) -> Chunk:
-        self._reading = True
-        self._read_since = self._loop.time()
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._read_since + self._timeout, self._watch)
-        try:
-            chunk = await self._iterator.__anext__()
-        except asyncio.CancelledError:
-            if self._expired and self._owner is not None and self._owner.uncancel() == 0:
-                self._expired = False
-                raise ProviderTimeout(f"{self.provider} sent nothing for {self._timeout:g} s") from None
-            raise
-        except StopAsyncIteration:
-            raise ProviderUnavailable(f"{self.provider}'s stream ended before the answer finished") from None
-        except ProviderError:
-            raise
-        except Exception as exc:  # isolation boundary: a plugin bug
-            log.exception("provider_plugin_error", provider=self.provider)
-            raise ProviderError(f"{self.provider} failed: {type(exc).__name__}") from exc
-        finally:
-            self._reading = False
-        if not isinstance(chunk, Chunk):
-            raise ProviderProtocolError(f"{self.provider} yielded {type(chunk).__name__}, not a Chunk")
-        if chunk.model:
-            self.model = chunk.model
-        self._chars += len(chunk.content) + len(chunk.reasoning)
-        if self._chars > MAX_ANSWER_CHARS:
-            raise ProviderProtocolError(f"{self.provider}'s answer exceeds {MAX_ANSWER_CHARS} characters")
-        return chunk
-
-    async def prime(self) -> None:
-        """Read until the first delta (or an immediate finish); failures raise ProviderError."""
-        while True:
-            chunk = await self._next()
-            self._pending.append(chunk)
-            if chunk.is_delta or chunk.finish_reason:
-                return
-
     def __aiter__(self) -> ChatStream:
         return self
 
     async def __anext__(self) -> Chunk:
+        """The next chunk: one coroutine per chunk, since a long answer has hundreds of them."""
         if self.finished or self._closed:
             raise StopAsyncIteration
         if self._pending:
             chunk = self._pending.pop(0)
         else:
+            self._reading = True
+            self._read_since = self._loop.time()
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._read_since + self._timeout, self._watch)
             try:
-                chunk = await self._next()
-            except ProviderError as exc:
-                self._verdict = True
-                self._registry._failed(self._slot, exc)
-                await self.aclose()
-                raise
-        if chunk.finish_reason:
+                chunk = await self._iterator.__anext__()
+            except BaseException as exc:
+                self._reading = False
+                raise await self._settle(self._error_for(exc))  # _error_for sets its cause and context
+            self._reading = False
+            if not isinstance(chunk, Chunk):
+                raise await self._settle(ProviderProtocolError(
+                    f"{self.provider} yielded {type(chunk).__name__}, not a Chunk"))
+            if chunk.model:
+                self.model = chunk.model
+            self._chars += len(chunk.content) + len(chunk.reasoning)
+            if self._chars > MAX_ANSWER_CHARS:
+                raise await self._settle(ProviderProtocolError(
+                    f"{self.provider}'s answer exceeds {MAX_ANSWER_CHARS} characters"))
+        if chunk.finish_reason and not self._priming:
             self._done()
             await self.aclose()
         return chunk
+
+    def _error_for(self, exc: BaseException) -> BaseException:
+        """What a failed read raises: a ProviderError, or ``exc`` itself when it is not the provider's."""
+        error: BaseException
+        if isinstance(exc, asyncio.CancelledError):
+            if not (self._expired and self._owner is not None and self._owner.uncancel() == 0):
+                return exc
+            self._expired = False
+            error = ProviderTimeout(f"{self.provider} sent nothing for {self._timeout:g} s")
+        elif isinstance(exc, StopAsyncIteration):
+            error = ProviderUnavailable(f"{self.provider}'s stream ended before the answer finished")
+        elif isinstance(exc, ProviderError) or not isinstance(exc, Exception):
+            return exc
+        else:  # isolation boundary: a plugin bug
+            log.error("provider_plugin_error", provider=self.provider, exc_info=exc)
+            error = ProviderError(f"{self.provider} failed: {type(exc).__name__}")
+            error.__cause__ = exc
+            return error
+        error.__suppress_context__ = True
+        return error
+
+    async def _settle(self, exc: BaseException) -> BaseException:
+        """``exc``, to raise; a provider error after the first delta also counts against the provider.
+
+        While priming, the registry does the counting instead (it may retry or fall back).
+        """
+        if isinstance(exc, ProviderError) and not self._priming:
+            self._verdict = True
+            self._registry._failed(self._slot, exc)
+            await self.aclose()
+        return exc
+
+    async def prime(self) -> None:
+        """Read until the first delta (or an immediate finish); failures raise ProviderError."""
+        self._priming = True
+        try:
+            while True:
+                chunk = await self.__anext__()
+                self._pending.append(chunk)
+                if chunk.is_delta or chunk.finish_reason:
+                    return
+        finally:
+            self._priming = False
 
     def _done(self) -> None:
         self.finished = True
