@@ -819,7 +819,8 @@ class ChatStream:
                 chunk = await self._iterator.__anext__()
             except BaseException as exc:
                 self._reading = False
-                raise await self._settle(self._error_for(exc))  # _error_for sets its cause and context
+                error = self._error_for(exc)
+                raise await self._settle(error) from error.__cause__
             self._reading = False
             if not isinstance(chunk, Chunk):
                 raise await self._settle(ProviderProtocolError(
@@ -836,7 +837,10 @@ class ChatStream:
         return chunk
 
     def _error_for(self, exc: BaseException) -> BaseException:
-        """What a failed read raises: a ProviderError, or ``exc`` itself when it is not the provider's."""
+        """What a failed read raises: a ProviderError, or ``exc`` itself when it is not the provider's.
+
+        A plugin's own bug becomes the new error's ``__cause__``; the caller raises ``from`` it.
+        """
         error: BaseException
         if isinstance(exc, asyncio.CancelledError):
             if not (self._expired and self._owner is not None and self._owner.uncancel() == 0):
@@ -851,8 +855,6 @@ class ChatStream:
             log.error("provider_plugin_error", provider=self.provider, exc_info=exc)
             error = ProviderError(f"{self.provider} failed: {type(exc).__name__}")
             error.__cause__ = exc
-            return error
-        error.__suppress_context__ = True
         return error
 
     async def _settle(self, exc: BaseException) -> BaseException:
