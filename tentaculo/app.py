@@ -246,7 +246,10 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     """The event hub (its own Redis connections, one reader) and the event ticket signer."""
     settings = app[keys.SETTINGS]
     tickets = EventTickets(
-        app[keys.DB_POOL], secret=settings.event_ticket_secret, ttl_seconds=settings.event_ticket_seconds
+        app[keys.DB_POOL],
+        secret=settings.event_ticket_secret,
+        ttl_seconds=settings.event_ticket_seconds,
+        tokens=app[keys.TOKENS],
     )
     app[keys.TICKETS] = tickets
     hub = EventHub.from_settings(settings)

@@ -32,10 +32,11 @@ ScopeRule = str | Callable[[Any], str]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made a request: the token's name and what it may do."""
+    """Who made a request: the token's name, what it may do, and its row (None: the bootstrap token)."""
 
     name: str
     scopes: frozenset[str]
+    token_id: int | None = None
 
 
 def hash_token(token: str) -> bytes:
@@ -112,10 +113,33 @@ class TokenStore:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[bytes, _Cached] = {}
+        self._active: dict[int, tuple[float, bool]] = {}
 
     def invalidate(self) -> None:
         """Forget cached answers (after a revocation on this instance)."""
         self._cache.clear()
+        self._active.clear()
+
+    async def is_active(self, token_id: int) -> bool:
+        """Whether the token row ``token_id`` is still unrevoked (cached like tokens are).
+
+        Raises TokenStoreUnavailable when the database cannot say and nothing cached answers.
+        """
+        now = self._clock()
+        cached = self._active.get(token_id)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        try:
+            active = await queries.token_is_active(self._pool, token_id)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if cached is not None:
+                return cached[1]
+            raise TokenStoreUnavailable(str(exc)) from exc
+        if self._cache_seconds > 0:
+            if len(self._active) >= self.MAX_CACHE:
+                self._active.clear()
+            self._active[token_id] = (now + self._cache_seconds, active)
+        return active
 
     async def authenticate(self, token: str) -> Principal | None:
         """The principal for ``token``, or None when it is malformed, unknown or revoked."""
@@ -138,7 +162,7 @@ class TokenStore:
             if cached is not None:
                 return cached.principal
             raise TokenStoreUnavailable(str(exc)) from exc
-        principal = Principal(row["name"], frozenset(row["scopes"])) if row else None
+        principal = Principal(row["name"], frozenset(row["scopes"]), row["id"]) if row else None
         if self._cache_seconds > 0:
             if len(self._cache) >= self.MAX_CACHE:
                 self._cache = {k: v for k, v in self._cache.items() if v.expires > now}

@@ -1,10 +1,11 @@
 """Event tickets: short-lived, signed credentials that only open event streams.
 
 A browser's ``EventSource`` cannot send headers, so it connects with ``?ticket=``. A ticket is
-``<payload>.<signature>`` (both base64url): the payload names the token it was issued to, that
-token's scopes, its purpose (``events``) and when it expires; the signature is HMAC-SHA256 with
+``<payload>.<signature>`` (both base64url): the payload names the token it was issued to (name
+and row id), that token's scopes, its purpose (``events``) and when it expires; the signature is HMAC-SHA256 with
 a key every instance shares (``TENTACULO_EVENT_TICKET_SECRET``, else one generated once and kept
-in PostgreSQL), so a ticket issued by one instance opens a stream on any other.
+in PostgreSQL), so a ticket issued by one instance opens a stream on any other. Revoking the
+token voids its tickets too (within the token cache's seconds on other instances).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import asyncpg
 import orjson
 
-from tentaculo.auth import Principal
+from tentaculo.auth import Principal, TokenStore, TokenStoreUnavailable
 from tentaculo.db import queries
 from tentaculo.errors import Problem
 
@@ -60,9 +61,11 @@ class EventTickets:
         *,
         secret: str | None,
         ttl_seconds: int,
+        tokens: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
+        self._tokens = tokens  # checks that a ticket's token is still active; None: no check
         self._secret = secret
         self.ttl_seconds = ttl_seconds
         self._clock = clock
@@ -94,6 +97,7 @@ class EventTickets:
             {
                 "p": PURPOSE,
                 "n": principal.name,
+                "t": principal.token_id,
                 "s": sorted(principal.scopes),
                 "exp": int(self._clock()) + self.ttl_seconds,
                 "j": secrets.token_urlsafe(9),
@@ -120,6 +124,7 @@ class EventTickets:
         try:
             claims = orjson.loads(_unb64(body))
             purpose, name, scopes, expires = claims["p"], claims["n"], claims["s"], claims["exp"]
+            token_id = claims["t"]
         except (binascii.Error, ValueError, TypeError, KeyError):
             raise rejected("the event ticket is malformed", "malformed") from None
         if purpose != PURPOSE or not isinstance(name, str) or not isinstance(scopes, list):
@@ -128,4 +133,13 @@ class EventTickets:
             raise rejected(
                 "the event ticket has expired; request a new one with POST /operator/api/events/ticket", "expired"
             )
-        return Principal(name, frozenset(s for s in scopes if isinstance(s, str)))
+        if token_id is not None and not isinstance(token_id, int):
+            raise rejected("the event ticket is malformed", "malformed")
+        if token_id is not None and self._tokens is not None:
+            try:
+                active = await self._tokens.is_active(token_id)
+            except TokenStoreUnavailable:
+                raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
+            if not active:
+                raise rejected("the token this event ticket was issued to has been revoked", "revoked")
+        return Principal(name, frozenset(s for s in scopes if isinstance(s, str)), token_id)

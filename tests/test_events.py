@@ -364,6 +364,25 @@ async def test_ticket_is_bound_to_the_token_scopes_and_name(gw, db, make_token) 
     assert refused.status == 401
 
 
+async def test_revoking_a_token_voids_the_tickets_it_was_given(gw, admin_headers, make_token) -> None:
+    name = f"tk-{uuid.uuid4().hex[:6]}"
+    token = await make_token("read", name=name)
+    ticket = (await (await gw.post(TICKET, headers={"X-VX11-Token": token})).json())["ticket"]
+    opened = await gw.get(f"{EVENTS}?ticket={ticket}")
+    assert opened.status == 200
+    opened.close()
+    assert (await gw.delete(f"/operator/api/tokens/{name}", headers=admin_headers)).status == 204
+    refused = await gw.get(f"{EVENTS}?ticket={ticket}")
+    assert refused.status == 401
+    problem = await refused.json()
+    assert problem["code"] == "invalid_token" and problem["ticket_error"] == "revoked"
+    # The bootstrap token has no row to revoke: its tickets keep working.
+    admin_ticket = (await (await gw.post(TICKET, headers=admin_headers)).json())["ticket"]
+    still = await gw.get(f"{EVENTS}?ticket={admin_ticket}")
+    assert still.status == 200
+    still.close()
+
+
 async def test_tickets_never_reach_the_logs(aiohttp_client, ev_settings, db) -> None:
     client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, access_log="on")))
     with capture_logs(processors=shared_processors([ADMIN_TOKEN])) as logs:

@@ -57,8 +57,13 @@ async def insert_token(
 async def find_active_token(db: Executor, token_hash: bytes) -> asyncpg.Record | None:
     """The active token with this hash, if any."""
     return await db.fetchrow(
-        "SELECT name, scopes FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", token_hash
+        "SELECT id, name, scopes FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", token_hash
     )
+
+
+async def token_is_active(db: Executor, token_id: int) -> bool:
+    """Whether the token row ``token_id`` exists and is not revoked."""
+    return bool(await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = $1", token_id))
 
 
 async def list_tokens(db: Executor) -> list[asyncpg.Record]:
