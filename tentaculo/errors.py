@@ -74,3 +74,17 @@ class ValidationFailed(Problem):
 
     def __init__(self, errors: list[dict[str, str]], detail: str = "the request is not valid") -> None:
         super().__init__("validation_error", detail, errors=errors)
+
+
+# Routes of the OpenAI-compatible face: their problems also carry OpenAI's ``error`` member.
+OPENAI_PREFIX = "/v1/"
+
+
+def openai_error(problem: Problem) -> dict[str, Any]:
+    """The ``error`` member OpenAI's SDKs read: message, type, code, param (and attempts, when known)."""
+    errors = problem.extra.get("errors")
+    error: dict[str, Any] = {"message": problem.detail, "type": problem.code, "code": problem.code,
+                             "param": errors[0]["field"] if errors else None}
+    if "attempts" in problem.extra:
+        error["attempts"] = problem.extra["attempts"]
+    return error

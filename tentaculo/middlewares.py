@@ -23,7 +23,7 @@ from tentaculo.auth import (
     accepts_ticket,
     required_scope,
 )
-from tentaculo.errors import Problem
+from tentaculo.errors import OPENAI_PREFIX, Problem, openai_error
 from tentaculo.features import feature_of
 from tentaculo.settings import Settings
 
@@ -46,8 +46,14 @@ _HTTP_CODES = {
 
 
 def problem_response(request: web.Request, problem: Problem) -> web.Response:
-    """Render ``problem`` as application/problem+json carrying the request's correlation id."""
+    """Render ``problem`` as application/problem+json carrying the request's correlation id.
+
+    Under ``/v1/`` (the OpenAI-compatible face) it also carries OpenAI's ``error`` member, whatever
+    refused the call: auth, a turned-off feature, routing or the handler.
+    """
     body = problem.body(request.get(keys.CORRELATION_ID, ""))
+    if request.path.startswith(OPENAI_PREFIX):
+        body.setdefault("error", openai_error(problem))
     return web.Response(
         body=orjson.dumps(body),
         status=problem.status,

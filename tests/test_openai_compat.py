@@ -79,6 +79,32 @@ async def test_auth_errors_surface_as_sdk_errors(gw, make_token) -> None:
             await read_only.models.list()
 
 
+async def test_refusals_before_the_handler_carry_the_openai_error_too(gw, client, admin_headers) -> None:
+    base = str(gw.make_url("/v1"))
+    async with AsyncOpenAI(api_key="vx11_not_a_real_token_at_all", base_url=base, max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await bad.models.list()
+    assert refused.value.body["code"] == "invalid_token"
+    # The SDK's message is the error member's, not the whole document.
+    assert refused.value.message.endswith(" - the token is unknown, revoked or malformed")
+    off = await gw.put("/operator/api/features/chat", json={"status": "off", "reason": "maintenance window"},
+                       headers=admin_headers)
+    assert off.status == 200
+    try:
+        with pytest.raises(openai.InternalServerError) as disabled:
+            await client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
+        assert disabled.value.status_code == 503
+        assert disabled.value.body["code"] == "feature_disabled"
+        assert disabled.value.message.endswith("turned off: maintenance window")
+    finally:
+        await gw.put("/operator/api/features/chat", json={"status": "on"}, headers=admin_headers)
+    unrouted = await gw.get("/v1/no-such-thing", headers=admin_headers)
+    assert unrouted.status == 404 and (await unrouted.json())["error"]["code"] == "not_found"
+    # The operator API keeps plain problem+json.
+    elsewhere = await gw.get("/operator/api/no-such-thing", headers=admin_headers)
+    assert "error" not in await elsewhere.json()
+
+
 async def test_unknown_model_and_bad_input(client) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])

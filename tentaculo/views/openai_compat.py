@@ -4,14 +4,14 @@
 ``model`` picks the provider: ``"auto"`` walks the chain; a provider name (``"deepseek"``) uses
 that provider's default model; ``"provider/model"`` names both; a bare model id
 (``"deepseek-reasoner"``) goes to the first provider serving it. Errors are problem+json with an
-extra ``error`` member in OpenAI's shape, which the SDKs read.
+extra ``error`` member in OpenAI's shape, which the SDKs read (added by the error middleware to
+every problem under ``/v1/``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,7 +20,7 @@ from aiohttp_sse import sse_response
 
 from tentaculo import keys
 from tentaculo.auth import requires
-from tentaculo.errors import Problem, ValidationFailed
+from tentaculo.errors import ValidationFailed, openai_error
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
 from tentaculo.providers import ChatRequest, ChatStream, Message, ProviderError, ProviderRegistry
@@ -29,33 +29,6 @@ from tentaculo.views.chat import FIELD_MAX, ChatSpec, ChatTurn, check_messages, 
 # Parameters the gateway cannot honour: refused rather than silently ignored.
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "audio")
 ROLE_ALIASES = {"developer": "system"}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _openai_errors(handler: Handler) -> Handler:
-    """Give every problem from ``handler`` an OpenAI-shaped ``error`` member too."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Problem as problem:
-            error: dict[str, Any] = {"message": problem.detail, "type": problem.code, "code": problem.code,
-                                     "param": _param(problem)}
-            if "attempts" in problem.extra:
-                error["attempts"] = problem.extra["attempts"]
-            problem.extra.setdefault("error", error)
-            raise
-
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
-
-
-def _param(problem: Problem) -> str | None:
-    errors = problem.extra.get("errors")
-    return errors[0]["field"] if errors else None
-
 
 def resolve_model(model: str, registry: ProviderRegistry) -> tuple[str, str | None] | None:
     """(provider, model or None for its default) for an OpenAI ``model`` value; None if unknown."""
@@ -119,7 +92,6 @@ def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: 
 
 @requires("chat")
 @feature("chat")
-@_openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI chat completions, streaming (``data: [DONE]``-terminated chunks) or not."""
     data = await read_json_object(request)
@@ -190,8 +162,7 @@ async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, incl
                         await sse.send(chunk_event(delta, None))
             except ProviderError as exc:
                 problem = turn.failed(exc)
-                await sse.send(orjson.dumps({"error": {"message": problem.detail, "type": problem.code,
-                                                       "code": problem.code, "param": None}}).decode())
+                await sse.send(orjson.dumps({"error": openai_error(problem)}).decode())
                 return sse
             turn.succeeded()
             await sse.send(chunk_event({"role": "assistant"} if first else {}, turn.finish_reason or "stop"))
@@ -208,7 +179,6 @@ async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, incl
 
 @requires("chat")
 @feature("chat")
-@_openai_errors
 async def list_models(request: web.Request) -> web.Response:
     """Models in OpenAI's list shape: ``auto``, each usable provider, and each model it serves."""
     registry = request.app[keys.PROVIDERS]
