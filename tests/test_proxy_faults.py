@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -93,6 +94,37 @@ async def test_unreachable_module_is_upstream_unavailable_without_its_address(st
     problem = await resp.json()
     assert_problem(problem, "upstream_unavailable", "refused-1")
     assert problem["detail"] == "module 'madre' is unreachable: connection refused"
+
+
+async def test_module_that_never_accepts_is_upstream_timeout_after_its_connect_timeout(
+    start_gateway, admin_headers
+) -> None:
+    # A listener whose accept queue is full: the kernel drops new SYNs, so connecting hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        gw = await start_gateway(f"http://127.0.0.1:{port}", service_timeouts={"madre": ModuleTimeouts(connect=0.3)})
+        loop = asyncio.get_running_loop()
+        for method, body in (("GET", None), ("POST", b"x")):  # the lean GET path and aiohttp's client
+            started = loop.time()
+            resp = await gw.request(method, url("x"), data=body,
+                                    headers={**admin_headers, "X-Correlation-ID": f"connect-{method}"})
+            assert resp.status == 504, method
+            assert loop.time() - started < 2, method
+            problem = await resp.json()
+            assert_problem(problem, "upstream_timeout", f"connect-{method}")
+            assert problem["detail"].startswith("module 'madre' could not be connected to within 0.3 s"), problem
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
 
 
 async def test_idempotent_calls_without_body_are_retried_once_and_others_are_not(start_gateway, admin_headers) -> None:
