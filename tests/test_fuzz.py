@@ -83,8 +83,25 @@ def test_fuzzing_the_whole_api_finds_no_5xx_and_nothing_outside_the_spec(fuzz_ga
         _fuzz(st, base, token, log, tmp_path, selection, seconds)
 
 
+# A CPython 3.11 bug the fuzzer's own data generation can hit at random (hypothesis parses lambda
+# sources deep in the stack); it is not a finding about the gateway, so such a run is repeated once.
+_INTERPRETER_BUG = "AST constructor recursion depth mismatch"
+
+
 def _fuzz(st: str, base: str, token: str, log: Path, tmp_path: Path, selection: list[str], seconds: int) -> None:
-    result = subprocess.run(
+    result = _run_fuzzer(st, base, token, tmp_path, selection, seconds)
+    if result.returncode != 0 and _INTERPRETER_BUG in result.stdout + result.stderr:
+        result = _run_fuzzer(st, base, token, tmp_path, selection, seconds)
+    if result.returncode != 0:
+        tail = log.read_text()[-3000:]
+        pytest.fail(f"schemathesis found problems:\n{result.stdout[-12000:]}\n{result.stderr[-2000:]}\n"
+                    f"gateway log tail:\n{tail}")
+
+
+def _run_fuzzer(
+    st: str, base: str, token: str, tmp_path: Path, selection: list[str], seconds: int
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             st, "run", str(SPEC), "--url", base, *selection,
             "-H", f"X-VX11-Token: {token}",
@@ -104,7 +121,3 @@ def _fuzz(st: str, base: str, token: str, log: Path, tmp_path: Path, selection: 
         ],
         capture_output=True, text=True, timeout=420, cwd=tmp_path,
     )
-    if result.returncode != 0:
-        tail = log.read_text()[-3000:]
-        pytest.fail(f"schemathesis found problems:\n{result.stdout[-12000:]}\n{result.stderr[-2000:]}\n"
-                    f"gateway log tail:\n{tail}")
