@@ -18,7 +18,7 @@ from tentaculo.digest import sha256
 SCOPES = ("read", "chat", "operate", "admin")
 PUBLIC = "public"
 TOKEN_MIN, TOKEN_MAX = 16, 512
-TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+TOKEN_SHAPE = re.compile(rf"^[A-Za-z0-9._~+/=-]{{{TOKEN_MIN},{TOKEN_MAX}}}$")
 # Query parameters that look like credentials; tokens are refused there (contract).
 QUERY_TOKEN_NAMES = frozenset({"token", "access_token", "api_key", "apikey", "x-vx11-token", "auth"})
 _SCOPE_ATTR = "__tentaculo_scope__"

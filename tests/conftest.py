@@ -25,6 +25,7 @@ from tentaculo.db import queries
 from tentaculo.db.migrate import migrate
 from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
 from tentaculo.settings import Settings
+from tests.proxy_upstreams import ModuleApp
 
 ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
 RUN_ID = uuid.uuid4().hex[:10]
@@ -172,3 +173,11 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10
 def inline_app(*middlewares: Callable[..., object]) -> web.Application:
     """A tiny application with only the given middlewares, for middleware tests."""
     return web.Application(middlewares=list(middlewares))
+
+
+@pytest.fixture
+async def module() -> AsyncIterator[ModuleApp]:
+    """A real upstream module (aiohttp on loopback) for the proxy tests."""
+    m = await ModuleApp().start()
+    yield m
+    await m.close()

@@ -24,13 +24,6 @@ Gateway = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def module() -> AsyncIterator[ModuleApp]:
-    m = await ModuleApp().start()
-    yield m
-    await m.close()
-
-
-@pytest.fixture
 def start_gateway(aiohttp_client, settings: Settings, module: ModuleApp) -> Gateway:
     """A gateway whose ``madre`` module is ``module`` under the base path ``/base``; ``changes`` go to settings."""
 

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -18,16 +18,9 @@ from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.settings import ModuleTimeouts, Settings
 from tests.conftest import serve, wait_for
-from tests.proxy_upstreams import ModuleApp, RawModule, drop_first, garbage
+from tests.proxy_upstreams import RawModule, drop_first, garbage
 
 Gateway = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture
-async def module() -> AsyncIterator[ModuleApp]:
-    m = await ModuleApp().start()
-    yield m
-    await m.close()
 
 
 @pytest.fixture
