@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -68,6 +69,17 @@ class Process:
                 self.popen.kill()
                 self.popen.wait()
         return self.popen.returncode
+
+
+def cpu_seconds(proc: Process) -> float:
+    """User + system CPU time a running process has used (Linux /proc)."""
+    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -169,16 +181,23 @@ class BenchEnv:
         method: str = "GET",
         body: str = "",
     ) -> dict[str, object]:
-        """Run the load generator in its own process and return its JSON report."""
+        """Run the load generator in its own process and return its JSON report.
+
+        The report also holds ``cpu_seconds``: the CPU time the load generator itself used (the
+        children's rusage once it is reaped; the servers are still running, so only it counts).
+        """
         args = [sys.executable, "-m", "bench.load", "--url", url, "--concurrency", str(concurrency),
                 "--duration", str(duration), "--method", method]
         for h in headers or []:
             args += ["--header", h]
         if body:
             args += ["--body", body]
+        before = _children_cpu()
         proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
-        return json.loads(out)
+        report = json.loads(out)
+        report["cpu_seconds"] = _children_cpu() - before
+        return report
 
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.database_url)

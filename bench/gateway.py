@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.env import BenchEnv, Figure
+from bench.env import BenchEnv, Figure, cpu_seconds
 
 NAME = "gateway"
 ROUNDS = 3
@@ -22,9 +22,14 @@ async def run(env: BenchEnv) -> list[Figure]:
     warm = await env.load(gateway.url + PATH, duration=1, headers=headers)
     await env.load(bare.url + PATH, duration=1)
     gw_runs, bare_runs = [], []
+    gw_cpu, bare_cpu = [], []  # the server's CPU per request of each run, in microseconds
     for _ in range(ROUNDS):
+        before = cpu_seconds(bare)
         bare_runs.append(await env.load(bare.url + PATH, concurrency=CONCURRENCY, duration=SECONDS))
+        bare_cpu.append((cpu_seconds(bare) - before) / bare_runs[-1]["requests"] * 1e6)
+        before = cpu_seconds(gateway)
         gw_runs.append(await env.load(gateway.url + PATH, concurrency=CONCURRENCY, duration=SECONDS, headers=headers))
+        gw_cpu.append((cpu_seconds(gateway) - before) / gw_runs[-1]["requests"] * 1e6)
     bare.stop()
     exit_code = gateway.stop()  # Ctrl-C: the audit queue is flushed before exit
     # The load generator stops after its last answer, so every answered request must have a row.
@@ -47,6 +52,9 @@ async def run(env: BenchEnv) -> list[Figure]:
         Figure(NAME, "gateway / bare request rate", round(ratio, 3), "", ">= 0.6", ratio >= 0.6),
         Figure(NAME, "gateway p50 / p99 latency", f"{_median(gw_runs, 'p50_ms')} / {_median(gw_runs, 'p99_ms')}", "ms"),
         Figure(NAME, "bare p50 / p99 latency", f"{_median(bare_runs, 'p50_ms')} / {_median(bare_runs, 'p99_ms')}", "ms"),
+        # Each server is one process on one core: its CPU per request is what sets its rate.
+        Figure(NAME, "server CPU per request: gateway / bare",
+               f"{statistics.median(gw_cpu):.1f} / {statistics.median(bare_cpu):.1f}", "us"),
         Figure(NAME, "non-200 answers", non_200, "", "0", non_200 == 0),
         Figure(NAME, f"audit rows lost of {answered} answered", lost, "", "0", lost == 0 and exit_code == 0),
     ]
