@@ -18,7 +18,7 @@ from tentaculo.chatlog import ChatActionLog
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.dependencies import DependencyMonitor
-from tentaculo.events import DISABLED, EventHub, hook_provider_events
+from tentaculo.events import DISABLED, EventHub, end_revoked_streams, hook_provider_events
 from tentaculo.features import (
     FeatureFlags,
     Flag,
@@ -35,6 +35,7 @@ from tentaculo.rollup import MetricsRollup
 from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
 from tentaculo.settings import Settings
+from tentaculo.tasks import stop_task
 from tentaculo.tickets import EventTickets
 from tentaculo.views import chat, events, fs, health, openai_compat, spec, tokens, trace
 from tentaculo.views import features as feature_views
@@ -255,7 +256,13 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = EventHub.from_settings(settings)
     app[keys.EVENTS] = hub
     await hub.start()
+    # A revoked token's open streams end: at once on the revoking instance, within about two cache
+    # periods on the others (the check is the token store's cached one).
+    interval = settings.token_cache_seconds if settings.token_cache_seconds > 0 else 1.0
+    sweeper = asyncio.create_task(end_revoked_streams(hub, app[keys.TOKENS].is_active, interval),
+                                  name="revoked-streams")
     yield
+    await stop_task(sweeper)
     await hub.close()
 
 

@@ -23,7 +23,7 @@ import functools
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -52,6 +52,7 @@ IDLE_TRIM_SECONDS = 30.0
 # Why a subscription ended.
 SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE = "slow", "redis", "shutdown", "client_gone"
 DISABLED = "feature_disabled"  # the events feature was turned off
+REVOKED = "token_revoked"  # the token that opened the stream was revoked
 
 _SEP = b"\r\n"
 _ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
@@ -186,7 +187,7 @@ def position_frame(event_id: str) -> bytes:
 
 
 class StreamClosed(Exception):
-    """The subscription ended; ``reason`` is one of SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE."""
+    """The subscription ended; ``reason`` is one of the reasons above (SLOW, REDIS_LOST, ...)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -209,12 +210,15 @@ class TooManyClients(Exception):
 class Subscription:
     """One client's filter and bounded queue; the hub pushes, the stream view pulls."""
 
-    __slots__ = ("_items", "_waiter", "correlation_id", "limit", "on_slow", "reason", "types")
+    __slots__ = ("_items", "_waiter", "correlation_id", "limit", "on_slow", "reason", "token_id", "types")
 
-    def __init__(self, types: frozenset[str] | None, correlation_id: str | None, limit: int) -> None:
+    def __init__(
+        self, types: frozenset[str] | None, correlation_id: str | None, limit: int, token_id: int | None = None
+    ) -> None:
         self.types = types
         self.correlation_id = correlation_id
         self.limit = limit
+        self.token_id = token_id  # the token row that opened it (None: the bootstrap token)
         self.reason: str | None = None
         self.on_slow: Callable[[], object] | None = None
         self._items: deque[Event] = deque()
@@ -241,11 +245,12 @@ class Subscription:
         return True
 
     def close(self, reason: str) -> None:
-        """End the subscription. Queued events are still delivered unless the client is slow or we shut down."""
+        """End the subscription. Queued events are still delivered unless the client is slow, its token
+        was revoked or we shut down."""
         if self.reason is not None:
             return
         self.reason = reason
-        if reason in (SLOW, SHUTDOWN):
+        if reason in (SLOW, SHUTDOWN, REVOKED):
             self._items.clear()
         if reason == SLOW and self.on_slow is not None:
             self.on_slow()
@@ -593,17 +598,32 @@ class EventHub:
 
     # -- subscribers -------------------------------------------------------------------------
 
-    def subscribe(self, types: frozenset[str] | None = None, correlation_id: str | None = None) -> Subscription:
-        """Register a client; raise EventsUnavailable or TooManyClients."""
+    def subscribe(
+        self, types: frozenset[str] | None = None, correlation_id: str | None = None, token_id: int | None = None
+    ) -> Subscription:
+        """Register a client (opened with token row ``token_id``); raise EventsUnavailable or TooManyClients."""
         if self._closing:
             raise EventsUnavailable("the instance is shutting down", 1.0)
         if self.status != "on":
             raise EventsUnavailable(self.reason or "Redis unreachable", max(self.retry_after, 0.1))
         if len(self._subs) >= self.max_clients:
             raise TooManyClients(f"this instance already serves {self.max_clients} event streams")
-        sub = Subscription(types, correlation_id, self.client_queue)
+        sub = Subscription(types, correlation_id, self.client_queue, token_id)
         self._subs.add(sub)
         return sub
+
+    def token_ids(self) -> set[int]:
+        """The token rows that opened this instance's open streams."""
+        return {sub.token_id for sub in self._subs if sub.token_id is not None}
+
+    def end_streams_of(self, token_ids: Iterable[int]) -> int:
+        """End the streams opened with any of these token rows (revoked); returns how many."""
+        revoked = set(token_ids)
+        ended = [sub for sub in self._subs if sub.token_id in revoked]
+        for sub in ended:
+            sub.close(REVOKED)
+            self._subs.discard(sub)
+        return len(ended)
 
     def end_streams(self, reason: str) -> int:
         """End every open stream with ``reason`` (e.g. DISABLED); new ones are still accepted. Returns how many."""
@@ -713,6 +733,28 @@ _CHAT_FIELDS = (
     "attempts",
     "error",
 )
+
+
+async def end_revoked_streams(hub: EventHub, is_active: Callable[[int], Awaitable[bool]], interval: float) -> None:
+    """Every ``interval`` seconds, end the open streams whose token was revoked since they opened.
+
+    This catches revocations made on another instance or with ``tentaculo token revoke``; the
+    revoking instance ends its own streams at once. ``is_active`` is the token store's cached
+    check, so this asks PostgreSQL at most once per token per cache period. While PostgreSQL
+    cannot answer, streams are left open and the next round asks again.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        revoked = []
+        for token_id in hub.token_ids():
+            try:
+                if not await is_active(token_id):
+                    revoked.append(token_id)
+            except Exception as exc:  # the store's "cannot say": try again next round
+                log.warning("revocation_check_failed", error=type(exc).__name__)
+                break
+        if revoked:
+            log.info("streams_of_revoked_tokens_ended", streams=hub.end_streams_of(revoked))
 
 
 def publish_provider_status(hub: EventHub, change: Any) -> bool:

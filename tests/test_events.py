@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.auth import Principal
+from tentaculo.db import queries
 from tentaculo.events import EVENT_TYPES, EventHub
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings, SettingsError
@@ -381,6 +382,56 @@ async def test_revoking_a_token_voids_the_tickets_it_was_given(gw, admin_headers
     still = await gw.get(f"{EVENTS}?ticket={admin_ticket}")
     assert still.status == 200
     still.close()
+
+
+async def _revoked_error(sse: SSE) -> dict[str, Any]:
+    """The stream's last event, once it ends because its token was revoked."""
+    error = await sse.event()
+    assert error["event"] == "error" and "id" not in error, error
+    await sse.ended()
+    return error["data"]["data"]
+
+
+async def test_revoking_a_token_ends_the_streams_it_opened_at_once(
+    aiohttp_client, ev_settings, admin_headers, make_token
+) -> None:
+    # A 30 s cache period: only the revoking call itself can end the streams within the test.
+    gw = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, token_cache_seconds=30)))
+    name = f"tk-{uuid.uuid4().hex[:6]}"
+    token = await make_token("read", name=name)
+    by_header = await open_stream(gw, headers={"X-VX11-Token": token})
+    ticket = (await (await gw.post(TICKET, headers={"X-VX11-Token": token})).json())["ticket"]
+    resp = await gw.get(f"{EVENTS}?ticket={ticket}")
+    assert resp.status == 200
+    by_ticket = SSE(resp)
+    assert await by_ticket.record() == {"retry": "3000"}
+    others = await open_stream(gw)  # the bootstrap token's stream is not touched
+
+    assert (await gw.delete(f"/operator/api/tokens/{name}", headers=admin_headers)).status == 204
+    async with asyncio.timeout(2):  # no waiting for any check period on the revoking instance
+        for sse in (by_header, by_ticket):
+            problem = await _revoked_error(sse)
+            assert problem["code"] == "invalid_token" and problem["status"] == 401
+            assert "revoked" in problem["detail"] and problem["correlation_id"]
+    hub_of(gw).publish("chat", {"n": "after"})
+    assert (await others.event())["data"]["data"] == {"n": "after"}
+    assert hub_of(gw).clients == 1
+
+
+async def test_a_token_revoked_elsewhere_ends_its_streams_within_the_cache_period(
+    aiohttp_client, ev_settings, db, make_token
+) -> None:
+    name = f"tk-{uuid.uuid4().hex[:6]}"
+    token = await make_token("read", name=name)
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, token_cache_seconds=0.2)))
+    sse = await open_stream(client, headers={"X-VX11-Token": token})
+    # Revoked as another instance or `tentaculo token revoke` does: in the database only.
+    assert await queries.revoke_token(db, name)
+    started = time.perf_counter()
+    problem = await _revoked_error(sse)
+    assert problem["code"] == "invalid_token"
+    assert time.perf_counter() - started < 3
+    assert hub_of(client).clients == 0
 
 
 async def test_tickets_never_reach_the_logs(aiohttp_client, ev_settings, db) -> None:

@@ -73,12 +73,12 @@ async def list_tokens(db: Executor) -> list[asyncpg.Record]:
     )
 
 
-async def revoke_token(db: Executor, name: str) -> int:
-    """Revoke the active token named ``name``; return how many were revoked."""
-    status = await db.execute(
-        "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+async def revoke_token(db: Executor, name: str) -> list[int]:
+    """Revoke the active token named ``name``; return the ids of the rows revoked (none: no such token)."""
+    rows = await db.fetch(
+        "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id", name
     )
-    return int(status.split()[-1])
+    return [row["id"] for row in rows]
 
 
 async def count_active_tokens(db: Executor) -> int:

@@ -21,6 +21,7 @@ from tentaculo.events import (
     EVENT_TYPES,
     REDIS_LOST,
     RESET,
+    REVOKED,
     EventHub,
     EventsUnavailable,
     ResumePlan,
@@ -117,7 +118,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         return await _page(request, hub, types, correlation_id)
     resume = _resume_from(request)
     try:
-        sub = hub.subscribe(types, correlation_id)
+        sub = hub.subscribe(types, correlation_id, request[keys.PRINCIPAL].token_id)
     except EventsUnavailable as exc:
         raise _unavailable(exc.reason, exc.retry_after) from None
     except TooManyClients as exc:
@@ -165,6 +166,11 @@ async def _stream(
                 except StreamClosed as closed:
                     if closed.reason == REDIS_LOST:
                         await write(_error_frame(hub, cid, hub.reason or "Redis unreachable"))
+                    elif closed.reason == REVOKED:
+                        problem = problem_body("invalid_token", "the token that opened this stream was revoked",
+                                               cid, status=401)
+                        await write(control_frame(ERROR, problem, source=hub.instance, correlation_id=cid,
+                                                  severity="error"))
                     elif closed.reason == DISABLED:
                         problem = problem_body("feature_disabled", "live events were turned off", cid,
                                                feature="events")

@@ -70,9 +70,12 @@ async def create_token(request: web.Request) -> web.Response:
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke the active token with this name."""
     name = request.match_info["name"]
-    if not await queries.revoke_token(request.app[keys.DB_POOL], name):
+    revoked = await queries.revoke_token(request.app[keys.DB_POOL], name)
+    if not revoked:
         raise Problem("not_found", f"no active token named {name!r}")
     request.app[keys.TOKENS].invalidate()
+    # Its open event streams end now here; other instances end theirs within the token cache period.
+    request.app[keys.EVENTS].end_streams_of(revoked)
     return web.Response(status=204)
 
 
