@@ -68,3 +68,5 @@ CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
 STARTED = web.RequestKey("started", float)
 SERVICE = web.RequestKey("service", str)
+# The status a streamed response (SSE, WebSocket, chunked) sent with its headers.
+SENT_STATUS = web.RequestKey("sent_status", int)

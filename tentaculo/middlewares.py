@@ -32,7 +32,8 @@ log = structlog.get_logger("tentaculo.http")
 
 CORRELATION_HEADER = "X-Correlation-ID"
 CORRELATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# Status recorded when the client went away before a response was sent (nginx's convention).
+# Status recorded when the client went away before a response was sent (nginx's convention);
+# one that leaves after a streamed response's headers went out is recorded with their status.
 CLIENT_CLOSED = 499
 
 _HTTP_CODES = {
@@ -120,11 +121,17 @@ async def correlation_middleware(request: web.Request, handler: Handler) -> web.
 
 
 async def add_correlation_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, streamed ones included, carries the id; no version banner."""
+    """on_response_prepare: every response, streamed ones included, carries the id; no version banner.
+
+    A streamed response's status is remembered: its handler may still be cancelled by the client
+    leaving, and the audit row must say what the client was answered.
+    """
     response.headers["Server"] = "tentaculo"
     cid = request.get(keys.CORRELATION_ID)
     if cid is not None:
         response.headers[CORRELATION_HEADER] = cid
+    if type(response) is not web.Response:
+        request[keys.SENT_STATUS] = response.status
 
 
 @web.middleware
@@ -166,6 +173,8 @@ def record_middleware(*, access_log: bool) -> Middleware:
             return response
         except BaseException as exc:
             status = status_of(exc)
+            if status == CLIENT_CLOSED:
+                status = request.get(keys.SENT_STATUS, CLIENT_CLOSED)
             raise
         finally:
             duration_ms = (time.perf_counter() - request[keys.STARTED]) * 1000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
 from datetime import UTC
@@ -11,6 +13,7 @@ import asyncpg
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.audit import AuditWriter
+from tests.chat_helpers import chat_gateway
 from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres
 
@@ -120,3 +123,32 @@ async def test_writer_batches_large_bursts(database_url, db) -> None:
     await writer.close(timeout=5)
     assert writer.written == 1_234 and writer.dropped == 0
     await pool.close()
+
+
+async def _row_of(db: asyncpg.Connection, cid: str) -> asyncpg.Record:
+    await wait_for(lambda: _has_row(db, cid))
+    return await db.fetchrow("SELECT * FROM audit_logs WHERE correlation_id = $1", cid)
+
+
+async def _has_row(db: asyncpg.Connection, cid: str) -> bool:
+    return await db.fetchval("SELECT count(*) FROM audit_logs WHERE correlation_id = $1", cid) == 1
+
+
+async def test_a_client_leaving_records_what_it_was_sent(aiohttp_client, settings, db, admin_headers) -> None:
+    """A stream the client ends keeps the status it was answered with; 499 only when nothing was sent."""
+    gw = await chat_gateway(aiohttp_client, settings)
+    streamed = f"left-stream-{uuid.uuid4().hex[:6]}"
+    resp = await gw.get("/operator/api/events", headers={**admin_headers, "X-Correlation-ID": streamed})
+    assert resp.status == 200
+    async with asyncio.timeout(5):
+        assert (await resp.content.readline()).startswith(b"retry:")  # the stream is open
+    resp.close()
+    assert (await _row_of(db, streamed))["status"] == 200
+
+    unanswered = f"left-early-{uuid.uuid4().hex[:6]}"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.3):  # the mock stalls: the client gives up before any answer
+            await gw.post("/operator/api/chat", json={"message": "hi", "metadata": {"mock": {"fail": "stall"}}},
+                          headers={**admin_headers, "X-Correlation-ID": unanswered})
+    row = await _row_of(db, unanswered)
+    assert row["status"] == 499 and row["route"] == "/operator/api/chat"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
@@ -328,7 +330,7 @@ async def test_head_redirects_and_compressed_bodies_pass_unchanged(start_gateway
     assert moved.headers["Location"] == "/operator/api/proxy/madre/landing?x=1"
 
 
-async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, module, admin_headers) -> None:
+async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, module, admin_headers, db) -> None:
     gw = await start_gateway(service_tokens={"madre": MODULE_TOKEN})
     async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers,
                                      protocols=("vx11.v1",)) as ws:
@@ -344,17 +346,26 @@ async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, mo
     assert handshake["authorization"] == [f"Bearer {MODULE_TOKEN}"]
     assert "x-vx11-token" not in handshake
 
-    async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers) as ws:
+    cid = f"ws-{uuid.uuid4().hex[:8]}"
+    async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers={**admin_headers, "X-Correlation-ID": cid}) as ws:
         await ws.send_str("ping")
         assert (await ws.receive(timeout=5)).data == "echo:ping"
         await ws.close(code=4001, message=b"client done")
     await wait_for(lambda: _async(len(module.ws_close_codes) == 1))
     assert module.ws_close_codes == [4001]
+    # Audited as what the client got: the upgrade, not a request it walked away from.
+    await wait_for(lambda: _has_audit_row(db, cid))
+    [row] = await queries.audit_rows_for(db, cid)
+    assert (row["status"], row["service"]) == (101, "madre")
 
     async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers) as ws:
         await ws.send_str("drop")  # the module vanishes without a close frame
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1014)
+
+
+async def _has_audit_row(db: asyncpg.Connection, cid: str) -> bool:
+    return bool(await queries.audit_rows_for(db, cid))
 
 
 async def _async(value: bool) -> bool:
