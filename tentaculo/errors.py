@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
+
+import aiohttp
 
 # code -> (HTTP status, title). The contract fixes the codes; statuses follow RFC 9110.
 PROBLEMS: dict[str, tuple[int, str]] = {
@@ -88,3 +92,13 @@ def openai_error(problem: Problem) -> dict[str, Any]:
     if "attempts" in problem.extra:
         error["attempts"] = problem.extra["attempts"]
     return error
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection failed, from its errno only: the OS message may carry the peer's address."""
+    os_error = getattr(exc, "os_error", exc)  # aiohttp's connector errors wrap the OSError
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
+        return "its host name does not resolve"
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    return "connection failed"

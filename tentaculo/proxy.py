@@ -73,9 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import re
-import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -89,7 +87,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from tentaculo.auth import QUERY_TOKEN_NAMES, TICKET_PARAM
-from tentaculo.errors import Problem
+from tentaculo.errors import Problem, connect_reason
 from tentaculo.settings import ModuleTimeouts, Settings
 
 log = structlog.get_logger("tentaculo.proxy")
@@ -633,16 +631,6 @@ class _ModulePool:
 # --------------------------------------------------------------------------- the transport
 
 
-def _connect_reason(exc: BaseException) -> str:
-    """Why a connection failed, from its errno only: the OS message may carry the address."""
-    if isinstance(exc, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
-        return "its host name does not resolve"
-    os_error = getattr(exc, "os_error", exc)
-    if isinstance(os_error, OSError) and os_error.errno:
-        return os.strerror(os_error.errno).lower()
-    return "connection failed"
-
-
 class ModuleProxy:
     """One bounded connection pool to the modules and the calls made over it; see the module docstring."""
 
@@ -802,7 +790,7 @@ class ModuleProxy:
         if isinstance(exc, aiohttp.ClientSSLError):
             return UpstreamUnavailable(f"module {service!r} failed the TLS handshake", service=service)
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamUnavailable(f"module {service!r} is unreachable: {_connect_reason(exc)}", service=service)
+            return UpstreamUnavailable(f"module {service!r} is unreachable: {connect_reason(exc)}", service=service)
         if isinstance(exc, aiohttp.WSServerHandshakeError):
             return UpstreamUnavailable(f"module {service!r} refused the WebSocket upgrade (HTTP {exc.status})",
                                        service=service, upstream_status=exc.status)
@@ -811,7 +799,7 @@ class ModuleProxy:
         if isinstance(exc, aiohttp.ClientPayloadError):
             return UpstreamUnavailable(f"module {service!r} broke off its response", service=service)
         if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
-            return UpstreamUnavailable(f"module {service!r} is unreachable: {_connect_reason(exc)}", service=service)
+            return UpstreamUnavailable(f"module {service!r} is unreachable: {connect_reason(exc)}", service=service)
         return UpstreamUnavailable(f"module {service!r} closed the connection before answering", service=service)
 
     async def websocket(

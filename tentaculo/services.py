@@ -59,6 +59,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from tentaculo.db import queries
+from tentaculo.errors import connect_reason
 from tentaculo.providers import CircuitBreaker
 from tentaculo.settings import Settings, service_key
 from tentaculo.tasks import stop_task
@@ -555,13 +556,6 @@ def _verdict_of_body(body: bytes) -> tuple[str, str | None] | None:
     return "degraded", f"reports an unknown status {label!r}"
 
 
-def _connect_failure(exc: BaseException) -> str:
-    os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return f"unreachable: {os_error.strerror.lower()}"
-    return f"unreachable: {type(exc).__name__}"
-
-
 class ServiceProber:
     """Checks every enabled, configured module concurrently, in rounds; see the module docstring."""
 
@@ -646,7 +640,7 @@ class ServiceProber:
         except TimeoutError:
             status, reason, http_status = "error", f"no answer within {limit:g} s", None
         except aiohttp.ClientConnectorError as exc:
-            status, reason, http_status = "error", _connect_failure(exc), None
+            status, reason, http_status = "error", f"unreachable: {connect_reason(exc)}", None
         except (aiohttp.ClientError, OSError, RedisError) as exc:
             status, reason, http_status = "error", _short(f"health check failed: {type(exc).__name__}"), None
         except Exception:  # isolation boundary: one odd module must not stop the round
@@ -686,8 +680,8 @@ class ServiceProber:
             return "degraded", _short(f"answers PING with an error: {exc}"), None
         except (OSError, RedisError) as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, OSError) and cause.strerror:
-                return "error", f"unreachable: {cause.strerror.lower()}", None
+            if isinstance(cause, OSError):
+                return "error", f"unreachable: {connect_reason(cause)}", None
             return "error", _short(f"unreachable: {type(exc).__name__}"), None
         finally:
             await client.aclose()
