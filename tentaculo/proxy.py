@@ -47,8 +47,9 @@ between two body chunks), both overridable per module with ``TENTACULO_SERVICE_<
 Waiting for a free pooled connection is bounded by ``TENTACULO_PROXY_POOL_WAIT``.
 
 A bodyless GET to a plain-HTTP module (the common call) goes over a lean keep-alive pool of its
-own: at most ``TENTACULO_PROXY_POOL_PER_MODULE`` connections per module, the response head parsed
-by httptools, the body relayed by Content-Length, chunks or end of connection. Everything else
+own: at most ``TENTACULO_PROXY_POOL_PER_MODULE`` connections per module (one idle for over 15 s is
+closed by the next call to that module, if the module has not closed it first), the response
+head parsed by httptools, the body relayed by Content-Length, chunks or end of connection. Everything else
 (bodies, HEAD, WebSocket, TLS) goes through aiohttp's client, under the same rules.
 
 A call is retried (``TENTACULO_PROXY_RETRIES`` times) only when all of these hold: the method
@@ -540,6 +541,7 @@ class _ModuleConnection(asyncio.Protocol):
         self.response: ModuleResponse | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.idle_since = 0.0  # loop time it was last put back in the pool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -579,7 +581,13 @@ class _ModuleConnection(asyncio.Protocol):
 
 
 class _ModulePool:
-    """At most ``limit`` connections (in use or idle) to one module's host and port."""
+    """At most ``limit`` connections (in use or idle) to one module's host and port.
+
+    Idle connections are reused newest first, so after a burst the oldest sit unused: each call
+    that puts a connection back closes those idle for longer than ``IDLE_SECONDS``.
+    """
+
+    IDLE_SECONDS = 15.0  # as aiohttp's client keeps an idle connection
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self._host = host
@@ -617,7 +625,11 @@ class _ModulePool:
     def put_back(self, conn: _ModuleConnection, keep: bool) -> None:
         conn.response = None
         if keep and not conn.closed:
-            self._idle.append(conn)
+            idle = self._idle
+            conn.idle_since = now = asyncio.get_running_loop().time()
+            idle.append(conn)
+            while now - idle[0].idle_since > self.IDLE_SECONDS:  # the oldest first; conn itself stays
+                idle.pop(0).abort()
         else:
             conn.abort()
         self._slots.release()

@@ -270,6 +270,18 @@ async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n:
     await writer.drain()
 
 
+async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    """An interim 103 before each real answer, on one kept-alive connection."""
+    while True:
+        body = b'{"n": %d}' % n
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next request on this connection
+        n += 1
+
+
 async def drop_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
     """Every odd request's connection is closed without an answer (a kept-alive connection the module dropped)."""
     if n % 2 == 1:

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.db import queries
+from tentaculo.proxy import _ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
 from tests.conftest import ADMIN_TOKEN, serve, wait_for
 from tests.proxy_upstreams import GZIPPED, ModuleApp, problem_of, raw_request
@@ -407,3 +408,27 @@ async def test_sequential_calls_reuse_one_keep_alive_connection(start_gateway, m
     ports = {seen.peer_port for seen in module.requests_to("/base/echo/reuse-")}
     assert len(module.requests_to("/base/echo/reuse-")) == 20
     assert len(ports) == 1, f"the proxy opened {len(ports)} connections for 20 sequential calls"
+
+
+async def test_connections_left_idle_after_a_burst_are_closed(start_gateway, module, admin_headers,
+                                                              monkeypatch) -> None:
+    monkeypatch.setattr(_ModulePool, "IDLE_SECONDS", 0.2)
+    gateway = await start_gateway()
+    burst = await asyncio.gather(*(gateway.get(url("madre/slow?delay=0.1"), headers=admin_headers) for _ in range(4)))
+    assert [r.status for r in burst] == [200] * 4
+    burst_ports = {seen.peer_port for seen in module.requests_to("/base/slow")}
+    assert len(burst_ports) == 4
+    await asyncio.sleep(0.3)
+    assert (await gateway.get(url("madre/echo/after"), headers=admin_headers)).status == 200
+    [kept] = [seen.peer_port for seen in module.requests_to("/base/echo/after")]
+    assert kept in burst_ports  # an idle connection was reused ...
+
+    async def only_the_used_one_open() -> bool:  # ... and the others, idle too long, were closed
+        assert module.server is not None and module.server.runner is not None
+        server = module.server.runner.server
+        assert server is not None
+        open_ports = {h.transport.get_extra_info("peername")[1] for h in server.connections  # type: ignore[attr-defined]
+                      if h.transport is not None}
+        return open_ports & burst_ports == {kept}
+
+    await wait_for(only_the_used_one_open, timeout=5)

@@ -18,7 +18,7 @@ from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.settings import ModuleTimeouts, Settings
 from tests.conftest import serve, wait_for
-from tests.proxy_upstreams import RawModule, drop_first, garbage
+from tests.proxy_upstreams import RawModule, drop_first, early_hints, garbage
 
 Gateway = Callable[..., Awaitable[TestClient]]
 
@@ -74,6 +74,20 @@ async def test_module_sending_garbage_is_upstream_unavailable(start_gateway, adm
         assert_problem(problem, "upstream_unavailable", "garbage-1")
         assert problem["detail"] == "module 'madre' sent an invalid HTTP response"
         assert raw.proxied() == ["GET /x HTTP/1.1"]  # a broken answer is not retried
+    finally:
+        await raw.close()
+
+
+async def test_an_interim_answer_is_skipped_and_the_real_one_forwarded(start_gateway, admin_headers) -> None:
+    raw = await RawModule(early_hints).start()
+    try:
+        gw = await start_gateway(raw.url)
+        for n in (1, 2):  # the second call reuses the kept-alive connection
+            resp = await gw.get(url("x"), headers=admin_headers)
+            assert resp.status == 200
+            assert await resp.json() == {"n": n}
+            assert "Link" not in resp.headers  # the interim answer's headers are not the real one's
+        assert raw.proxied() == ["GET /x HTTP/1.1"]  # one connection (one request head read) served both
     finally:
         await raw.close()
 
