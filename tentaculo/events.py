@@ -34,6 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from tentaculo.auth import TokenStoreUnavailable
 from tentaculo.settings import Settings
 
 log = structlog.get_logger("tentaculo.events")
@@ -743,16 +744,25 @@ async def end_revoked_streams(hub: EventHub, is_active: Callable[[int], Awaitabl
     check, so this asks PostgreSQL at most once per token per cache period. While PostgreSQL
     cannot answer, streams are left open and the next round asks again.
     """
+    failing = False
     while True:
         await asyncio.sleep(interval)
         revoked = []
-        for token_id in hub.token_ids():
-            try:
+        try:
+            for token_id in hub.token_ids():
                 if not await is_active(token_id):
                     revoked.append(token_id)
-            except Exception as exc:  # the store's "cannot say": try again next round
-                log.warning("revocation_check_failed", error=type(exc).__name__)
-                break
+        except TokenStoreUnavailable:
+            if not failing:
+                log.warning("revocation_check_failing", reason="the token database is unreachable")
+            failing = True
+            continue
+        except Exception:  # isolation boundary: a bug must not end the checks for good
+            log.exception("revocation_check_error")
+            continue
+        if failing:
+            log.info("revocation_check_recovered")
+            failing = False
         if revoked:
             log.info("streams_of_revoked_tokens_ended", streams=hub.end_streams_of(revoked))
 

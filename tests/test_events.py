@@ -424,14 +424,50 @@ async def test_a_token_revoked_elsewhere_ends_its_streams_within_the_cache_perio
     name = f"tk-{uuid.uuid4().hex[:6]}"
     token = await make_token("read", name=name)
     client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, token_cache_seconds=0.2)))
-    sse = await open_stream(client, headers={"X-VX11-Token": token})
+    by_header = await open_stream(client, headers={"X-VX11-Token": token})
+    ticket = (await (await client.post(TICKET, headers={"X-VX11-Token": token})).json())["ticket"]
+    resp = await client.get(f"{EVENTS}?ticket={ticket}")
+    by_ticket = SSE(resp)
+    assert await by_ticket.record() == {"retry": "3000"}
     # Revoked as another instance or `tentaculo token revoke` does: in the database only.
     assert await queries.revoke_token(db, name)
     started = time.perf_counter()
-    problem = await _revoked_error(sse)
-    assert problem["code"] == "invalid_token"
+    for sse in (by_header, by_ticket):
+        assert (await _revoked_error(sse))["code"] == "invalid_token"
     assert time.perf_counter() - started < 3
     assert hub_of(client).clients == 0
+
+
+async def test_revoking_a_token_stops_a_replay_in_progress(
+    aiohttp_client, ev_settings, admin_headers, make_token
+) -> None:
+    gw = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, token_cache_seconds=30)))
+    hub = hub_of(gw)
+    name = f"tk-{uuid.uuid4().hex[:6]}"
+    token = await make_token("read", name=name)
+    first = await open_stream(gw)
+    hub.publish("chat", {"n": 0})
+    since = (await first.event())["id"]
+    # 30 MB of history to replay: far more than socket buffers hold, so the replay is still
+    # writing (waiting on the client) when the token is revoked.
+    total, blob = 500, "x" * 60_000
+    for n in range(1, total + 1):
+        hub.publish("chat", {"n": n, "blob": blob})
+    await wait_for(lambda: _true(hub.snapshot()["published"] >= total + 1))
+    resumed = await open_stream(gw, headers={"X-VX11-Token": token, "Last-Event-ID": since})
+    assert (await resumed.event())["data"]["data"]["n"] == 1
+    assert (await gw.delete(f"/operator/api/tokens/{name}", headers=admin_headers)).status == 204
+    received = 1
+    async with asyncio.timeout(10):
+        while (event := await resumed.event())["event"] == "chat":
+            received += 1
+    assert event["data"]["data"]["code"] == "invalid_token"
+    assert received < total  # the replay stopped; it did not send the rest of the history first
+    await resumed.ended()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_tickets_never_reach_the_logs(aiohttp_client, ev_settings, db) -> None:

@@ -189,7 +189,11 @@ async def _stream(
 
 
 async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any, cid: str) -> tuple[int, int] | None:
-    """Send what a resuming client missed; return the position live delivery continues from (None: stop)."""
+    """Send what a resuming client missed; return the position live delivery continues from (None: stop).
+
+    A subscription ended meanwhile (token revoked, shutdown, ...) stops the replay at once; the live
+    loop then sends the final frame that says why.
+    """
     if plan.reset:
         data = {
             "reason": "the last event id is older than the retained history (or unknown to it); "
@@ -200,19 +204,20 @@ async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any
     start, position, sent = plan.start, plan.position, None
     # What the client's Last-Event-ID is now: its own id, unless reset made that meaningless.
     holds = None if plan.reset else plan.position
-    while True:
+    while sub.reason is None:
         try:
             batch = await hub.history(start, HISTORY_PAGE)
         except REDIS_FAILURES as exc:
             await write(_error_frame(hub, cid, f"cannot read the event history: {type(exc).__name__}"))
             return None
         for event in batch:
+            if sub.reason is not None:
+                break
             if sub.matches(event):
                 await write(event.frame)
                 sent = event.id
-        if batch:
-            position = batch[-1].id
-            start = "(" + position
+            position = event.id
+        start = "(" + position
         if len(batch) < HISTORY_PAGE:
             break
     if position != (sent or holds):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import asyncpg
@@ -70,13 +71,19 @@ async def create_token(request: web.Request) -> web.Response:
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke the active token with this name."""
     name = request.match_info["name"]
-    revoked = await queries.revoke_token(request.app[keys.DB_POOL], name)
-    if not revoked:
+    # Shielded: a client leaving mid-call must not leave the row revoked but the cache and streams not.
+    if not await asyncio.shield(_revoke(request.app, name)):
         raise Problem("not_found", f"no active token named {name!r}")
-    request.app[keys.TOKENS].invalidate()
-    # Its open event streams end now here; other instances end theirs within the token cache period.
-    request.app[keys.EVENTS].end_streams_of(revoked)
     return web.Response(status=204)
+
+
+async def _revoke(app: web.Application, name: str) -> bool:
+    revoked = await queries.revoke_token(app[keys.DB_POOL], name)
+    if revoked:
+        app[keys.TOKENS].invalidate()
+        # Its open event streams end now here; other instances end theirs within the token cache period.
+        app[keys.EVENTS].end_streams_of(revoked)
+    return bool(revoked)
 
 
 def _token_view(row: asyncpg.Record) -> dict[str, object]:
