@@ -57,6 +57,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tentaculo.db import queries
 from tentaculo.errors import connect_reason
@@ -639,6 +640,8 @@ class ServiceProber:
             status, reason, http_status = "error", f"no answer within {self.timeout:g} s", None
         except TimeoutError:
             status, reason, http_status = "error", f"no answer within {limit:g} s", None
+        except aiohttp.ClientSSLError:  # before its base class: its errno says nothing useful
+            status, reason, http_status = "error", "failed the TLS handshake", None
         except aiohttp.ClientConnectorError as exc:
             status, reason, http_status = "error", f"unreachable: {connect_reason(exc)}", None
         except (aiohttp.ClientError, OSError, RedisError) as exc:
@@ -676,6 +679,8 @@ class ServiceProber:
             await client.ping()
         except AuthenticationError:
             return "degraded", "answers but refuses the configured credentials", None
+        except RedisTimeoutError:
+            return "error", f"timed out (connect {self.connect_timeout:g} s, answer {self.timeout:g} s)", None
         except ResponseError as exc:
             return "degraded", _short(f"answers PING with an error: {exc}"), None
         except (OSError, RedisError) as exc:

@@ -25,6 +25,7 @@ from tentaculo.services import public_address
 from tentaculo.settings import Settings, SettingsError
 from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres, proxy_redis
+from tests.proxy_upstreams import RawModule, garbage
 
 STATUS = "/operator/api/status"
 MODULES = "/operator/api/modules"
@@ -457,3 +458,19 @@ def test_connection_failures_are_told_without_the_address() -> None:
     assert connect_reason(ConnectionRefusedError(111, "Connect call failed ('10.1.2.3', 8001)")) == "connection refused"
     assert connect_reason(socket.gaierror(-2, "Name or service not known")) == "its host name does not resolve"
     assert connect_reason(OSError(None, "odd failure at 10.1.2.3:8001")) == "connection failed"
+
+
+async def test_a_silent_redis_module_and_a_failed_tls_handshake_are_told_apart(
+    aiohttp_client, settings, admin_headers, modules
+) -> None:
+    plain = await modules("plain")  # speaks plain HTTP: a TLS client's hello gets no TLS answer
+    silent = await RawModule(garbage).start()  # accepts, reads, never answers a PING
+    try:
+        urls = {"madre": plain.url.replace("http://", "https://"), "hermes": f"redis://127.0.0.1:{silent.port}/0"}
+        client = await serve(aiohttp_client, create_app(probing(settings, urls)))
+        await _probed_once(client)
+        got = await _modules_by_name(client, admin_headers)
+        assert (got["madre"]["status"], got["madre"]["reason"]) == ("error", "failed the TLS handshake")
+        assert got["hermes"]["status"] == "error" and got["hermes"]["reason"].startswith("timed out")
+    finally:
+        await silent.close()
