@@ -33,7 +33,7 @@ log = structlog.get_logger("tentaculo.http")
 CORRELATION_HEADER = "X-Correlation-ID"
 CORRELATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # Status recorded when the client went away before a response was sent (nginx's convention);
-# one that leaves after a streamed response's headers went out is recorded with their status.
+# after a streamed response's head went out, its status is recorded whatever ends the stream.
 CLIENT_CLOSED = 499
 
 _HTTP_CODES = {
@@ -172,9 +172,8 @@ def record_middleware(*, access_log: bool) -> Middleware:
             status = response.status
             return response
         except BaseException as exc:
-            status = status_of(exc)
-            if status == CLIENT_CLOSED:
-                status = request.get(keys.SENT_STATUS, CLIENT_CLOSED)
+            # Once a streamed response's head went out, that is what the client was answered.
+            status = request.get(keys.SENT_STATUS) or status_of(exc)
             raise
         finally:
             duration_ms = (time.perf_counter() - request[keys.STARTED]) * 1000

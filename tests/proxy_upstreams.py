@@ -274,8 +274,10 @@ async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     """An interim 103 before each real answer, on one kept-alive connection."""
     while True:
         body = b'{"n": %d}' % n
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
-                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)  # the real answer arrives in a later read
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(body), body))
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")  # the next request on this connection

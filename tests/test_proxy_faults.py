@@ -10,12 +10,14 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tentaculo import keys
 from tentaculo.app import create_app
+from tentaculo.db import queries
 from tentaculo.settings import ModuleTimeouts, Settings
 from tests.conftest import serve, wait_for
 from tests.proxy_upstreams import RawModule, drop_first, early_hints, garbage
@@ -40,6 +42,10 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def _has_rows(db: asyncpg.Connection, cid: str) -> bool:
+    return bool(await queries.audit_rows_for(db, cid))
+
+
 def assert_problem(problem: dict, code: str, cid: str) -> None:
     assert problem["code"] == code
     assert problem["correlation_id"] == cid
@@ -49,10 +55,10 @@ def assert_problem(problem: dict, code: str, cid: str) -> None:
 
 
 async def test_module_breaking_off_its_body_truncates_the_response_and_counts_on_the_circuit(
-    start_gateway, module, admin_headers
+    start_gateway, module, admin_headers, db
 ) -> None:
     gw = await start_gateway(module.url + "/base")
-    resp = await gw.get(url("broken"), headers=admin_headers)
+    resp = await gw.get(url("broken"), headers={**admin_headers, "X-Correlation-ID": "broken-1"})
     assert resp.status == 200
     assert resp.headers["Content-Length"] == "100000"
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -60,6 +66,10 @@ async def test_module_breaking_off_its_body_truncates_the_response_and_counts_on
     entry = gw.app[keys.SERVICES].get("madre")
     assert entry is not None and entry.breaker.failures == 1
     assert entry.last_proxy_error == "module 'madre' broke off its response"
+    # Audited as answered (the head said 200); the failure shows on the module's circuit and logs.
+    await wait_for(lambda: _has_rows(db, "broken-1"))
+    [row] = await queries.audit_rows_for(db, "broken-1")
+    assert (row["status"], row["service"]) == (200, "madre")
 
 
 async def test_module_sending_garbage_is_upstream_unavailable(start_gateway, admin_headers) -> None:
