@@ -23,6 +23,7 @@ NAME = "proxy"
 ROUNDS = 3
 SECONDS = 3.0
 CONCURRENCY = 32
+GOAL = 0.45  # proxied / straight request rate
 LATENCY_SECONDS = 2.0
 LARGE_MB = 100
 JSON_PATH = "/api/data.json"
@@ -68,21 +69,24 @@ async def run(env: BenchEnv) -> list[Figure]:
     non_200 = sum(v for r in proxy_runs for k, v in r["statuses"].items() if k != "200")
     proxied_calls = sum(r["requests"] for r in proxy_runs)
     direct_calls = sum(r["requests"] for r in direct_runs)
-    # Every process of a proxied call shares this machine's cores: their CPU per call bounds the
-    # rate any proxy could reach here, whatever it does with its own share.
+    # The processes of a proxied call share this machine's cores, and each runs on one core: their
+    # CPU per call bounds the rate reachable here at these costs (PostgreSQL's share of the audit
+    # rows is left out, so the bound is generous).
     per_call_us = {
         "gateway": gateway_cpu / proxied_calls * 1e6,
         "module": module_cpu_proxied / proxied_calls * 1e6,
         "load generator": load_cpu_proxied / proxied_calls * 1e6,
     }
-    cores = os.cpu_count() or 1
-    ceiling = cores * 1e6 / sum(per_call_us.values())
-    # The gateway's share that would let the goal's rate fit on these cores.
-    gateway_budget = cores * 1e6 / (0.45 * direct_rps) - per_call_us["module"] - per_call_us["load generator"]
+    cores = len(os.sched_getaffinity(0))
+    ceiling = min(cores * 1e6 / sum(per_call_us.values()), *(1e6 / us for us in per_call_us.values()))
+    # The gateway CPU per call at which the goal's rate would fit, the others' costs unchanged.
+    goal_rps = GOAL * direct_rps
+    gateway_budget = min(cores * 1e6 / goal_rps - per_call_us["module"] - per_call_us["load generator"],
+                         1e6 / goal_rps)
     return [
         Figure(NAME, "module 1 KB GET req/s straight (median)", round(direct_rps), "req/s"),
         Figure(NAME, "module 1 KB GET req/s through the proxy (median)", round(proxy_rps), "req/s"),
-        Figure(NAME, "proxy / straight request rate", round(ratio, 3), "", ">= 0.45", ratio >= 0.45),
+        Figure(NAME, "proxy / straight request rate", round(ratio, 3), "", f">= {GOAL}", ratio >= GOAL),
         Figure(NAME, "added latency p50, one call at a time", round(added_p50, 3), "ms", "<= 1", added_p50 <= 1.0),
         Figure(NAME, "added latency p99, one call at a time", round(added_p99, 3), "ms"),
         Figure(NAME, "p50 / p99 at 32 concurrent: straight",
@@ -94,7 +98,7 @@ async def run(env: BenchEnv) -> list[Figure]:
         Figure(NAME, "module CPU per call straight", round(module_cpu_direct / direct_calls * 1e6), "us"),
         Figure(NAME, f"CPU ceiling of the proxied rate on {cores} cores (its ratio to straight)",
                f"{ceiling:.0f} ({ceiling / direct_rps:.3f})", "req/s"),
-        Figure(NAME, "gateway CPU per call that the 0.45 goal leaves on these cores", round(gateway_budget), "us"),
+        Figure(NAME, f"gateway CPU per call that the {GOAL} goal leaves on these cores", round(gateway_budget), "us"),
         Figure(NAME, "non-200 answers through the proxy", non_200, "", "0", non_200 == 0),
         Figure(NAME, f"{LARGE_MB} MB body streamed through the proxy",
                f"{streamed // (1024 * 1024)} MB in {seconds:.2f} s ({streamed / seconds / 1024 / 1024:.0f} MB/s)", "",
