@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.digest import sha256
 
 SCOPES = ("read", "chat", "operate", "admin")
@@ -131,7 +131,7 @@ class TokenStore:
             return cached[1]
         try:
             active = await queries.token_is_active(self._pool, token_id)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_FAILURES as exc:
             if cached is not None:
                 return cached[1]
             raise TokenStoreUnavailable(str(exc)) from exc
@@ -157,7 +157,7 @@ class TokenStore:
             return None
         try:
             row = await queries.find_active_token(self._pool, digest)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_FAILURES as exc:
             # Database away: keep honouring what was valid a moment ago rather than lock everyone out.
             if cached is not None:
                 return cached.principal

@@ -14,12 +14,12 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.dependencies")
 
-_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+_FAILURES = (*DB_FAILURES, RedisError)
 
 
 @dataclass(frozen=True, slots=True)

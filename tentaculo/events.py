@@ -58,7 +58,7 @@ REVOKED = "token_revoked"  # the token that opened the stream was revoked
 _SEP = b"\r\n"
 _ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 _U64 = 2**64 - 1
-_RedisFailure = (RedisError, OSError, TimeoutError)
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)  # Redis, or the way to it
 
 # KEYS: stream, channel. ARGV: max length, max age in ms, then one envelope without id per event.
 # One call and one pub/sub message per batch, not per event: each command and each message
@@ -456,7 +456,7 @@ class EventHub:
                         await self._outbox_wake.wait()
                 except TimeoutError:
                     # Quiet streams still age out.
-                    with contextlib.suppress(*_RedisFailure):
+                    with contextlib.suppress(*REDIS_FAILURES):
                         await self._trim_script(keys=[self.stream_key], args=[self.history_ms])
                     continue
             if len(self._outbox) < PUBLISH_BATCH:
@@ -469,7 +469,7 @@ class EventHub:
                 )
             except ResponseError as exc:  # Redis refused the script (e.g. out of memory); it was reachable
                 refused = exc
-            except _RedisFailure as exc:
+            except REDIS_FAILURES as exc:
                 self.publish_failures += 1
                 if self.publish_error is None:
                     log.warning("events_publish_failed", queued=len(self._outbox), error=_describe(exc))
@@ -523,13 +523,13 @@ class EventHub:
                 self._went_online()
                 delay = 0.1
                 await self._pump(pubsub)
-            except _RedisFailure as exc:
+            except REDIS_FAILURES as exc:
                 self._went_offline(f"Redis unreachable: {_describe(exc)}", delay)
             except Exception:  # isolation boundary: the reader must outlive any one bad message or bug
                 log.exception("events_reader_failed")
                 self._went_offline("the event reader failed; restarting it", delay)
             finally:
-                with contextlib.suppress(*_RedisFailure):
+                with contextlib.suppress(*REDIS_FAILURES):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max)

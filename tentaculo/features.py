@@ -27,7 +27,7 @@ import asyncpg
 import orjson
 import structlog
 
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.features")
@@ -36,7 +36,6 @@ FEATURES = ("chat", "events", "metrics", "file_explorer", "proxy")
 FLAG_STATUSES = ("on", "off", "degraded")
 REASON_MAX = 500
 _FEATURE_ATTR = "__tentaculo_feature__"
-_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 # A dependency check: None when the feature's dependencies are fine, else (status, reason).
@@ -106,7 +105,7 @@ class FeatureFlags:
         try:
             async with asyncio.timeout(wait):
                 await self.reload()
-        except _DB_FAILURES as exc:
+        except DB_FAILURES as exc:
             self._sync_failed(exc)
         self._task = asyncio.create_task(self._run(), name="feature-flags")
 
@@ -120,7 +119,7 @@ class FeatureFlags:
             try:
                 async with asyncio.timeout(max(self.reload_seconds, 2.0)):
                     await self.reload()
-            except _DB_FAILURES as exc:
+            except DB_FAILURES as exc:
                 self._sync_failed(exc)
             except Exception:  # isolation boundary: the safety net must outlive a bug
                 log.exception("feature_flags_reload_error")

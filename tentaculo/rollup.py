@@ -37,10 +37,9 @@ from typing import Any
 import asyncpg
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from tentaculo.db import queries
-from tentaculo.events import EventHub
+from tentaculo.db import DB_FAILURES, DB_REJECTED, queries
+from tentaculo.events import REDIS_FAILURES, EventHub
 from tentaculo.metrics import LATENCY_BOUNDS_MS, Bucket, RequestMetrics, Series, merge_into, quantile
 from tentaculo.tasks import stop_task
 
@@ -59,8 +58,6 @@ QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 # (route, method, status class or provider outcome, provider; "" for request rows)
 RowKey = tuple[str, str, str, str]
 
-_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-_POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def _utc(seconds: float) -> datetime:
@@ -300,13 +297,13 @@ class MetricsRollup:
                 async with self._pool.acquire() as conn:
                     async with conn.transaction():
                         await queries.copy_performance_rows(conn, rows)
-        except _POISON as exc:
+        except DB_REJECTED as exc:
             self.dropped_buckets += len(self._pending)
             self._pending.clear()
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("metrics_rows_rejected", rows=len(rows), error=self.last_error)
             return True
-        except _DB_FAILURES as exc:
+        except DB_FAILURES as exc:
             self.failures += 1
             if self.last_error is None:
                 log.warning("metrics_write_failed", buckets=len(self._pending), error=type(exc).__name__)
@@ -332,7 +329,7 @@ class MetricsRollup:
                         compacted = await queries.compact_performance_logs(
                             conn, _utc(now - COMPACT_AFTER), COMPACT_SECONDS
                         )
-        except _DB_FAILURES as exc:
+        except DB_FAILURES as exc:
             log.warning("metrics_maintenance_failed", error=f"{type(exc).__name__}: {exc}")
             return
         if deleted or compacted:
@@ -367,7 +364,7 @@ class MetricsRollup:
                     figures.add_rows(rows)
                     self._unwritten(figures, figures.since)
                     return figures
-        except _DB_FAILURES as exc:
+        except DB_FAILURES as exc:
             figures.complete = False
             figures.reason = f"PostgreSQL unreachable ({type(exc).__name__}): only this instance's unwritten figures"
             self._unwritten(figures, figures.since)
@@ -392,7 +389,7 @@ class MetricsRollup:
         try:
             claimed = await self._redis.set(f"{self._event_key}{period}", self.instance, nx=True,
                                             ex=max(1, math.ceil(2 * self.event_seconds)))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("metrics_event_skipped", error=f"{type(exc).__name__}: {exc}")
             return False
         if not claimed:

@@ -14,16 +14,12 @@ from typing import Any
 import asyncpg
 import structlog
 
+from tentaculo.db import DB_FAILURES, DB_REJECTED
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.rows")
 
 WriteRows = Callable[[asyncpg.Connection, Sequence[tuple[Any, ...]]], Awaitable[None]]
-# Errors in the data itself: retrying the same rows can never succeed.
-_POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-# Everything else PostgreSQL or the network can say: wait, keep the rows, try again.
-_TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
 
 class RowWriter:
     """A bounded buffer of rows and the background task that writes them.
@@ -112,7 +108,7 @@ class RowWriter:
             except asyncio.CancelledError:
                 self._buffer.extendleft(reversed(batch))
                 raise
-            except _POISON as exc:
+            except DB_REJECTED as exc:
                 if len(batch) > 1:
                     self._buffer.extendleft(reversed(batch))
                     self._one_at_a_time = len(batch)
@@ -120,7 +116,7 @@ class RowWriter:
                 self.dropped += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("row_rejected", writer=self.name, error=self.last_error)
-            except _TRANSIENT as exc:
+            except DB_FAILURES as exc:
                 self._buffer.extendleft(reversed(batch))
                 self.failures += 1
                 if self.last_error is None:

@@ -59,7 +59,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.errors import connect_reason
 from tentaculo.providers import CircuitBreaker
 from tentaculo.settings import Settings, service_key
@@ -70,7 +70,6 @@ log = structlog.get_logger("tentaculo.services")
 GATEWAY = "tentaculo_link"
 MAX_HEALTH_BODY = 64 * 1024
 REASON_MAX = 200
-_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # What a module's JSON health body may say in "status", and the verdict each means.
 _HEALTHY = frozenset({"on", "ok", "up", "healthy", "pass", "passing", "ready", "running", "green", "alive"})
 _DEGRADED = frozenset({"degraded", "warn", "warning", "partial", "yellow", "slow"})
@@ -224,7 +223,7 @@ class ServiceRegistry:
             async with asyncio.timeout(wait):
                 await self._listen()
                 await self.reload()
-        except _DB_FAILURES as exc:
+        except DB_FAILURES as exc:
             self._load_failed(exc)
         self._notified.clear()
         self._task = asyncio.create_task(self._run(), name="service-registry")
@@ -243,7 +242,7 @@ class ServiceRegistry:
             try:
                 async with asyncio.timeout(10):
                     await self.reload()
-            except _DB_FAILURES as exc:
+            except DB_FAILURES as exc:
                 self._load_failed(exc)
             except Exception:  # isolation boundary: the reload loop must outlive a bug
                 log.exception("services_reload_error")
@@ -262,11 +261,11 @@ class ServiceRegistry:
         await self._drop_listener()
         try:
             conn = await asyncpg.connect(self.settings.database_url, timeout=2)
-        except (*_DB_FAILURES, ValueError):
+        except (*DB_FAILURES, ValueError):
             return  # the periodic reload carries on; try again next round
         try:
             await conn.add_listener(queries.SERVICE_CONFIGS_CHANNEL, self._on_notify)
-        except _DB_FAILURES:
+        except DB_FAILURES:
             await conn.close(timeout=2)
             return
         conn.add_termination_listener(lambda _: self._notified.set())
@@ -279,7 +278,7 @@ class ServiceRegistry:
             try:
                 async with asyncio.timeout(2):
                     await conn.close()
-            except (TimeoutError, *_DB_FAILURES):
+            except (TimeoutError, *DB_FAILURES):
                 conn.terminate()
 
     def _on_notify(self, *_: object) -> None:

@@ -24,7 +24,7 @@ import asyncpg
 import orjson
 
 from tentaculo.auth import Principal, TokenStore, TokenStoreUnavailable
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.errors import Problem
 
 PURPOSE = "events"
@@ -83,7 +83,7 @@ class EventTickets:
                 else:
                     try:
                         material = await queries.shared_secret(self._pool, SECRET_NAME, secrets.token_bytes(32))
-                    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    except DB_FAILURES:
                         raise Problem(
                             "upstream_unavailable",
                             "the ticket signing key is kept in PostgreSQL, which is unreachable; try again shortly",

@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
-from redis.exceptions import RedisError
 
 from tentaculo import keys
 from tentaculo.auth import TICKET_PARAM, requires
@@ -19,6 +18,7 @@ from tentaculo.events import (
     DISABLED,
     ERROR,
     EVENT_TYPES,
+    REDIS_FAILURES,
     REDIS_LOST,
     RESET,
     REVOKED,
@@ -40,7 +40,6 @@ from tentaculo.tickets import rejected
 
 HISTORY_PAGE = 500
 PAGE_DEFAULT, PAGE_MAX = 50, 500
-REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def _filters(request: web.Request) -> tuple[frozenset[str] | None, str | None]:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import re
 
-import asyncpg
 from aiohttp import web
 
 from tentaculo import keys
 from tentaculo.auth import requires
+from tentaculo.db import DB_UNREACHABLE
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.features import FLAG_STATUSES, REASON_MAX, UnknownFeature
 from tentaculo.jsonio import json_response, read_json_object
 
-# Connection trouble only: anything else the database refuses is a bug, not an outage.
-_DB_FAILURES = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 _FIELDS = ("status", "reason")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -61,7 +58,7 @@ async def set_feature(request: web.Request) -> web.Response:
         _, previous = await flags.set(name, status, reason, principal.name)
     except UnknownFeature:
         raise _unknown(name, flags.names()) from None
-    except _DB_FAILURES as exc:
+    except DB_UNREACHABLE as exc:
         raise Problem("upstream_unavailable", f"PostgreSQL is unreachable; the flag was not changed "
                                               f"({type(exc).__name__})") from None
     return json_response({**flags.snapshot(name), "previous_status": previous})

@@ -7,18 +7,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from tentaculo import __version__, keys
 from tentaculo.auth import PUBLIC, requires
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.db.migrate import pending_migrations
 from tentaculo.jsonio import json_response
 
 CHECK_TIMEOUT = 2.0
-_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+_FAILURES = (*DB_FAILURES, RedisError)
 
 
 @requires(PUBLIC)

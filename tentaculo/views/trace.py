@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from tentaculo import keys
 from tentaculo.auth import requires
-from tentaculo.db import queries
+from tentaculo.db import DB_FAILURES, queries
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.jsonio import json_response
 from tentaculo.middlewares import CORRELATION_RE
@@ -22,7 +22,7 @@ from tentaculo.middlewares import CORRELATION_RE
 LIMIT_DEFAULT, LIMIT_MAX = 200, 1000
 SOURCE_TIMEOUT = 5.0
 _MICROSECOND = timedelta(microseconds=1)
-_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+_FAILURES = (*DB_FAILURES, RedisError)
 
 T = TypeVar("T")
 
