@@ -15,6 +15,7 @@ from tentaculo import __version__, keys
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
+from tentaculo.db import DB_UNREACHABLE
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.dependencies import DependencyMonitor
@@ -124,7 +125,7 @@ async def _migrate_until_done(app: web.Application, pool: asyncpg.Pool) -> None:
         try:
             async with pool.acquire() as conn:
                 state.applied = await migrate(conn)
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except DB_UNREACHABLE as exc:
             state.ok, state.reason = False, f"waiting for PostgreSQL: {type(exc).__name__}"
             log.warning("migrations_waiting", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.errors import failure_reason
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.dependencies")
@@ -86,7 +87,7 @@ class DependencyMonitor:
             async with asyncio.timeout(self.timeout):
                 await ping()
         except _FAILURES as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            reason = failure_reason(exc)
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
         latency = round((time.perf_counter() - started) * 1000, 3)

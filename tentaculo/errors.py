@@ -7,6 +7,8 @@ import socket
 from typing import Any
 
 import aiohttp
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # code -> (HTTP status, title). The contract fixes the codes; statuses follow RFC 9110.
 PROBLEMS: dict[str, tuple[int, str]] = {
@@ -92,6 +94,33 @@ def openai_error(problem: Problem) -> dict[str, Any]:
     if "attempts" in problem.extra:
         error["attempts"] = problem.extra["attempts"]
     return error
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An exception told for a status, a readiness check or a log line: its type and what it says.
+
+    An error of the operating system, or one wrapping it (as redis-py's and asyncpg's do), is told
+    by its errno only: their messages name the peer's address or socket path.
+    """
+    name = type(exc).__name__
+    os_error = _os_error_in(exc)
+    if isinstance(os_error, TimeoutError):
+        return f"{name}: timed out"
+    if os_error is not None:
+        return f"{name}: {connect_reason(os_error)}"
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return name  # redis-py writes "Error 111 connecting to <host>:<port>" and does not always chain the cause
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def _os_error_in(exc: BaseException | None, depth: int = 5) -> OSError | None:
+    """The first OSError in ``exc``'s chain of causes (client libraries re-raise theirs in layers)."""
+    while exc is not None and depth > 0:
+        if isinstance(exc, OSError):
+            return exc
+        exc, depth = exc.__cause__ or exc.__context__, depth - 1
+    return None
 
 
 def connect_reason(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from tentaculo.auth import TokenStoreUnavailable
+from tentaculo.errors import failure_reason
 from tentaculo.settings import Settings
 
 log = structlog.get_logger("tentaculo.events")
@@ -472,8 +473,8 @@ class EventHub:
             except REDIS_FAILURES as exc:
                 self.publish_failures += 1
                 if self.publish_error is None:
-                    log.warning("events_publish_failed", queued=len(self._outbox), error=_describe(exc))
-                self.publish_error = _describe(exc)
+                    log.warning("events_publish_failed", queued=len(self._outbox), error=failure_reason(exc))
+                self.publish_error = failure_reason(exc)
                 backoff = min(max(backoff * 2, 0.1), self.reconnect_max)
                 continue
             except Exception:  # isolation boundary: a bug must not stop every later event
@@ -486,7 +487,7 @@ class EventHub:
             if refused is not None:
                 # Retrying could duplicate the part of the batch Redis did take: count and move on.
                 self.publish_dropped += len(batch)
-                log.error("events_refused_by_redis", events=len(batch), error=_describe(refused))
+                log.error("events_refused_by_redis", events=len(batch), error=failure_reason(refused))
             else:
                 self.published += len(batch)
             backoff = 0.0
@@ -524,7 +525,7 @@ class EventHub:
                 delay = 0.1
                 await self._pump(pubsub)
             except REDIS_FAILURES as exc:
-                self._went_offline(f"Redis unreachable: {_describe(exc)}", delay)
+                self._went_offline(f"Redis unreachable: {failure_reason(exc)}", delay)
             except Exception:  # isolation boundary: the reader must outlive any one bad message or bug
                 log.exception("events_reader_failed")
                 self._went_offline("the event reader failed; restarting it", delay)
@@ -804,8 +805,3 @@ def _key(raw: bytes | str | None) -> EventKey:
 
 def _decoded(eid: bytes, fields: Mapping[bytes, bytes]) -> Event:
     return Event.from_stored(eid.decode(), fields[b"e"])
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -28,6 +28,7 @@ import orjson
 import structlog
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.errors import failure_reason
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.features")
@@ -125,7 +126,7 @@ class FeatureFlags:
                 log.exception("feature_flags_reload_error")
 
     def _sync_failed(self, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        reason = failure_reason(exc)
         if self.sync_error is None:
             log.warning("feature_flags_reload_failed", error=reason)
         self.sync_error = reason

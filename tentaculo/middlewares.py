@@ -23,7 +23,8 @@ from tentaculo.auth import (
     accepts_ticket,
     required_scope,
 )
-from tentaculo.errors import OPENAI_PREFIX, Problem, openai_error
+from tentaculo.db import DB_UNREACHABLE
+from tentaculo.errors import OPENAI_PREFIX, Problem, failure_reason, openai_error
 from tentaculo.features import feature_of
 from tentaculo.settings import Settings
 
@@ -35,6 +36,8 @@ CORRELATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # Status recorded when the client went away before a response was sent (nginx's convention);
 # after a streamed response's head went out, its status is recorded whatever ends the stream.
 CLIENT_CLOSED = 499
+# A handler's query that met a PostgreSQL outage: the error layer answers upstream_unavailable.
+DATABASE_DOWN = 503
 
 _HTTP_CODES = {
     401: "auth_required",
@@ -88,6 +91,8 @@ def status_of(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, asyncio.CancelledError):
         return CLIENT_CLOSED
+    if isinstance(exc, DB_UNREACHABLE):
+        return DATABASE_DOWN
     return 500
 
 
@@ -147,6 +152,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return problem_response(request, problem_from_http(exc, request))
     except asyncio.CancelledError:
         raise
+    except DB_UNREACHABLE as exc:  # a handler's query met an outage: say so, and when to try again
+        log.warning("database_unreachable", method=request.method, path=request.path, error=failure_reason(exc))
+        return problem_response(request, Problem("upstream_unavailable", "PostgreSQL is unreachable; try again shortly",
+                                                 status=DATABASE_DOWN, headers={"Retry-After": "2"}))
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
         return problem_response(request, Problem("internal_error", "the gateway could not handle this request"))

@@ -39,6 +39,7 @@ import structlog
 from redis.asyncio import Redis
 
 from tentaculo.db import DB_FAILURES, DB_REJECTED, queries
+from tentaculo.errors import failure_reason
 from tentaculo.events import REDIS_FAILURES, EventHub
 from tentaculo.metrics import LATENCY_BOUNDS_MS, Bucket, RequestMetrics, Series, merge_into, quantile
 from tentaculo.tasks import stop_task
@@ -300,14 +301,14 @@ class MetricsRollup:
         except DB_REJECTED as exc:
             self.dropped_buckets += len(self._pending)
             self._pending.clear()
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = failure_reason(exc)
             log.error("metrics_rows_rejected", rows=len(rows), error=self.last_error)
             return True
         except DB_FAILURES as exc:
             self.failures += 1
             if self.last_error is None:
                 log.warning("metrics_write_failed", buckets=len(self._pending), error=type(exc).__name__)
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = failure_reason(exc)
             return False
         self._pending.clear()
         self.written_rows += len(rows)
@@ -330,7 +331,7 @@ class MetricsRollup:
                             conn, _utc(now - COMPACT_AFTER), COMPACT_SECONDS
                         )
         except DB_FAILURES as exc:
-            log.warning("metrics_maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("metrics_maintenance_failed", error=failure_reason(exc))
             return
         if deleted or compacted:
             log.info("metrics_maintained", deleted=deleted, compacted_into=compacted)
@@ -390,7 +391,7 @@ class MetricsRollup:
             claimed = await self._redis.set(f"{self._event_key}{period}", self.instance, nx=True,
                                             ex=max(1, math.ceil(2 * self.event_seconds)))
         except REDIS_FAILURES as exc:
-            log.warning("metrics_event_skipped", error=f"{type(exc).__name__}: {exc}")
+            log.warning("metrics_event_skipped", error=failure_reason(exc))
             return False
         if not claimed:
             return False

@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 
 from tentaculo.db import DB_FAILURES, DB_REJECTED
+from tentaculo.errors import failure_reason
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.rows")
@@ -92,7 +93,7 @@ class RowWriter:
                 ok = await self.flush()
             except Exception as exc:  # isolation boundary: the writer must outlive any one failure
                 log.exception("rows_writer_error", writer=self.name, error=type(exc).__name__)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = failure_reason(exc)
                 ok = False
             backoff = 0.0 if ok else min(max(backoff * 2, 0.1), self.max_backoff)
 
@@ -114,7 +115,7 @@ class RowWriter:
                     self._one_at_a_time = len(batch)
                     continue
                 self.dropped += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = failure_reason(exc)
                 log.error("row_rejected", writer=self.name, error=self.last_error)
             except DB_FAILURES as exc:
                 self._buffer.extendleft(reversed(batch))
@@ -122,7 +123,7 @@ class RowWriter:
                 if self.last_error is None:
                     log.warning("rows_write_failed", writer=self.name, queued=len(self._buffer),
                                 error=type(exc).__name__)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = failure_reason(exc)
                 return False
             else:
                 self.written += len(batch)

@@ -60,7 +60,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tentaculo.db import DB_FAILURES, queries
-from tentaculo.errors import connect_reason
+from tentaculo.errors import connect_reason, failure_reason
 from tentaculo.providers import CircuitBreaker
 from tentaculo.settings import Settings, service_key
 from tentaculo.tasks import stop_task
@@ -249,7 +249,7 @@ class ServiceRegistry:
             await self._listen()
 
     def _load_failed(self, exc: BaseException) -> None:
-        reason = _short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        reason = _short(failure_reason(exc))
         if self.load_error is None:
             log.warning("services_reload_failed", error=reason, keeping=len(self._entries))
         self.load_error = reason

@@ -76,6 +76,29 @@ async def test_postgres_outage_requests_served_rows_written_after_return(
     await proxy.close()
 
 
+async def test_a_call_that_needs_postgres_during_an_outage_is_503_and_audited(
+    aiohttp_client, settings, db, admin_headers
+) -> None:
+    proxy, dsn = await proxy_postgres(settings.database_url)
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, database_url=dsn)))
+    try:
+        await proxy.cut()
+        for method, path in (("GET", "/operator/api/tokens"), ("DELETE", "/operator/api/tokens/someone")):
+            cid = f"pg-away-{method.lower()}-{uuid.uuid4().hex[:6]}"
+            resp = await client.request(method, path, headers={**admin_headers, "X-Correlation-ID": cid})
+            assert resp.status == 503, await resp.text()
+            assert resp.content_type == "application/problem+json" and resp.headers["Retry-After"]
+            problem = await resp.json()
+            assert (problem["code"], problem["correlation_id"]) == ("upstream_unavailable", cid)
+            assert "PostgreSQL" in problem["detail"] and "Traceback" not in await resp.text()
+        await proxy.restore()
+        row = await _row_of(db, cid)  # written once PostgreSQL is back, with what the client got
+        assert (row["method"], row["status"]) == ("DELETE", 503)
+    finally:
+        await client.close()
+        await proxy.close()
+
+
 async def _true(value: bool) -> bool:
     return value
 

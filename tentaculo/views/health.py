@@ -14,6 +14,7 @@ from tentaculo import __version__, keys
 from tentaculo.auth import PUBLIC, requires
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.db.migrate import pending_migrations
+from tentaculo.errors import failure_reason
 from tentaculo.jsonio import json_response
 
 CHECK_TIMEOUT = 2.0
@@ -32,7 +33,7 @@ async def _timed(check: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
         async with asyncio.timeout(CHECK_TIMEOUT):
             problem = await check()
     except _FAILURES as exc:
-        problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        problem = failure_reason(exc)
     latency = round((time.perf_counter() - started) * 1000, 3)
     if problem is None:
         return {"status": "on", "latency_ms": latency, "reason": None}
