@@ -83,9 +83,11 @@ async def test_a_call_that_needs_postgres_during_an_outage_is_503_and_audited(
     client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, database_url=dsn)))
     try:
         await proxy.cut()
-        for method, path in (("GET", "/operator/api/tokens"), ("DELETE", "/operator/api/tokens/someone")):
+        calls = (("GET", "/operator/api/tokens", None), ("PUT", "/operator/api/features/chat", {"status": "off"}),
+                 ("DELETE", "/operator/api/tokens/someone", None))
+        for method, path, body in calls:
             cid = f"pg-away-{method.lower()}-{uuid.uuid4().hex[:6]}"
-            resp = await client.request(method, path, headers={**admin_headers, "X-Correlation-ID": cid})
+            resp = await client.request(method, path, json=body, headers={**admin_headers, "X-Correlation-ID": cid})
             assert resp.status == 503, await resp.text()
             assert resp.content_type == "application/problem+json" and resp.headers["Retry-After"]
             problem = await resp.json()

@@ -8,7 +8,6 @@ from aiohttp import web
 
 from tentaculo import keys
 from tentaculo.auth import requires
-from tentaculo.db import DB_UNREACHABLE
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.features import FLAG_STATUSES, REASON_MAX, UnknownFeature
 from tentaculo.jsonio import json_response, read_json_object
@@ -58,7 +57,4 @@ async def set_feature(request: web.Request) -> web.Response:
         _, previous = await flags.set(name, status, reason, principal.name)
     except UnknownFeature:
         raise _unknown(name, flags.names()) from None
-    except DB_UNREACHABLE as exc:
-        raise Problem("upstream_unavailable", f"PostgreSQL is unreachable; the flag was not changed "
-                                              f"({type(exc).__name__})") from None
     return json_response({**flags.snapshot(name), "previous_status": previous})
