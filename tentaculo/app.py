@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -188,15 +189,16 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+def _row_writer_limits(settings: Settings) -> dict[str, Any]:
+    """Buffer, batch and flush period of the row writers (the audit and chat action logs share them)."""
+    return {"capacity": settings.audit_buffer, "batch_size": settings.audit_batch,
+            "flush_seconds": settings.audit_flush_seconds}
+
+
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """The audit writer; on shutdown it flushes before the pool closes."""
     settings = app[keys.SETTINGS]
-    writer = AuditWriter(
-        app[keys.DB_POOL],
-        capacity=settings.audit_buffer,
-        batch_size=settings.audit_batch,
-        flush_seconds=settings.audit_flush_seconds,
-    )
+    writer = AuditWriter(app[keys.DB_POOL], **_row_writer_limits(settings))
     app[keys.AUDIT] = writer
     writer.start()
     yield
@@ -228,12 +230,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
 async def providers_ctx(app: web.Application) -> AsyncIterator[None]:
     """The provider registry and the chat action log; the log is flushed before the pool closes."""
     settings = app[keys.SETTINGS]
-    chat_log = ChatActionLog(
-        app[keys.DB_POOL],
-        capacity=settings.audit_buffer,
-        batch_size=settings.audit_batch,
-        flush_seconds=settings.audit_flush_seconds,
-    )
+    chat_log = ChatActionLog(app[keys.DB_POOL], **_row_writer_limits(settings))
     registry = ProviderRegistry(settings, app[keys.HTTP_CLIENT])
     app[keys.CHAT_LOG] = chat_log
     app[keys.PROVIDERS] = registry

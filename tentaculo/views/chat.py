@@ -218,7 +218,8 @@ class ChatTurn:
     """One chat, from finding a provider to its ``copilot_actions_log`` row and ``chat`` event.
 
     The row is recorded exactly once, whatever happens (answer, provider failure, client gone),
-    by :meth:`close`, which the handler calls in ``finally``.
+    by :meth:`close`; the handler uses the turn as ``async with``, which calls it on the way out
+    and marks the turn cancelled when the client went away.
     """
 
     def __init__(self, request: web.Request, spec: ChatSpec, *, streamed: bool) -> None:
@@ -256,6 +257,14 @@ class ChatTurn:
 
     def attempts_view(self) -> list[dict[str, Any]]:
         return [a.as_dict() for a in self.attempts]
+
+    async def __aenter__(self) -> ChatTurn:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            self.cancelled()
+        await self.close()
 
     async def open(self) -> ChatStream:
         """Find a provider with a first delta; Problem ``provider_unavailable`` when none has one."""
@@ -386,17 +395,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     """Chat through the provider registry: JSON, or SSE with ``stream: true`` / ``Accept: text/event-stream``."""
     data = await read_json_object(request)
     spec = parse_chat(data, request.app[keys.PROVIDERS], request.app[keys.SETTINGS], request[keys.CORRELATION_ID])
-    turn = ChatTurn(request, spec, streamed=spec.stream or wants_sse(request))
-    try:
+    async with ChatTurn(request, spec, streamed=spec.stream or wants_sse(request)) as turn:
         stream = await turn.open()
         if turn.streamed:
             return await _answer_sse(request, turn, stream)
         return await _answer_json(turn, stream)
-    except asyncio.CancelledError:
-        turn.cancelled()
-        raise
-    finally:
-        await turn.close()
 
 
 async def _answer_json(turn: ChatTurn, stream: ChatStream) -> web.Response:

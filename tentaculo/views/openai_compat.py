@@ -10,7 +10,6 @@ every problem under ``/v1/``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -96,17 +95,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI chat completions, streaming (``data: [DONE]``-terminated chunks) or not."""
     data = await read_json_object(request)
     spec, include_usage = parse_completion(data, request.app[keys.PROVIDERS], request)
-    turn = ChatTurn(request, spec, streamed=spec.stream)
-    try:
+    async with ChatTurn(request, spec, streamed=spec.stream) as turn:
         stream = await turn.open()
         if spec.stream:
             return await _stream(request, turn, stream, include_usage)
         return await _complete(turn, stream)
-    except asyncio.CancelledError:
-        turn.cancelled()
-        raise
-    finally:
-        await turn.close()
 
 
 def _usage(turn: ChatTurn) -> dict[str, int] | None:
