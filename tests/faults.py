@@ -15,6 +15,7 @@ class CuttableProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._cuts = 0  # a connection accepted before a cut must not outlive it
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
@@ -27,12 +28,19 @@ class CuttableProxy:
         return await asyncio.open_connection(host, port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cuts = self._cuts
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await self._open_target()
         except OSError:
+            self._writers.discard(writer)
             writer.close()
             return
-        self._writers |= {writer, up_writer}
+        if cuts != self._cuts:  # cut while the target was being reached: close both sides, as cut() would
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
+        self._writers.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ConnectionError):
@@ -47,6 +55,7 @@ class CuttableProxy:
     async def cut(self) -> None:
         """Refuse new connections and reset every open one."""
         assert self._server is not None
+        self._cuts += 1
         self._server.close()
         for w in list(self._writers):
             w.transport.abort()
