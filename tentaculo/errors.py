@@ -96,6 +96,11 @@ def openai_error(problem: Problem) -> dict[str, Any]:
     return error
 
 
+def database_unreachable(detail: str = "PostgreSQL is unreachable; try again shortly") -> Problem:
+    """The answer to a call that needs PostgreSQL while it is away: 503 with a time to come back."""
+    return Problem("upstream_unavailable", detail, status=503, headers={"Retry-After": "2"})
+
+
 def failure_reason(exc: BaseException) -> str:
     """An exception told for a status, a readiness check or a log line: its type and what it says.
 

@@ -24,7 +24,7 @@ from tentaculo.auth import (
     required_scope,
 )
 from tentaculo.db import DB_UNREACHABLE
-from tentaculo.errors import OPENAI_PREFIX, Problem, failure_reason, openai_error
+from tentaculo.errors import OPENAI_PREFIX, Problem, database_unreachable, failure_reason, openai_error
 from tentaculo.features import feature_of
 from tentaculo.settings import Settings
 
@@ -36,8 +36,8 @@ CORRELATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # Status recorded when the client went away before a response was sent (nginx's convention);
 # after a streamed response's head went out, its status is recorded whatever ends the stream.
 CLIENT_CLOSED = 499
-# A handler's query that met a PostgreSQL outage: the error layer answers upstream_unavailable.
-DATABASE_DOWN = 503
+# A handler's query that met a PostgreSQL outage: the error layer answers database_unreachable().
+DATABASE_DOWN = database_unreachable().status
 
 _HTTP_CODES = {
     401: "auth_required",
@@ -154,8 +154,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except DB_UNREACHABLE as exc:  # a handler's query met an outage: say so, and when to try again
         log.warning("database_unreachable", method=request.method, path=request.path, error=failure_reason(exc))
-        return problem_response(request, Problem("upstream_unavailable", "PostgreSQL is unreachable; try again shortly",
-                                                 status=DATABASE_DOWN, headers={"Retry-After": "2"}))
+        return problem_response(request, database_unreachable())
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
         return problem_response(request, Problem("internal_error", "the gateway could not handle this request"))
@@ -259,7 +258,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         try:
             found = await request.app[keys.TOKENS].authenticate(token)
         except TokenStoreUnavailable:
-            raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
+            raise database_unreachable("the token database is unreachable; try again shortly") from None
         if found is None:
             raise Problem("invalid_token", "the token is unknown, revoked or malformed")
         principal = found

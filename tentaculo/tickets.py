@@ -25,7 +25,7 @@ import orjson
 
 from tentaculo.auth import Principal, TokenStore, TokenStoreUnavailable
 from tentaculo.db import DB_FAILURES, queries
-from tentaculo.errors import Problem
+from tentaculo.errors import Problem, database_unreachable
 
 PURPOSE = "events"
 SECRET_NAME = "event_ticket_key"
@@ -84,9 +84,8 @@ class EventTickets:
                     try:
                         material = await queries.shared_secret(self._pool, SECRET_NAME, secrets.token_bytes(32))
                     except DB_FAILURES:
-                        raise Problem(
-                            "upstream_unavailable",
-                            "the ticket signing key is kept in PostgreSQL, which is unreachable; try again shortly",
+                        raise database_unreachable(
+                            "the ticket signing key is kept in PostgreSQL, which is unreachable; try again shortly"
                         ) from None
                 self._key = hmac.new(material, _KEY_LABEL, hashlib.sha256).digest()
         return self._key
@@ -139,7 +138,7 @@ class EventTickets:
             try:
                 active = await self._tokens.is_active(token_id)
             except TokenStoreUnavailable:
-                raise Problem("upstream_unavailable", "the token database is unreachable; try again shortly") from None
+                raise database_unreachable("the token database is unreachable; try again shortly") from None
             if not active:
                 raise rejected("the token this event ticket was issued to has been revoked", "revoked")
         return Principal(name, frozenset(s for s in scopes if isinstance(s, str)), token_id)

@@ -13,6 +13,7 @@ import asyncpg
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.audit import AuditWriter
+from tentaculo.auth import new_token
 from tests.chat_helpers import chat_gateway
 from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres
@@ -95,6 +96,10 @@ async def test_a_call_that_needs_postgres_during_an_outage_is_503_and_audited(
             problem = await resp.json()
             assert (problem["code"], problem["correlation_id"]) == ("upstream_unavailable", cid)
             assert "PostgreSQL" in problem["detail"] and "Traceback" not in await resp.text()
+        # A token only PostgreSQL can vouch for: refused as an outage, not as a bad token.
+        unknown = await client.get("/operator/api/whoami", headers={"X-VX11-Token": new_token()})
+        assert unknown.status == 503 and unknown.headers["Retry-After"]
+        assert (await unknown.json())["code"] == "upstream_unavailable"
         await proxy.restore()
         row = await _row_of(db, cid)  # written once PostgreSQL is back, with what the client got
         assert (row["method"], row["status"]) == ("DELETE", 503)
