@@ -9,7 +9,6 @@ never a secret.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ import aiohttp
 import orjson
 from aiohttp.http_exceptions import LineTooLong
 
+from tentaculo.errors import connect_reason
 from tentaculo.providers import (
     ChatRequest,
     Chunk,
@@ -145,9 +145,7 @@ class OpenAIWireClient:
                 return ProviderTimeout(f"{self.label}: connecting to {self.where} timed out")
             return ProviderTimeout(f"{self.label}: {self.where} sent nothing in time")
         if isinstance(exc, aiohttp.ClientConnectorError):
-            errno = exc.os_error.errno
-            why = os.strerror(errno) if errno else type(exc.os_error).__name__
-            return ProviderUnavailable(f"{self.label}: cannot connect to {self.where} ({why})")
+            return ProviderUnavailable(f"{self.label}: cannot connect to {self.where} ({connect_reason(exc)})")
         if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
             return ProviderUnavailable(f"{self.label}: {self.where} dropped the connection mid-answer")
         return ProviderUnavailable(f"{self.label}: {self.where}: {type(exc).__name__}")
