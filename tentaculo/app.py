@@ -157,9 +157,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     else:
         app[keys.SCHEMA].ok, app[keys.SCHEMA].reason = True, "not managed by this instance"
     yield
-    if retry is not None:
-        retry.cancel()
-        await asyncio.gather(retry, return_exceptions=True)
+    await stop_task(retry)
     try:
         async with asyncio.timeout(5):
             await pool.close()

@@ -20,7 +20,8 @@ from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.dependencies")
 
-_FAILURES = (*DB_FAILURES, RedisError)
+# What a PostgreSQL or Redis call may raise when either is away.
+DEPENDENCY_FAILURES = (*DB_FAILURES, RedisError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +41,30 @@ class DependencyCheck:
 NOT_CHECKED = DependencyCheck("error", "not checked yet", None, None)
 
 
+async def timed_check(check: Callable[[], Awaitable[str | None]], timeout: float) -> tuple[str | None, float]:
+    """Run ``check`` within ``timeout`` s: what is wrong (None: nothing) and how long it took, in ms."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            problem = await check()
+    except DEPENDENCY_FAILURES as exc:
+        problem = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else failure_reason(exc)
+    return problem, round((time.perf_counter() - started) * 1000, 3)
+
+
 class DependencyMonitor:
     """Pings PostgreSQL and Redis every ``interval`` s (each bounded by ``timeout``) and keeps the results."""
 
     def __init__(self, pool: asyncpg.Pool, redis: Redis, *, interval: float, timeout: float = 2.0) -> None:
         self.interval = interval
         self.timeout = timeout
-        self._checks: dict[str, Callable[[], Awaitable[Any]]] = {
-            "postgresql": lambda: queries.ping(pool),
-            "redis": redis.ping,
-        }
+        async def postgresql() -> None:
+            await queries.ping(pool)
+
+        async def redis_ping() -> None:
+            await redis.ping()
+
+        self._checks: dict[str, Callable[[], Awaitable[None]]] = {"postgresql": postgresql, "redis": redis_ping}
         self.results: dict[str, DependencyCheck] = dict.fromkeys(self._checks, NOT_CHECKED)
         self._task: asyncio.Task[None] | None = None
 
@@ -80,17 +95,8 @@ class DependencyMonitor:
                 log.info("dependency_status_changed", dependency=name, status=result.status, reason=result.reason)
             self.results[name] = result
 
-    async def _check(self, ping: Callable[[], Awaitable[Any]]) -> DependencyCheck:
-        started = time.perf_counter()
-        reason: str | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                await ping()
-        except _FAILURES as exc:
-            reason = failure_reason(exc)
-            if isinstance(exc, TimeoutError):
-                reason = f"no answer within {self.timeout:g} s"
-        latency = round((time.perf_counter() - started) * 1000, 3)
+    async def _check(self, ping: Callable[[], Awaitable[None]]) -> DependencyCheck:
+        reason, latency = await timed_check(ping, self.timeout)
         now = datetime.now(UTC)
         if reason is None:
             return DependencyCheck("on", None, latency, now)

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from tentaculo.auth import TokenStoreUnavailable
 from tentaculo.errors import failure_reason
 from tentaculo.settings import Settings
+from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.events")
 
@@ -379,17 +380,14 @@ class EventHub:
         """Stop the reader, give queued events ``timeout`` s to reach Redis, close connections."""
         self.close_streams()
         reader, publisher = self._tasks or (None, None)
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await stop_task(reader)
         if publisher is not None:
             if self._outbox:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         while self._outbox and not publisher.done():
                             await asyncio.sleep(0.01)
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
+            await stop_task(publisher)
         if self._outbox:
             self.publish_dropped += len(self._outbox)
             log.error("events_lost_at_shutdown", events=len(self._outbox), error=self.publish_error)

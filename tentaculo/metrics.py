@@ -77,20 +77,6 @@ def quantile(histogram: Iterable[int], q: float, max_ms: float) -> float | None:
     return round(max_ms, 3)
 
 
-def percentile(histogram: list[int], q: float) -> float | None:
-    """Upper bound of the bucket holding quantile ``q`` (None when empty)."""
-    total = sum(histogram)
-    if not total:
-        return None
-    rank = q * total
-    running = 0
-    for i, n in enumerate(histogram):
-        running += n
-        if running >= rank:
-            return float(LATENCY_BOUNDS_MS[i]) if i < len(LATENCY_BOUNDS_MS) else float("inf")
-    return float("inf")
-
-
 HttpKey = tuple[str, str, str]  # route, method, status class
 ProviderKey = tuple[str, str, str, str]  # route, method, outcome (ok | error | cancelled), provider
 

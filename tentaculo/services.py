@@ -206,7 +206,6 @@ class ServiceRegistry:
         self.edges: list[Edge] = []
         self.loaded_at: datetime | None = None
         self.load_error: str | None = None
-        self.reloads = 0
         # Set when a configuration change needs a health check now (the prober waits on it).
         self.changed = asyncio.Event()
         self.on_status_change: list[StatusCallback] = []
@@ -296,7 +295,6 @@ class ServiceRegistry:
             log.info("services_reload_recovered")
         self.load_error = None
         self.loaded_at = datetime.now(UTC)
-        self.reloads += 1
 
     def _config(self, row: Mapping[str, Any]) -> ServiceConfig:
         name = row["name"]

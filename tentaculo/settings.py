@@ -64,7 +64,6 @@ class Settings:
     log_level: str = "info"
     access_log: str = "auto"
     max_body_bytes: int = 1024 * 1024
-    db_pool_min: int = 1
     db_pool_max: int = 10
     token_cache_seconds: float = 2.0
     audit_buffer: int = 50_000
@@ -174,8 +173,6 @@ class Settings:
         for name in ("audit_buffer", "audit_batch", "db_pool_max"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
-        if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
-            raise SettingsError("TENTACULO_DB_POOL_MIN", "must be between 0 and TENTACULO_DB_POOL_MAX")
         if self.audit_flush_seconds <= 0:
             raise SettingsError("TENTACULO_AUDIT_FLUSH_SECONDS", "must be positive")
         for name in ("token_cache_seconds", "shutdown_timeout"):

@@ -8,6 +8,7 @@ creates a fresh database and uses its own Redis key prefix.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -163,11 +164,28 @@ async def make_token(db: asyncpg.Connection) -> Callable[..., Awaitable[str]]:
     return make
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Poll an asynchronous condition that has no event to await (e.g. rows written by another task)."""
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll a condition that has no event to await (rows written by another task, a counter moving);
+    the predicate may be a plain function or return an awaitable."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while True:
+            outcome = predicate()
+            if await outcome if inspect.isawaitable(outcome) else outcome:
+                return
             await asyncio.sleep(interval)
+
+
+async def audit_row_of(db: asyncpg.Connection, correlation_id: str) -> asyncpg.Record:
+    """The one audit row of a request, once the writer has written it."""
+
+    async def written() -> bool:
+        return len(await queries.audit_rows_for(db, correlation_id)) == 1
+
+    await wait_for(written)
+    [row] = await queries.audit_rows_for(db, correlation_id)
+    return row
 
 
 def inline_app(*middlewares: Callable[..., object]) -> web.Application:

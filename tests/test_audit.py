@@ -15,7 +15,7 @@ from tentaculo.app import create_app
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import new_token
 from tests.chat_helpers import chat_gateway
-from tests.conftest import serve, wait_for
+from tests.conftest import audit_row_of, serve, wait_for
 from tests.faults import proxy_postgres
 
 
@@ -61,7 +61,7 @@ async def test_postgres_outage_requests_served_rows_written_after_return(
     await proxy.cut()
     statuses = [(await client.get("/operator/api/whoami", headers=admin_headers)).status for _ in range(50)]
     assert statuses == [200] * 50
-    await wait_for(lambda: _true(writer.last_error is not None))
+    await wait_for(lambda: writer.last_error is not None)
     assert writer.queued == 50 and writer.dropped == 0
     ready = await client.get("/ready")
     assert ready.status == 503
@@ -73,7 +73,7 @@ async def test_postgres_outage_requests_served_rows_written_after_return(
     # 50 calls plus the /ready call, all buffered during the outage.
     await wait_for(lambda: _count_is(db, settings.instance, 51), timeout=15)
     # The rows are visible once COPY commits; the writer clears its error after the connection is back in the pool.
-    await wait_for(lambda: _true(writer.last_error is None))
+    await wait_for(lambda: writer.last_error is None)
     assert writer.queued == 0 and writer.dropped == 0
     await client.close()
     await proxy.close()
@@ -101,15 +101,12 @@ async def test_a_call_that_needs_postgres_during_an_outage_is_503_and_audited(
         assert unknown.status == 503 and unknown.headers["Retry-After"]
         assert (await unknown.json())["code"] == "upstream_unavailable"
         await proxy.restore()
-        row = await _row_of(db, cid)  # written once PostgreSQL is back, with what the client got
+        row = await audit_row_of(db, cid)  # written once PostgreSQL is back, with what the client got
         assert (row["method"], row["status"]) == ("DELETE", 503)
     finally:
         await client.close()
         await proxy.close()
 
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_full_buffer_drops_and_counts(aiohttp_client, settings, db, admin_headers) -> None:
@@ -157,15 +154,6 @@ async def test_writer_batches_large_bursts(database_url, db) -> None:
     await pool.close()
 
 
-async def _row_of(db: asyncpg.Connection, cid: str) -> asyncpg.Record:
-    await wait_for(lambda: _has_row(db, cid))
-    return await db.fetchrow("SELECT * FROM audit_logs WHERE correlation_id = $1", cid)
-
-
-async def _has_row(db: asyncpg.Connection, cid: str) -> bool:
-    return await db.fetchval("SELECT count(*) FROM audit_logs WHERE correlation_id = $1", cid) == 1
-
-
 async def test_a_client_leaving_records_what_it_was_sent(aiohttp_client, settings, db, admin_headers) -> None:
     """A stream the client ends keeps the status it was answered with; 499 only when nothing was sent."""
     gw = await chat_gateway(aiohttp_client, settings)
@@ -175,12 +163,12 @@ async def test_a_client_leaving_records_what_it_was_sent(aiohttp_client, setting
     async with asyncio.timeout(5):
         assert (await resp.content.readline()).startswith(b"retry:")  # the stream is open
     resp.close()
-    assert (await _row_of(db, streamed))["status"] == 200
+    assert (await audit_row_of(db, streamed))["status"] == 200
 
     unanswered = f"left-early-{uuid.uuid4().hex[:6]}"
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(0.3):  # the mock stalls: the client gives up before any answer
             await gw.post("/operator/api/chat", json={"message": "hi", "metadata": {"mock": {"fail": "stall"}}},
                           headers={**admin_headers, "X-Correlation-ID": unanswered})
-    row = await _row_of(db, unanswered)
+    row = await audit_row_of(db, unanswered)
     assert row["status"] == 499 and row["route"] == "/operator/api/chat"

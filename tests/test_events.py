@@ -453,7 +453,7 @@ async def test_revoking_a_token_stops_a_replay_in_progress(
     total, blob = 500, "x" * 60_000
     for n in range(1, total + 1):
         hub.publish("chat", {"n": n, "blob": blob})
-    await wait_for(lambda: _true(hub.snapshot()["published"] >= total + 1))
+    await wait_for(lambda: hub.snapshot()["published"] >= total + 1)
     resumed = await open_stream(gw, headers={"X-VX11-Token": token, "Last-Event-ID": since})
     assert (await resumed.event())["data"]["data"]["n"] == 1
     assert (await gw.delete(f"/operator/api/tokens/{name}", headers=admin_headers)).status == 204
@@ -465,9 +465,6 @@ async def test_revoking_a_token_stops_a_replay_in_progress(
     assert received < total  # the replay stopped; it did not send the rest of the history first
     await resumed.ended()
 
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_tickets_never_reach_the_logs(aiohttp_client, ev_settings, db) -> None:

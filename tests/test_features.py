@@ -124,7 +124,7 @@ async def test_turning_events_off_ends_open_streams_and_refuses_new_ones(gateway
     await hub.wait_online()
     stream = await gateway.get("/operator/api/events", headers=admin_headers)
     assert stream.status == 200
-    await wait_for(lambda: _true(hub.clients == 1))
+    await wait_for(lambda: hub.clients == 1)
     assert (await _put(gateway, "events", {"status": "off", "reason": "maintenance"}, admin_headers)).status == 200
     text = (await asyncio.wait_for(stream.content.read(), 5)).decode()
     assert "event: error" in text and '"feature_disabled"' in text and '"feature":"events"' in text
@@ -135,9 +135,6 @@ async def test_turning_events_off_ends_open_streams_and_refuses_new_ones(gateway
     features = {f["name"]: f for f in listed["features"]}
     assert features["events"]["status"] == "off" and features["events"]["reason"] == "maintenance"
 
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def _changed(app: Any, name: str, status: str) -> asyncio.Future[float]:

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
@@ -19,7 +18,7 @@ from tentaculo.app import create_app
 from tentaculo.db import queries
 from tentaculo.proxy import _ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
-from tests.conftest import ADMIN_TOKEN, serve, wait_for
+from tests.conftest import ADMIN_TOKEN, audit_row_of, serve, wait_for
 from tests.proxy_upstreams import GZIPPED, ModuleApp, problem_of, raw_request
 
 MODULE_TOKEN = "module-own-credential-1234"
@@ -352,11 +351,10 @@ async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, mo
         await ws.send_str("ping")
         assert (await ws.receive(timeout=5)).data == "echo:ping"
         await ws.close(code=4001, message=b"client done")
-    await wait_for(lambda: _async(len(module.ws_close_codes) == 1))
+    await wait_for(lambda: len(module.ws_close_codes) == 1)
     assert module.ws_close_codes == [4001]
     # Audited as what the client got: the upgrade, not a request it walked away from.
-    await wait_for(lambda: _has_audit_row(db, cid))
-    [row] = await queries.audit_rows_for(db, cid)
+    row = await audit_row_of(db, cid)
     assert (row["status"], row["service"]) == (101, "madre")
 
     async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers) as ws:
@@ -364,13 +362,6 @@ async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, mo
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1014)
 
-
-async def _has_audit_row(db: asyncpg.Connection, cid: str) -> bool:
-    return bool(await queries.audit_rows_for(db, cid))
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 def test_allow_and_timeout_settings_syntax() -> None:

@@ -10,16 +10,14 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.db import queries
 from tentaculo.settings import ModuleTimeouts, Settings
-from tests.conftest import serve, wait_for
+from tests.conftest import audit_row_of, serve, wait_for
 from tests.proxy_upstreams import RawModule, drop_first, early_hints, garbage
 
 Gateway = Callable[..., Awaitable[TestClient]]
@@ -37,13 +35,6 @@ def start_gateway(aiohttp_client, settings: Settings) -> Gateway:
 def url(path: str) -> str:
     return "/operator/api/proxy/madre/" + path
 
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _has_rows(db: asyncpg.Connection, cid: str) -> bool:
-    return bool(await queries.audit_rows_for(db, cid))
 
 
 def assert_problem(problem: dict, code: str, cid: str) -> None:
@@ -67,8 +58,7 @@ async def test_module_breaking_off_its_body_truncates_the_response_and_counts_on
     assert entry is not None and entry.breaker.failures == 1
     assert entry.last_proxy_error == "module 'madre' broke off its response"
     # Audited as answered (the head said 200); the failure shows on the module's circuit and logs.
-    await wait_for(lambda: _has_rows(db, "broken-1"))
-    [row] = await queries.audit_rows_for(db, "broken-1")
+    row = await audit_row_of(db, "broken-1")
     assert (row["status"], row["service"]) == (200, "madre")
 
 
@@ -198,7 +188,7 @@ async def test_failing_module_opens_its_circuit_shows_error_and_publishes_it(
     status, reason = registry.status_of("madre")
     assert status == "error" and "circuit open" in (reason or "")
     opened = {"circuit": "open", "status": "error", "correlation_id": "failing-1"}
-    await wait_for(lambda: _true(any(opened.items() <= e.items() for e in seen)))
+    await wait_for(lambda: any(opened.items() <= e.items() for e in seen))
 
 
 async def test_client_leaving_mid_stream_cancels_the_module_call(start_gateway, module, admin_headers) -> None:
@@ -247,7 +237,7 @@ async def test_a_thousand_concurrent_slow_calls_share_a_bounded_pool_and_leak_no
         during = _open_fds()
     assert during > before + 1000  # the client's connections were all open at once
     # Idle kept-alive connections to the module (both ends live in this process) may remain.
-    await wait_for(lambda: _true(_open_fds() <= before + 2 * per_module + 10))
+    await wait_for(lambda: _open_fds() <= before + 2 * per_module + 10)
 
 
 def _open_fds() -> int:

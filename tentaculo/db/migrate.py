@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+@functools.cache
+def _packaged() -> tuple[Migration, ...]:
+    """The migrations shipped with this package, read once: they cannot change while it runs."""
+    return tuple(load_migrations())
+
+
 _CREATE_HISTORY = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer PRIMARY KEY,
@@ -64,14 +71,14 @@ async def applied_versions(conn: asyncpg.Connection) -> dict[int, str]:
 
 async def pending_migrations(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Versions present as files but not applied."""
-    migrations = load_migrations() if migrations is None else migrations
+    migrations = list(_packaged()) if migrations is None else migrations
     applied = await applied_versions(conn)
     return [m.version for m in migrations if m.version not in applied]
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply every pending migration; return the versions applied by this call."""
-    migrations = load_migrations() if migrations is None else migrations
+    migrations = list(_packaged()) if migrations is None else migrations
     await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
     try:
         await conn.execute(_CREATE_HISTORY)

@@ -136,13 +136,6 @@ async def insert_chat_actions(db: Executor, rows: Sequence[tuple[Any, ...]]) -> 
     await db.execute(_CHAT_ACTION_INSERT, *(list(column) for column in zip(*rows, strict=False)))
 
 
-async def chat_actions_for(db: Executor, correlation_id: str) -> list[asyncpg.Record]:
-    """Chat action rows of one correlation id, oldest first."""
-    return await db.fetch(
-        "SELECT * FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY ts, id", correlation_id
-    )
-
-
 async def audit_trace(db: Executor, correlation_id: str, limit: int) -> list[asyncpg.Record]:
     """The first ``limit`` audit rows of one correlation id, oldest first."""
     return await db.fetch(

@@ -16,7 +16,7 @@ from aiohttp_sse import sse_response
 
 from tentaculo import keys
 from tentaculo.auth import requires
-from tentaculo.errors import Problem, ValidationFailed, problem_body
+from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
 from tentaculo.middlewares import new_correlation_id, route_of
@@ -442,8 +442,7 @@ async def _answer_sse(request: web.Request, turn: ChatTurn, stream: ChatStream) 
                         await sse.send(_json(delta), event="delta")
             except ProviderError as exc:
                 problem = turn.failed(exc)
-                await sse.send(_json(problem_body(problem.code, problem.detail, turn.correlation_id,
-                                                  status=problem.status, **problem.extra)), event="error")
+                await sse.send(_json(problem.body(turn.correlation_id)), event="error")
                 return sse
             turn.succeeded()
             await sse.send(_json({

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from tentaculo import __version__, keys
 from tentaculo.auth import PUBLIC, requires
-from tentaculo.db import DB_FAILURES, queries
+from tentaculo.db import queries
 from tentaculo.db.migrate import pending_migrations
-from tentaculo.errors import failure_reason
+from tentaculo.dependencies import timed_check
 from tentaculo.jsonio import json_response
 
 CHECK_TIMEOUT = 2.0
-_FAILURES = (*DB_FAILURES, RedisError)
 
 
 @requires(PUBLIC)
@@ -28,13 +25,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _timed(check: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT):
-            problem = await check()
-    except _FAILURES as exc:
-        problem = failure_reason(exc)
-    latency = round((time.perf_counter() - started) * 1000, 3)
+    problem, latency = await timed_check(check, CHECK_TIMEOUT)
     if problem is None:
         return {"status": "on", "latency_ms": latency, "reason": None}
     return {"status": "error", "latency_ms": latency, "reason": problem}

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from tentaculo import keys
 from tentaculo.auth import requires
-from tentaculo.db import DB_FAILURES, queries
+from tentaculo.db import queries
+from tentaculo.dependencies import DEPENDENCY_FAILURES
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.jsonio import json_response
 from tentaculo.middlewares import CORRELATION_RE
@@ -22,7 +22,6 @@ from tentaculo.middlewares import CORRELATION_RE
 LIMIT_DEFAULT, LIMIT_MAX = 200, 1000
 SOURCE_TIMEOUT = 5.0
 _MICROSECOND = timedelta(microseconds=1)
-_FAILURES = (*DB_FAILURES, RedisError)
 
 T = TypeVar("T")
 
@@ -114,7 +113,7 @@ async def trace(request: web.Request) -> web.Response:
     sources: dict[str, dict[str, Any]] = {}
     for name, result, build in (("audit", audit, _audit_item), ("chat", chats, _chat_item), ("events", events, None)):
         if isinstance(result, BaseException):
-            if not isinstance(result, _FAILURES):
+            if not isinstance(result, DEPENDENCY_FAILURES):
                 raise result
             where = "Redis" if name == "events" else "PostgreSQL"
             sources[name] = {"status": "error", "reason": f"{where} unreachable ({type(result).__name__})",
