@@ -279,6 +279,13 @@ async def features_ctx(app: web.Application) -> AsyncIterator[None]:
     flags.add_check("events", events_check(hub))
     flags.add_check("chat", chat_check(app[keys.PROVIDERS]))
     flags.add_check("metrics", database_check(app[keys.DEPENDENCIES], "figures of other instances are missing"))
+    sandbox = app[keys.SANDBOX]
+
+    def file_explorer_check() -> tuple[str, str] | None:
+        state, reason = sandbox.status()  # a reason whenever the state is not "on"
+        return None if state == "on" or reason is None else (state, reason)
+
+    flags.add_check("file_explorer", file_explorer_check)
     flags.publish = lambda _name, data: hub.publish(
         "feature_toggle", data, severity="warning" if data["status"] != "on" else "info"
     )
@@ -342,15 +349,6 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         event_seconds=settings.metrics_event_seconds,
     )
     app[keys.ROLLUP] = rollup
-    flags = app.get(keys.FEATURES)
-    if flags is not None:
-        sandbox = app[keys.SANDBOX]
-
-        def file_explorer_check() -> tuple[str, str] | None:
-            state, reason = sandbox.status()  # a reason whenever the state is not "on"
-            return None if state == "on" or reason is None else (state, reason)
-
-        flags.add_check("file_explorer", file_explorer_check)
     rollup.start()
     yield
     await rollup.close(timeout=settings.shutdown_timeout)

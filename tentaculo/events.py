@@ -717,7 +717,8 @@ class EventHub:
         }
 
 
-_STATUS_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
+# The severity of a status-change event (service_status, provider_status).
+STATUS_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
 _CHAT_FIELDS = (
     "message_id",
     "session_id",
@@ -778,7 +779,7 @@ def publish_provider_status(hub: EventHub, change: Any) -> bool:
             "previous_status": change.previous_status,
             "previous_circuit": change.previous_circuit,
         },
-        severity=_STATUS_SEVERITY.get(change.status, "warning"),
+        severity=STATUS_SEVERITY.get(change.status, "warning"),
     )
 
 

@@ -61,6 +61,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.errors import connect_reason, failure_reason
+from tentaculo.events import STATUS_SEVERITY
 from tentaculo.providers import CircuitBreaker
 from tentaculo.settings import Settings, service_key
 from tentaculo.tasks import stop_task
@@ -179,12 +180,11 @@ class Edge:
 
 
 StatusCallback = Callable[[Mapping[str, Any]], Any]
-_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
 
 
 def publish_service_status(hub: Any, change: Mapping[str, Any]) -> bool:
     """Publish a registry status change as a ``service_status`` event."""
-    return hub.publish("service_status", change, severity=_SEVERITY.get(change["status"], "warning"))
+    return hub.publish("service_status", change, severity=STATUS_SEVERITY.get(change["status"], "warning"))
 
 
 class ServiceRegistry:
