@@ -42,7 +42,9 @@ async def run(env: BenchEnv) -> list[Figure]:
     limit = _raise_fd_limit()  # the gateway process inherits it
     clients = min(CLIENTS, limit - 200)
     gateway = await env.start_gateway(
-        "bench-events", TENTACULO_EVENTS_MAX_CLIENTS=str(clients + 100), TENTACULO_LOG_LEVEL="warning"
+        "bench-events", TENTACULO_EVENTS_MAX_CLIENTS=str(clients + 100), TENTACULO_LOG_LEVEL="warning",
+        # Every client is one address with one token: lift the per-address and per-token caps.
+        TENTACULO_MAX_CONNECTIONS_PER_CLIENT="0", TENTACULO_EVENTS_MAX_STREAMS_PER_TOKEN=str(clients + 100),
     )
     await _warm_up(gateway.url, env.admin_token)
     base_kib = gateway.rss_kib()

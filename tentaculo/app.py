@@ -49,9 +49,6 @@ from tentaculo.views import status as status_views
 log = structlog.get_logger("tentaculo.app")
 
 MIGRATION_RETRY_MAX = 10.0
-# HTTP parser limits for the server: room for a 10 KB header (replaced, not refused, when it
-# is a bad correlation id) while still bounding what one request can make the gateway hold.
-SERVER_LIMITS = {"max_field_size": 32 * 1024, "max_line_size": 16 * 1024}
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -40,8 +40,12 @@ class Principal:
 
 
 def hash_token(token: str) -> bytes:
-    """SHA-256 of a token: what the database keeps."""
-    return sha256(token.encode()).digest()
+    """SHA-256 of a token: what the database keeps.
+
+    A header's bytes that are not UTF-8 arrive as lone surrogates; they hash like any other bytes
+    (and so match no token) instead of failing the request.
+    """
+    return sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def new_token() -> str:

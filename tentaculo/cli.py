@@ -144,25 +144,11 @@ async def _bootstrap_admin(settings: Settings) -> None:
 
 
 def _run(settings: Settings) -> int:
-    from aiohttp import web
-
-    from tentaculo.app import SERVER_LIMITS, create_app
+    from tentaculo.app import create_app
+    from tentaculo.server import serve
 
     asyncio.run(_bootstrap_admin(settings))
-    loop = _new_loop()
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout,
-        # A client that goes away cancels its handler, so a chat stops its upstream call at once.
-        handler_cancellation=True,
-        loop=loop,
-        max_field_size=SERVER_LIMITS["max_field_size"],
-        max_line_size=SERVER_LIMITS["max_line_size"],
-        print=lambda msg: print(msg.replace("======== ", "tentaculo ").replace(" ========", ""), file=sys.stderr),
-    )
+    serve(create_app(settings), settings, loop=_new_loop(), print_line=lambda msg: print(msg, file=sys.stderr))
     return 0
 
 

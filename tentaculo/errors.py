@@ -17,8 +17,10 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Forbidden"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
+    "bad_request": (400, "Bad request"),
     "invalid_json": (400, "Invalid JSON"),
     "validation_error": (422, "Validation error"),
+    "request_timeout": (408, "Request timeout"),
     "payload_too_large": (413, "Payload too large"),
     "rate_limited": (429, "Too many requests"),
     "feature_disabled": (503, "Feature disabled"),
@@ -73,6 +75,13 @@ def problem_body(
         "correlation_id": correlation_id,
         **extra,
     }
+
+
+class RequestTimeout(Problem):
+    """The client sent its request body too slowly (408); the connection closes after the answer."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("request_timeout", detail)
 
 
 class ValidationFailed(Problem):

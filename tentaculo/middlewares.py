@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from aiohttp.typedefs import Middleware
 
 from tentaculo import keys
@@ -24,7 +25,14 @@ from tentaculo.auth import (
     required_scope,
 )
 from tentaculo.db import DB_UNREACHABLE
-from tentaculo.errors import OPENAI_PREFIX, Problem, database_unreachable, failure_reason, openai_error
+from tentaculo.errors import (
+    OPENAI_PREFIX,
+    Problem,
+    RequestTimeout,
+    database_unreachable,
+    failure_reason,
+    openai_error,
+)
 from tentaculo.features import feature_of
 from tentaculo.settings import Settings
 
@@ -32,6 +40,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("tentaculo.http")
 
 CORRELATION_HEADER = "X-Correlation-ID"
+# Headers every answer carries, including those the server writes before the app is reached.
+BASE_HEADERS = {"Server": "tentaculo", "X-Content-Type-Options": "nosniff"}
 CORRELATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # Status recorded when the client went away before a response was sent (nginx's convention);
 # after a streamed response's head went out, its status is recorded whatever ends the stream.
@@ -58,12 +68,27 @@ def problem_response(request: web.Request, problem: Problem) -> web.Response:
     body = problem.body(request.get(keys.CORRELATION_ID, ""))
     if request.path.startswith(OPENAI_PREFIX):
         body.setdefault("error", openai_error(problem))
-    return web.Response(
+    headers = problem.headers
+    if problem.status == 401 and "WWW-Authenticate" not in headers:
+        headers = {**headers, "WWW-Authenticate": _challenge(problem.code)}
+    response = web.Response(
         body=orjson.dumps(body),
         status=problem.status,
         content_type="application/problem+json",
-        headers=problem.headers,
+        headers=headers,
     )
+    if problem.code == "request_timeout":
+        response.force_close()  # the rest of the body may still arrive; the connection is not reusable
+    return response
+
+
+# Every 401 names the schemes the gateway accepts (RFC 9110 section 11.6.1): Bearer in
+# Authorization; the X-VX11-Token header carries the same token.
+CHALLENGE = 'Bearer realm="tentaculo"'
+
+
+def _challenge(code: str) -> str:
+    return f'{CHALLENGE}, error="invalid_token"' if code == "invalid_token" else CHALLENGE
 
 
 def problem_from_http(exc: web.HTTPException, request: web.Request) -> Problem:
@@ -122,16 +147,61 @@ async def correlation_middleware(request: web.Request, handler: Handler) -> web.
     request[keys.STARTED] = time.perf_counter()
     # aiohttp runs each request in its own task with a fresh copy of the context: bind, no clear.
     structlog.contextvars.bind_contextvars(correlation_id=cid)
-    return await handler(request)
+    if not request.body_exists or request.content.is_eof():
+        return await handler(request)
+    deadline = BodyDeadline(request.content, request.app[keys.SETTINGS])
+    try:
+        return await handler(request)
+    finally:
+        deadline.cancel()
+
+
+class BodyDeadline:
+    """Fails a request body's reads with 408 once the client sends too slowly.
+
+    The body has ``body_timeout`` seconds, plus one for every ``body_min_rate`` bytes received: a
+    trickle (one byte every few seconds) is cut, a large upload at a sane rate is not.
+    """
+
+    __slots__ = ("_content", "_handle", "_loop", "_min_rate", "_start", "_timeout")
+
+    def __init__(self, content: StreamReader, settings: Settings) -> None:
+        self._content = content
+        self._loop = asyncio.get_running_loop()
+        self._start = self._loop.time()
+        self._timeout = settings.body_timeout
+        self._min_rate = settings.body_min_rate
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._start + self._timeout, self._check)
+
+    def _check(self) -> None:
+        content = self._content
+        if content.is_eof() or content.exception() is not None:
+            self._handle = None
+            return
+        due = self._start + self._timeout + content.total_bytes / self._min_rate
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._handle = None
+        log.info("request_body_timeout", received=content.total_bytes)
+        content.set_exception(RequestTimeout(
+            f"the request body arrived too slowly: allowed {self._timeout:g} s plus 1 s per "
+            f"{self._min_rate} bytes received"
+        ))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 async def add_correlation_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, streamed ones included, carries the id; no version banner.
+    """on_response_prepare: every response, streamed ones included, carries the id and ``nosniff``; no version banner.
 
     A streamed response's status is remembered: its handler may still be cancelled by the client
     leaving, and the audit row must say what the client was answered.
     """
-    response.headers["Server"] = "tentaculo"
+    response.headers.update(BASE_HEADERS)
     cid = request.get(keys.CORRELATION_ID)
     if cid is not None:
         response.headers[CORRELATION_HEADER] = cid
@@ -252,7 +322,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Problem(
             "auth_required",
             "send a token in X-VX11-Token or Authorization: Bearer",
-            headers={"WWW-Authenticate": 'Bearer realm="tentaculo"'},
+            headers={"WWW-Authenticate": CHALLENGE},
         )
     else:
         try:

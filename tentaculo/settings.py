@@ -64,6 +64,11 @@ class Settings:
     log_level: str = "info"
     access_log: str = "auto"
     max_body_bytes: int = 1024 * 1024
+    # Slow and greedy clients: see tentaculo/server.py.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_min_rate: int = 500
+    max_connections_per_client: int = 256
     db_pool_max: int = 10
     token_cache_seconds: float = 2.0
     audit_buffer: int = 50_000
@@ -168,6 +173,13 @@ class Settings:
             raise SettingsError("TENTACULO_ACCESS_LOG", "must be one of auto, on, off")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise SettingsError("TENTACULO_LOG_LEVEL", "must be one of debug, info, warning, error")
+        for name in ("header_timeout", "body_timeout"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise SettingsError(f"TENTACULO_{name.upper()}", "must be in (0, 3600] seconds")
+        if self.body_min_rate < 1:
+            raise SettingsError("TENTACULO_BODY_MIN_RATE", "must be at least 1 byte per second")
+        if self.max_connections_per_client < 0:
+            raise SettingsError("TENTACULO_MAX_CONNECTIONS_PER_CLIENT", "must not be negative (0: no limit)")
         if self.max_body_bytes < 1024:
             raise SettingsError("TENTACULO_MAX_BODY_BYTES", "must be at least 1024")
         for name in ("audit_buffer", "audit_batch", "db_pool_max"):

@@ -10,21 +10,25 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 from redis.asyncio import Redis
 
-from tentaculo.app import SERVER_LIMITS, create_app
+from tentaculo import keys
+from tentaculo.app import create_app
 from tentaculo.auth import hash_token, new_token
 from tentaculo.db import queries
 from tentaculo.db.migrate import migrate
 from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
+from tentaculo.server import GatewayRunner
 from tentaculo.settings import Settings
 from tests.proxy_upstreams import ModuleApp
 
@@ -126,10 +130,22 @@ def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
 AppClient = Callable[..., Awaitable[TestClient]]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's test server running the gateway's own server (its handler, limits and timeouts)."""
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs.pop("handler_cancellation", None)  # the gateway's server options set it
+        return GatewayRunner(self.app, self._settings, **kwargs)
+
+
 async def serve(aiohttp_client: AppClient, app: web.Application) -> TestClient:
-    """Serve ``app`` with the gateway's server limits and return a client for it."""
-    server = TestServer(app)
-    await server.start_server(**SERVER_LIMITS)
+    """Serve the gateway ``app`` with its own server and return a client for it."""
+    server = GatewayTestServer(app, app[keys.SETTINGS])
+    await server.start_server()
     return await aiohttp_client(server)
 
 
@@ -199,3 +215,29 @@ async def module() -> AsyncIterator[ModuleApp]:
     m = await ModuleApp().start()
     yield m
     await m.close()
+
+
+# Every token the suite creates has this shape (``new_token()``), or is the admin token above.
+CREATED_TOKEN = re.compile(r"vx11_[A-Za-z0-9_-]{43}|" + re.escape(ADMIN_TOKEN))
+
+
+def leaked_tokens(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(section title, the token's first characters) for each captured section holding a token."""
+    return [(title, m.group(0)[:9] + "...") for title, text in sections for m in [CREATED_TOKEN.search(text)] if m]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Fail a test whose run wrote a token into a log line or any captured output.
+
+    The teardown report carries everything captured in the test's three phases: stdout, stderr
+    (structlog's lines, aiohttp's and asyncpg's) and the standard library's log records.
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "teardown":
+        return
+    leaks = leaked_tokens(report.sections)
+    if leaks:
+        report.outcome = "failed"
+        report.longrepr = f"a token was written to captured output or logs: {leaks}"

@@ -221,7 +221,9 @@ async def test_a_thousand_concurrent_slow_calls_share_a_bounded_pool_and_leak_no
     start_gateway, module, admin_headers
 ) -> None:
     per_module = 50
-    gw = await start_gateway(module.url + "/base", proxy_pool_per_module=per_module, proxy_pool_size=100)
+    # A thousand clients on one address: past the per-address connection cap, which is not under test.
+    gw = await start_gateway(module.url + "/base", proxy_pool_per_module=per_module, proxy_pool_size=100,
+                             max_connections_per_client=0)
     assert (await gw.get(url("slow?delay=0"), headers=admin_headers)).status == 200
     before = _open_fds()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:

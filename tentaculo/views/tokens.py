@@ -64,7 +64,8 @@ async def create_token(request: web.Request) -> web.Response:
         )
     except asyncpg.UniqueViolationError:
         raise ValidationFailed([{"field": "name", "message": "an active token has this name"}]) from None
-    return json_response({"name": name, "scopes": sorted(scopes), "token": token}, status=201)
+    return json_response({"name": name, "scopes": sorted(scopes), "token": token}, status=201,
+                         headers={"Cache-Control": "no-store"})  # the one answer that holds the secret
 
 
 @requires("admin")

@@ -1,0 +1,236 @@
+"""The HTTP server under the app: what happens before a request reaches the middleware chain.
+
+aiohttp's own connection handler answers requests it cannot parse with a plain-text 400 that
+echoes the offending bytes (a token header line included) and logs them with a traceback. The
+gateway's handler answers those with problem+json instead, logs one line naming the failure's
+class only, and bounds what a slow or greedy client can hold:
+
+* a request head must be complete within ``header_timeout`` seconds of the connection opening or
+  of its previous answer (idle keep-alive connections close after the same time);
+* a request body must keep arriving: ``body_timeout`` seconds, extended by one second for every
+  ``body_min_rate`` bytes received (Apache's ``mod_reqtimeout`` rule), else ``408``;
+* one client address holds at most ``max_connections_per_client`` open connections (0: no
+  limit; addresses in ``TENTACULO_TRUSTED_PROXIES`` are exempt: they speak for many clients);
+  a connection past it is answered ``429`` and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from tentaculo.errors import Problem
+from tentaculo.middlewares import BASE_HEADERS, new_correlation_id
+from tentaculo.proxy import TrustedProxies
+from tentaculo.settings import Settings
+
+log = structlog.get_logger("tentaculo.http")
+
+# HTTP parser limits: room for a 10 KB header (replaced, not refused, when it is a bad correlation
+# id) while still bounding what one request can make the gateway hold.
+MAX_FIELD_SIZE = 32 * 1024
+MAX_LINE_SIZE = 16 * 1024
+
+
+def raw_problem(problem: Problem, correlation_id: str) -> bytes:
+    """A complete HTTP/1.1 answer for ``problem`` that closes the connection, for use before any request exists."""
+    body = orjson.dumps(problem.body(correlation_id))
+    title = problem.body(correlation_id)["title"]
+    head = [f"HTTP/1.1 {problem.status} {title}", "Content-Type: application/problem+json",
+            f"Content-Length: {len(body)}", "Connection: close", f"X-Correlation-ID: {correlation_id}",
+            *(f"{k}: {v}" for k, v in BASE_HEADERS.items()), *(f"{k}: {v}" for k, v in problem.headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class GatewayRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, with the gateway's answers to what never reaches the app."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        limits = self._limits
+        if limits is None:
+            return
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        self._address = address if limits.counts(address) else None
+        if self._address is not None and not limits.admit(self._address):
+            self._address = None
+            cid = new_correlation_id()
+            log.warning("connection_refused", reason="too many connections from one address",
+                        limit=limits.per_client, correlation_id=cid)
+            problem = Problem("rate_limited", f"at most {limits.per_client} open connections per client address",
+                              headers={"Retry-After": "1"})
+            try:
+                transport.write(raw_problem(problem, cid))  # type: ignore[attr-defined]
+            finally:
+                self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        address = getattr(self, "_address", None)
+        if address is not None and self._limits is not None:
+            self._limits.release(address)
+            self._address = None
+        super().connection_lost(exc)
+
+    @property
+    def _limits(self) -> ConnectionLimits | None:
+        manager = self._manager
+        return getattr(manager, "connection_limits", None) if manager is not None else None
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """Never aiohttp's message or traceback: both may hold the raw request bytes (tokens)."""
+        exc = kw.get("exc_info")
+        log.error("server_error", error=type(exc).__name__ if isinstance(exc, BaseException) else None)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request the parser refused (400) or a failure outside the app: problem+json, no request bytes."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was partly sent; it cannot be replaced")
+        cid = new_correlation_id()
+        if status < 500:
+            # A client's malformed request: expected noise, one line, naming the parser's verdict class only.
+            log.info("request_rejected", status=status, error=type(exc).__name__ if exc else None, correlation_id=cid)
+            problem = Problem("bad_request", _bad_request_detail(exc), status=status)
+        else:
+            log.error("server_error", status=status, error=type(exc).__name__ if exc else None, correlation_id=cid)
+            code = "upstream_timeout" if status == 504 else "internal_error"
+            problem = Problem(code, "the gateway could not handle this request", status=status)
+        response = web.Response(
+            body=orjson.dumps(problem.body(cid)),
+            status=problem.status,
+            content_type="application/problem+json",
+            headers={**BASE_HEADERS, "X-Correlation-ID": cid},
+        )
+        response.force_close()
+        return response
+
+
+def _bad_request_detail(exc: BaseException | None) -> str:
+    """What was wrong, in words that carry none of the request's bytes."""
+    if isinstance(exc, HttpProcessingError):
+        kind = type(exc).__name__
+        return {
+            "BadHttpMethod": "the request line does not start with a valid HTTP method",
+            "LineTooLong": "a request line or header is too long",
+            "InvalidHeader": "a header is malformed",
+            "BadStatusLine": "the request line is malformed",
+            "InvalidURLError": "the request target is malformed",
+            "TransferEncodingError": "the body's transfer encoding is malformed",
+            "ContentLengthError": "the body's length is malformed",
+        }.get(kind, "the request is not valid HTTP/1.1 (malformed request line, header or body framing)")
+    return "the request is not valid HTTP/1.1"
+
+
+class ConnectionLimits:
+    """Open connections per client address, bounded; trusted forwarding proxies are exempt."""
+
+    def __init__(self, per_client: int, trusted: TrustedProxies) -> None:
+        self.per_client = per_client
+        self._trusted = trusted
+        self._open: dict[str, int] = {}
+
+    def counts(self, address: str | None) -> bool:
+        """Whether connections from ``address`` are counted at all."""
+        return address is not None and self.per_client > 0 and address not in self._trusted
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from ``address``; False (and not counted) when it holds its maximum."""
+        count = self._open.get(address, 0)
+        if count >= self.per_client:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)
+
+    def open_connections(self, address: str) -> int:
+        """How many connections ``address`` holds now."""
+        return self._open.get(address, 0)
+
+
+class GatewayServer(web.Server):
+    """aiohttp's server, building the gateway's connection handler."""
+
+    connection_limits: ConnectionLimits | None = None
+
+    def __call__(self) -> web.RequestHandler:
+        return GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose server uses :class:`GatewayRequestHandler`, with the settings' limits."""
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        kwargs.update(server_options(settings))
+        super().__init__(app, **kwargs)
+        self._connection_limits = ConnectionLimits(settings.max_connections_per_client,
+                                                   TrustedProxies(settings.trusted_proxies))
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp builds its own Server; the gateway's differs only in the handler class it builds.
+        server.__class__ = GatewayServer
+        server.connection_limits = self._connection_limits  # type: ignore[attr-defined]
+        return server
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of aiohttp's connection handler for ``settings``."""
+    return {
+        "max_field_size": MAX_FIELD_SIZE,
+        "max_line_size": MAX_LINE_SIZE,
+        # aiohttp closes a connection that has no complete request head this long after it opened
+        # or after its previous answer: the header timeout and the idle timeout in one.
+        "keepalive_timeout": settings.header_timeout,
+        "access_log": None,
+        # A client that goes away cancels its handler, so a chat stops its upstream call at once.
+        "handler_cancellation": True,
+    }
+
+
+def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEventLoop,
+          print_line: Callable[[str], None]) -> None:
+    """Serve ``app`` on ``loop`` in the foreground until SIGINT or SIGTERM, then close the loop."""
+    asyncio.set_event_loop(loop)
+    runner = GatewayRunner(app, settings, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        loop.run_until_complete(start())
+        loop.run_until_complete(stop.wait())
+        log.info("shutting_down")
+    finally:
+        loop.run_until_complete(runner.cleanup())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        print_line("tentaculo stopped")
+        sys.stderr.flush()
