@@ -41,3 +41,10 @@ async def test_spec_is_served_as_json(gateway) -> None:
     body = await resp.json()
     assert body["openapi"].startswith("3.1")
     assert "/operator/api/whoami" in body["paths"]
+
+
+def test_the_spec_lists_every_problem_code_the_gateway_sends() -> None:
+    from tentaculo.errors import PROBLEMS
+
+    documented = openapi_document()["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+    assert sorted(documented) == sorted(PROBLEMS)
