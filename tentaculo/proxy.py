@@ -88,7 +88,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from tentaculo.auth import QUERY_TOKEN_NAMES, TICKET_PARAM
-from tentaculo.errors import Problem, connect_reason
+from tentaculo.errors import Problem, RequestTimeout, connect_reason
 from tentaculo.settings import ModuleTimeouts, Settings
 
 log = structlog.get_logger("tentaculo.proxy")
@@ -343,6 +343,7 @@ class RequestBody:
         self.sent = 0
         self.too_large = False
         self.client_failed = False
+        self.timed_out: RequestTimeout | None = None  # the client sent too slowly (the gateway's 408)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -352,6 +353,9 @@ class RequestBody:
                     self.too_large = True
                     raise BodyTooLarge(f"over {self._limit} bytes")
                 yield chunk
+        except RequestTimeout as exc:
+            self.timed_out = exc
+            raise
         except (OSError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError,
                 asyncio.IncompleteReadError):
             self.client_failed = True

@@ -202,3 +202,21 @@ def test_the_suite_fails_a_test_that_logs_a_token() -> None:
                            ("Captured stderr call", f"auth={ADMIN_TOKEN}"), ("Captured stdout call", "clean")])
     assert [title for title, _ in found] == ["Captured log call", "Captured stderr call"]
     assert all(token not in shown for _, shown in found)
+
+
+async def test_a_trickled_body_through_the_proxy_gets_408(aiohttp_client: AppClient, settings: Settings,
+                                                         module) -> None:
+    client = await limited(aiohttp_client, settings, body_timeout=0.5, body_min_rate=1000,
+                           service_urls={"madre": module.url + "/base"})
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"POST /operator/api/proxy/madre/upload HTTP/1.1\r\nHost: gw\r\n"
+                     b"X-VX11-Token: " + ADMIN_TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\nx")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    status, _, body = parse(raw)
+    assert status == 408, raw[:300]
+    assert json.loads(body)["code"] == "request_timeout"

@@ -188,6 +188,8 @@ async def _forward(
     except BodyTooLarge:
         raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes") from None
     except Problem as problem:
+        if body is not None and body.timed_out is not None:
+            raise body.timed_out from None  # the client's fault, not the module's: no verdict
         if body is not None and body.client_failed:
             log.info("proxy_client_gone", service=name, phase="request body")
             return web.Response(status=CLIENT_CLOSED)
