@@ -21,7 +21,8 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP) ## run the gateway on 127.0.0.1:8000 (embedded PostgreSQL/Redis unless configured)
 	$(BIN)/tentaculo run
 
-test: $(STAMP) ## run the test suite against real PostgreSQL and Redis (embedded when none is given)
+test: $(STAMP) ## run the test suite against real PostgreSQL and Redis (embedded when none is given) and Chromium
+	@$(BIN)/python -m tests.browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## measure the gateway against a bare aiohttp app and print ratios

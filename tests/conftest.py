@@ -30,6 +30,7 @@ from tentaculo.db.migrate import migrate
 from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
 from tentaculo.server import GatewayRunner
 from tentaculo.settings import Settings
+from tests.browser import CHROMIUM_ARGS, HOW_TO_INSTALL, chromium_executable
 from tests.proxy_upstreams import ModuleApp
 
 ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
@@ -207,6 +208,20 @@ async def audit_row_of(db: asyncpg.Connection, correlation_id: str) -> asyncpg.R
 def inline_app(*middlewares: Callable[..., object]) -> web.Application:
     """A tiny application with only the given middlewares, for middleware tests."""
     return web.Application(middlewares=list(middlewares))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium driven by Playwright (``tests/browser.py`` says which one and why)."""
+    from playwright.async_api import async_playwright
+
+    executable = chromium_executable()
+    if executable is None:
+        pytest.fail(HOW_TO_INSTALL)
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
+        yield launched
+        await launched.close()
 
 
 @pytest.fixture
