@@ -17,6 +17,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Forbidden"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
+    "conflict": (409, "Conflict"),
     "invalid_json": (400, "Invalid JSON"),
     "validation_error": (422, "Validation error"),
     "payload_too_large": (413, "Payload too large"),
