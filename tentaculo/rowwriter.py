@@ -32,12 +32,16 @@ WriteRows = Callable[[asyncpg.Connection, Sequence[tuple[Any, ...]]], Awaitable[
 
 # What a text field of a row PostgreSQL refused even once made storable is replaced with.
 UNSTORABLE = "[unstorable]"
-# A write refused for the rows it carries, by PostgreSQL or by asyncpg's encoder before anything
-# was sent (UnicodeEncodeError, a value of the wrong type): the same rows can never succeed.
-REFUSED_FOR_DATA = (*DB_REJECTED, UnicodeError, ValueError, TypeError, OverflowError)
 _UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
 # JSON escapes jsonb refuses: \u0000 and lone surrogates. A false hit only costs a re-encoding.
 _UNSTORABLE_JSON_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def refused_for_data(exc: Exception) -> bool:
+    """Whether writing the same rows again can never succeed: PostgreSQL refused their data, or
+    asyncpg's encoder failed on them before anything was sent (UnicodeEncodeError for a lone
+    surrogate, TypeError, OverflowError, IndexError, ...); anything else of PostgreSQL is an outage."""
+    return isinstance(exc, DB_REJECTED) or not isinstance(exc, DB_FAILURES)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -148,13 +152,16 @@ class RowWriter:
                 except TimeoutError:
                     pass
             self._wake.clear()
-            try:
-                ok = await self.flush()
-            except Exception as exc:  # isolation boundary: the writer must outlive any one failure
-                log.exception("rows_writer_error", writer=self.name, error=type(exc).__name__)
-                self.last_error = failure_reason(exc)
-                ok = False
+            ok = await self._flush_guarded()
             backoff = 0.0 if ok else min(max(backoff * 2, 0.1), self.max_backoff)
+
+    async def _flush_guarded(self) -> bool:
+        try:
+            return await self.flush()
+        except Exception as exc:  # isolation boundary: the writer must outlive any one failure
+            log.error("rows_writer_error", writer=self.name, error=type(exc).__name__, queued=len(self._buffer))
+            self.last_error = type(exc).__name__
+            return False
 
     async def flush(self) -> bool:
         """Write everything queued; False if PostgreSQL could not be reached (the rows stay queued)."""
@@ -167,7 +174,9 @@ class RowWriter:
                     part = parts.pop()
                     try:
                         await self._write_rows(part)
-                    except REFUSED_FOR_DATA as exc:
+                    except Exception as exc:
+                        if not refused_for_data(exc):
+                            raise
                         if len(part) > 1:
                             half = len(part) // 2
                             parts += (part[half:], part[:half])
@@ -176,9 +185,6 @@ class RowWriter:
                     else:
                         self.written += len(part)
                     done += len(part)
-            except asyncio.CancelledError:
-                self._buffer.extendleft(reversed(batch[done:]))
-                raise
             except DB_FAILURES as exc:
                 self._buffer.extendleft(reversed(batch[done:]))
                 self.failures += 1
@@ -187,6 +193,10 @@ class RowWriter:
                                 error=type(exc).__name__)
                 self.last_error = failure_reason(exc)
                 return False
+            except BaseException:
+                # Cancelled, or a bug: the rows stay queued for the next try, never lost unseen.
+                self._buffer.extendleft(reversed(batch[done:]))
+                raise
             if self.last_error is not None:
                 log.info("rows_write_recovered", writer=self.name, queued=len(self._buffer))
                 self.last_error = None
@@ -228,7 +238,9 @@ class RowWriter:
         )
         try:
             await self._write_rows([marked])
-        except REFUSED_FOR_DATA as exc:
+        except Exception as exc:
+            if not refused_for_data(exc):
+                raise
             self.rejected += 1
             log.error("row_rejected", writer=self.name, error=type(exc).__name__, rejected=self.rejected)
         else:
@@ -243,7 +255,7 @@ class RowWriter:
         self._task = None
         try:
             async with asyncio.timeout(timeout):
-                while not await self.flush():
+                while not await self._flush_guarded():
                     await asyncio.sleep(0.2)
         except TimeoutError:
             pass

@@ -254,3 +254,24 @@ async def test_odd_bytes_in_any_text_field_are_stored_escaped_and_cost_no_other_
     assert (writer.written, writer.escaped, writer.dropped, writer.marked) == (7, 5, 0, 0)
     assert writer.failures == 0 and writer.last_error is None
     await pool.close()
+
+
+async def test_a_row_the_encoder_cannot_send_costs_only_itself(database_url, db) -> None:
+    """A value asyncpg cannot encode (here a status that is not a number: a bug, not client input) is
+    found by halving the batch and counted as rejected; the rows around it are written and nothing
+    counts as a PostgreSQL outage."""
+    from datetime import datetime
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    writer = AuditWriter(pool, capacity=100, batch_size=100, flush_seconds=60)
+    instance = f"enc-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    rows = [(now, f"c{i}", None, "GET", "/r", "/p", 200, 0.1, None, instance, None) for i in range(5)]
+    rows[2] = (now, "c2", None, "GET", "/r", "/p", "two hundred", 0.1, None, instance, None)
+    for r in rows:
+        writer.record(r)
+    assert await writer.flush()
+    assert [r["correlation_id"] for r in await _rows(db, instance)] == ["c0", "c1", "c3", "c4"]
+    assert (writer.written, writer.rejected, writer.queued) == (4, 1, 0)
+    assert writer.failures == 0 and writer.last_error is None
+    await pool.close()
