@@ -330,7 +330,7 @@ class EventHub:
         self._outbox: deque[bytes] = deque()
         self._outbox_wake = asyncio.Event()
         self._subs: set[Subscription] = set()
-        self._owned: dict[int | str, int] = {}  # open streams per owner; kept with _subs by _add/_drop
+        self._owned: dict[int | str, int] = {}  # open streams per owner: changed only with _subs
         self._online = asyncio.Event()
         self._closing = False
         self._was_online = False
@@ -649,10 +649,6 @@ class EventHub:
     def _drop_all(self) -> None:
         self._subs.clear()
         self._owned.clear()
-
-    def streams_of(self, owner: StreamOwner) -> int:
-        """How many open streams count against ``owner`` on this instance."""
-        return self._owned.get(owner, 0) if owner is not None else 0
 
     def token_ids(self) -> set[int]:
         """The token rows that opened this instance's open streams."""

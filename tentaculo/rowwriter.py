@@ -48,7 +48,7 @@ def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte it could not decode
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return "\\x00" if code == 0 else f"\\u{code:04x}"
 
 
 def storable_text(value: str) -> str:
@@ -63,10 +63,9 @@ def storable_json(text: str) -> str:
     if not _UNSTORABLE_JSON_ESCAPE.search(text) and storable_text(text) is text:
         return text
     try:
-        data = json.loads(text, strict=False)
-    except ValueError:
+        return json.dumps(_storable_data(json.loads(text, strict=False)), ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, RecursionError):
         return text
-    return json.dumps(_storable_data(data), ensure_ascii=False, separators=(",", ":"))
 
 
 def _storable_data(data: Any) -> Any:
@@ -194,7 +193,7 @@ class RowWriter:
                 self.last_error = failure_reason(exc)
                 return False
             except BaseException:
-                # Cancelled, or a bug: the rows stay queued for the next try, never lost unseen.
+                # Cancelled (or a bug outside the write): the rows stay queued, never lost unseen.
                 self._buffer.extendleft(reversed(batch[done:]))
                 raise
             if self.last_error is not None:
