@@ -19,7 +19,7 @@ from tentaculo.auth import SCOPES, hash_token, new_token, parse_scopes
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.settings import Settings, SettingsError
-from tentaculo.views.tokens import TOKEN_NAME
+from tentaculo.views.tokens import BOOTSTRAP_TOKEN_NAME, TOKEN_NAME, reserved_name
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -127,7 +127,8 @@ async def _bootstrap_admin(settings: Settings) -> None:
         if settings.admin_token or await queries.count_active_tokens(conn):
             return
         token = new_token()
-        await queries.insert_token(conn, "admin", hash_token(token), list(SCOPES), "bootstrap")
+        # The one token allowed the reserved name: it is the bootstrap token.
+        await queries.insert_token(conn, BOOTSTRAP_TOKEN_NAME, hash_token(token), list(SCOPES), "bootstrap")
     finally:
         await conn.close()
     path = settings.state_dir / ADMIN_TOKEN_FILE
@@ -167,6 +168,9 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.token_command == "create":
             if not TOKEN_NAME.fullmatch(args.name):
                 print("tentaculo: a token name is 1 to 64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+                return 2
+            if reserved_name(args.name):
+                print(f"tentaculo: the name {args.name!r} is reserved for the bootstrap token", file=sys.stderr)
                 return 2
             try:
                 scopes = parse_scopes(args.scopes)

@@ -18,6 +18,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "bad_request": (400, "Bad request"),
+    "conflict": (409, "Conflict"),
     "invalid_json": (400, "Invalid JSON"),
     "validation_error": (422, "Validation error"),
     "request_timeout": (408, "Request timeout"),

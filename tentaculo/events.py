@@ -91,6 +91,8 @@ return 0
 """
 
 EventKey: TypeAlias = tuple[int, int]
+# Who a stream counts against: a token's row id, or the name of a token without a row (the bootstrap one).
+StreamOwner: TypeAlias = int | str | None
 # XRANGE / XREVRANGE reply of a client without decode_responses; redis-py types it loosely.
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -207,21 +209,27 @@ class EventsUnavailable(Exception):
 
 
 class TooManyClients(Exception):
-    """This instance already serves its maximum number of event streams."""
+    """This instance already serves its maximum number of event streams, or this token its share."""
 
 
 class Subscription:
     """One client's filter and bounded queue; the hub pushes, the stream view pulls."""
 
-    __slots__ = ("_items", "_waiter", "correlation_id", "limit", "on_slow", "reason", "token_id", "types")
+    __slots__ = ("_items", "_waiter", "correlation_id", "limit", "on_slow", "owner", "reason", "token_id", "types")
 
     def __init__(
-        self, types: frozenset[str] | None, correlation_id: str | None, limit: int, token_id: int | None = None
+        self,
+        types: frozenset[str] | None,
+        correlation_id: str | None,
+        limit: int,
+        token_id: int | None = None,
+        owner: StreamOwner = None,
     ) -> None:
         self.types = types
         self.correlation_id = correlation_id
         self.limit = limit
         self.token_id = token_id  # the token row that opened it (None: the bootstrap token)
+        self.owner = owner  # whose share of streams it counts against (None: nobody's)
         self.reason: str | None = None
         self.on_slow: Callable[[], object] | None = None
         self._items: deque[Event] = deque()
@@ -298,6 +306,7 @@ class EventHub:
         instance: str,
         client_queue: int = 256,
         max_clients: int = 10_000,
+        max_per_owner: int = 20,
         publish_buffer: int = 10_000,
         history_max: int = 10_000,
         history_seconds: float = 86_400.0,
@@ -310,6 +319,7 @@ class EventHub:
         self.instance = instance
         self.client_queue = client_queue
         self.max_clients = max_clients
+        self.max_per_owner = max_per_owner
         self.publish_buffer = publish_buffer
         self.history_max = history_max
         self.history_ms = int(history_seconds * 1000)
@@ -320,6 +330,7 @@ class EventHub:
         self._outbox: deque[bytes] = deque()
         self._outbox_wake = asyncio.Event()
         self._subs: set[Subscription] = set()
+        self._owned: dict[int | str, int] = {}  # open streams per owner: changed only with _subs
         self._online = asyncio.Event()
         self._closing = False
         self._was_online = False
@@ -352,6 +363,7 @@ class EventHub:
             instance=settings.instance,
             client_queue=settings.events_client_queue,
             max_clients=settings.events_max_clients,
+            max_per_owner=settings.events_max_streams_per_token,
             publish_buffer=settings.events_publish_buffer,
             history_max=settings.events_history_max,
             history_seconds=settings.events_history_seconds,
@@ -573,10 +585,10 @@ class EventHub:
             try:
                 if not sub.push(event) and sub.reason == SLOW:
                     self.slow_disconnects += 1
-                    self._subs.discard(sub)
+                    self._drop(sub)
             except Exception:  # one client's failure must not starve the others
                 log.exception("event_fanout_failed")
-                self._subs.discard(sub)
+                self._drop(sub)
 
     def _went_online(self) -> None:
         if self.status != "on":
@@ -594,23 +606,49 @@ class EventHub:
         self._online.clear()
         for sub in list(self._subs):
             sub.close(REDIS_LOST)
-        self._subs.clear()
+        self._drop_all()
 
     # -- subscribers -------------------------------------------------------------------------
 
     def subscribe(
-        self, types: frozenset[str] | None = None, correlation_id: str | None = None, token_id: int | None = None
+        self,
+        types: frozenset[str] | None = None,
+        correlation_id: str | None = None,
+        token_id: int | None = None,
+        owner: StreamOwner = None,
     ) -> Subscription:
-        """Register a client (opened with token row ``token_id``); raise EventsUnavailable or TooManyClients."""
+        """Register a client (opened with token row ``token_id``, counted against ``owner``);
+        raise EventsUnavailable or TooManyClients."""
         if self._closing:
             raise EventsUnavailable("the instance is shutting down", 1.0)
         if self.status != "on":
             raise EventsUnavailable(self.reason or "Redis unreachable", max(self.retry_after, 0.1))
         if len(self._subs) >= self.max_clients:
             raise TooManyClients(f"this instance already serves {self.max_clients} event streams")
-        sub = Subscription(types, correlation_id, self.client_queue, token_id)
+        if owner is not None and self._owned.get(owner, 0) >= self.max_per_owner:
+            # Per token, so one token cannot take every stream the instance serves.
+            raise TooManyClients(f"this token already has {self.max_per_owner} event streams open on this "
+                                 "instance; close one first")
+        sub = Subscription(types, correlation_id, self.client_queue, token_id, owner)
         self._subs.add(sub)
+        if owner is not None:
+            self._owned[owner] = self._owned.get(owner, 0) + 1
         return sub
+
+    def _drop(self, sub: Subscription) -> None:
+        """Forget ``sub`` and free its owner's slot (once, however many paths end it)."""
+        if sub in self._subs:
+            self._subs.discard(sub)
+            if sub.owner is not None:
+                left = self._owned[sub.owner] - 1
+                if left:
+                    self._owned[sub.owner] = left
+                else:
+                    del self._owned[sub.owner]
+
+    def _drop_all(self) -> None:
+        self._subs.clear()
+        self._owned.clear()
 
     def token_ids(self) -> set[int]:
         """The token rows that opened this instance's open streams."""
@@ -622,7 +660,7 @@ class EventHub:
         ended = [sub for sub in self._subs if sub.token_id in revoked]
         for sub in ended:
             sub.close(REVOKED)
-            self._subs.discard(sub)
+            self._drop(sub)
         return len(ended)
 
     def end_streams(self, reason: str) -> int:
@@ -630,11 +668,11 @@ class EventHub:
         subs = list(self._subs)
         for sub in subs:
             sub.close(reason)
-        self._subs.clear()
+        self._drop_all()
         return len(subs)
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subs.discard(sub)
+        self._drop(sub)
 
     @property
     def clients(self) -> int:

@@ -1,14 +1,22 @@
 """RowWriter: rows taken without blocking and written to PostgreSQL in batches, off the request path.
 
 The audit log and the chat action log are both one of these; they differ only in the table
-(the write function) and their name in logs and status.
+(the write function), which of its columns hold JSON, and their name in logs and status.
+
+A row is never dropped for what it holds. PostgreSQL text cannot hold NUL, and a str holding a
+lone surrogate (what aiohttp makes of invalid UTF-8 in a path) cannot even be encoded for it, so
+before a batch is written every string is made storable: NUL and invalid UTF-8 become visible
+escapes (``\\x00``, ``\\xff``). A batch PostgreSQL still refuses for its data is halved until the
+row at fault is found; that row is written with its text replaced by ``UNSTORABLE``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -22,13 +30,63 @@ log = structlog.get_logger("tentaculo.rows")
 
 WriteRows = Callable[[asyncpg.Connection, Sequence[tuple[Any, ...]]], Awaitable[None]]
 
+# What a text field of a row PostgreSQL refused even once made storable is replaced with.
+UNSTORABLE = "[unstorable]"
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+# JSON escapes jsonb refuses: \u0000 and lone surrogates. A false hit only costs a re-encoding.
+_UNSTORABLE_JSON_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def refused_for_data(exc: Exception) -> bool:
+    """Whether writing the same rows again can never succeed: PostgreSQL refused their data, or
+    asyncpg's encoder failed on them before anything was sent (UnicodeEncodeError for a lone
+    surrogate, TypeError, OverflowError, IndexError, ...); anything else of PostgreSQL is an outage."""
+    return isinstance(exc, DB_REJECTED) or not isinstance(exc, DB_FAILURES)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte it could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    return "\\x00" if code == 0 else f"\\u{code:04x}"
+
+
+def storable_text(value: str) -> str:
+    """``value`` as PostgreSQL text can hold it: NUL and undecodable bytes become ``\\x..`` escapes."""
+    if (value.isascii() and "\x00" not in value) or _UNSTORABLE_CHAR.search(value) is None:
+        return value
+    return _UNSTORABLE_CHAR.sub(_escape, value)
+
+
+def storable_json(text: str) -> str:
+    """JSON text jsonb can hold: every string in it made storable; text that is not JSON is left to PostgreSQL."""
+    if not _UNSTORABLE_JSON_ESCAPE.search(text) and storable_text(text) is text:
+        return text
+    try:
+        return json.dumps(_storable_data(json.loads(text, strict=False)), ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, RecursionError):
+        return text
+
+
+def _storable_data(data: Any) -> Any:
+    if isinstance(data, str):
+        return storable_text(data)
+    if isinstance(data, list):
+        return [_storable_data(item) for item in data]
+    if isinstance(data, dict):
+        return {storable_text(k): _storable_data(v) for k, v in data.items()}
+    return data
+
+
 class RowWriter:
     """A bounded buffer of rows and the background task that writes them.
 
     ``record()`` never blocks and never raises. While PostgreSQL is away rows stay queued, up to
-    ``capacity``; rows beyond it are dropped and counted, never silently. A batch PostgreSQL
-    refuses for its data is retried one row at a time, so one bad row costs only itself.
-    ``close()`` stops taking rows and flushes what is queued.
+    ``capacity``; rows beyond it are dropped and counted, never silently. Rows are made storable
+    in the writer task (see the module docstring); a batch refused for its data is halved until
+    the row at fault is found, so one bad row costs only itself and is still written, with a
+    marker. A refusal for data is never taken for an outage. ``close()`` stops taking rows and
+    flushes what is queued.
     """
 
     def __init__(
@@ -41,10 +99,12 @@ class RowWriter:
         batch_size: int,
         flush_seconds: float,
         max_backoff: float = 5.0,
+        json_columns: Collection[int] = (),
     ) -> None:
         self.name = name
         self._pool = pool
         self._write = write
+        self._json_columns = frozenset(json_columns)
         self.capacity = capacity
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
@@ -53,10 +113,12 @@ class RowWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._one_at_a_time = 0  # rows left to write singly after a batch was refused
         self.written = 0
         self.dropped = 0
         self.failures = 0
+        self.escaped = 0  # rows written with NUL or invalid UTF-8 escaped
+        self.marked = 0  # rows written with their text replaced by UNSTORABLE
+        self.rejected = 0  # rows refused even so (a value that is not text is wrong: a bug)
         self.last_error: str | None = None
 
     @property
@@ -89,48 +151,101 @@ class RowWriter:
                 except TimeoutError:
                     pass
             self._wake.clear()
-            try:
-                ok = await self.flush()
-            except Exception as exc:  # isolation boundary: the writer must outlive any one failure
-                log.exception("rows_writer_error", writer=self.name, error=type(exc).__name__)
-                self.last_error = failure_reason(exc)
-                ok = False
+            ok = await self._flush_guarded()
             backoff = 0.0 if ok else min(max(backoff * 2, 0.1), self.max_backoff)
+
+    async def _flush_guarded(self) -> bool:
+        try:
+            return await self.flush()
+        except Exception as exc:  # isolation boundary: the writer must outlive any one failure
+            log.error("rows_writer_error", writer=self.name, error=type(exc).__name__, queued=len(self._buffer))
+            self.last_error = type(exc).__name__
+            return False
 
     async def flush(self) -> bool:
         """Write everything queued; False if PostgreSQL could not be reached (the rows stay queued)."""
         while self._buffer:
-            size = 1 if self._one_at_a_time else self.batch_size
-            self._one_at_a_time = max(0, self._one_at_a_time - 1)
-            batch = [self._buffer.popleft() for _ in range(min(size, len(self._buffer)))]
+            batch = [self._storable(self._buffer.popleft()) for _ in range(min(self.batch_size, len(self._buffer)))]
+            done = 0  # rows of the batch written: halves are written in order, so always a prefix
+            parts = [batch]
             try:
-                async with self._pool.acquire() as conn:
-                    await self._write(conn, batch)
-            except asyncio.CancelledError:
-                self._buffer.extendleft(reversed(batch))
-                raise
-            except DB_REJECTED as exc:
-                if len(batch) > 1:
-                    self._buffer.extendleft(reversed(batch))
-                    self._one_at_a_time = len(batch)
-                    continue
-                self.dropped += 1
-                self.last_error = failure_reason(exc)
-                log.error("row_rejected", writer=self.name, error=self.last_error)
+                while parts:
+                    part = parts.pop()
+                    try:
+                        await self._write_rows(part)
+                    except Exception as exc:
+                        if not refused_for_data(exc):
+                            raise
+                        if len(part) > 1:
+                            half = len(part) // 2
+                            parts += (part[half:], part[:half])
+                            continue
+                        await self._write_marked(part[0], exc)
+                    else:
+                        self.written += len(part)
+                    done += len(part)
             except DB_FAILURES as exc:
-                self._buffer.extendleft(reversed(batch))
+                self._buffer.extendleft(reversed(batch[done:]))
                 self.failures += 1
                 if self.last_error is None:
                     log.warning("rows_write_failed", writer=self.name, queued=len(self._buffer),
                                 error=type(exc).__name__)
                 self.last_error = failure_reason(exc)
                 return False
-            else:
-                self.written += len(batch)
-                if self.last_error is not None:
-                    log.info("rows_write_recovered", writer=self.name, queued=len(self._buffer))
-                    self.last_error = None
+            except BaseException:
+                # Cancelled (or a bug outside the write): the rows stay queued, never lost unseen.
+                self._buffer.extendleft(reversed(batch[done:]))
+                raise
+            if self.last_error is not None:
+                log.info("rows_write_recovered", writer=self.name, queued=len(self._buffer))
+                self.last_error = None
         return True
+
+    async def _write_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        async with self._pool.acquire() as conn:
+            await self._write(conn, rows)
+
+    def _storable(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``row`` with every string made storable (the same tuple when nothing needed it)."""
+        for value in row:  # the fast path: nearly every row is plain ASCII text
+            if type(value) is str and not (value.isascii() and "\x00" not in value):
+                break
+        else:
+            if not self._json_columns:
+                return row
+        fixed: list[Any] | None = None
+        for i, value in enumerate(row):
+            if type(value) is str:
+                new = storable_json(value) if i in self._json_columns else storable_text(value)
+                if new is not value:
+                    fixed = fixed or list(row)
+                    fixed[i] = new
+        if fixed is None:
+            return row
+        self.escaped += 1
+        return tuple(fixed)
+
+    async def _write_marked(self, row: tuple[Any, ...], refusal: BaseException) -> None:
+        """Write a row refused for its data with every text field replaced by UNSTORABLE.
+
+        Only type names are logged: the refusal's message may quote the row, which may hold
+        what a client sent.
+        """
+        marked = tuple(
+            (json.dumps(UNSTORABLE) if i in self._json_columns else UNSTORABLE) if type(value) is str else value
+            for i, value in enumerate(row)
+        )
+        try:
+            await self._write_rows([marked])
+        except Exception as exc:
+            if not refused_for_data(exc):
+                raise
+            self.rejected += 1
+            log.error("row_rejected", writer=self.name, error=type(exc).__name__, rejected=self.rejected)
+        else:
+            self.written += 1
+            self.marked += 1
+            log.warning("row_written_with_marker", writer=self.name, error=type(refusal).__name__)
 
     async def close(self, timeout: float) -> None:
         """Stop taking rows, stop the loop, and flush for at most ``timeout`` seconds."""
@@ -139,7 +254,7 @@ class RowWriter:
         self._task = None
         try:
             async with asyncio.timeout(timeout):
-                while not await self.flush():
+                while not await self._flush_guarded():
                     await asyncio.sleep(0.2)
         except TimeoutError:
             pass
@@ -155,6 +270,9 @@ class RowWriter:
             "written": self.written,
             "dropped": self.dropped,
             "failures": self.failures,
+            "escaped": self.escaped,
+            "marked": self.marked,
+            "rejected": self.rejected,
             "capacity": self.capacity,
             "last_error": self.last_error,
         }

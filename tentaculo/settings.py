@@ -81,6 +81,7 @@ class Settings:
     events_retry_ms: int = 3000
     events_client_queue: int = 256
     events_max_clients: int = 10_000
+    events_max_streams_per_token: int = 20
     events_send_timeout: float = 10.0
     events_publish_buffer: int = 10_000
     events_history_max: int = 10_000
@@ -206,7 +207,8 @@ class Settings:
             raise SettingsError("TENTACULO_EVENTS_PING_SECONDS", "must be in (0, 15]: clients rely on a ping every 15 s")
         if not 0 < self.event_ticket_seconds <= 60:
             raise SettingsError("TENTACULO_EVENT_TICKET_SECONDS", "must be 1..60")
-        for name in ("events_client_queue", "events_max_clients", "events_publish_buffer", "events_history_max"):
+        for name in ("events_client_queue", "events_max_clients", "events_max_streams_per_token", "events_publish_buffer",
+                     "events_history_max"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
         for name in ("events_send_timeout", "events_history_seconds", "events_reconnect_max_seconds"):

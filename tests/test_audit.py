@@ -8,7 +8,9 @@ import dataclasses
 import uuid
 from datetime import UTC
 
+import aiohttp.web_protocol
 import asyncpg
+from aiohttp.http_parser import HttpRequestParserPy
 
 from tentaculo import keys
 from tentaculo.app import create_app
@@ -172,3 +174,104 @@ async def test_a_client_leaving_records_what_it_was_sent(aiohttp_client, setting
                           headers={**admin_headers, "X-Correlation-ID": unanswered})
     row = await audit_row_of(db, unanswered)
     assert row["status"] == 499 and row["route"] == "/operator/api/chat"
+
+
+async def _refused_raw(host: str, port: int, target: bytes, cid: str) -> bytes:
+    """A call with a wrong token whose request line carries ``target`` byte for byte (no client library
+    sends invalid UTF-8 in a path); returns the status line."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\nX-VX11-Token: " + new_token().encode()
+                 + b"\r\nX-Correlation-ID: " + cid.encode() + b"\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    status = await reader.readline()
+    await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return status
+
+
+async def test_a_refused_call_with_an_unstorable_path_is_still_audited(
+    aiohttp_client, settings, db, admin_headers, monkeypatch
+) -> None:
+    """PostgreSQL text holds neither NUL nor invalid UTF-8: such a path is stored escaped, never dropped."""
+    # aiohttp's C parser refuses raw bytes above 0x7f in a path with 400 before routing; its pure
+    # Python parser (AIOHTTP_NO_EXTENSIONS=1, or no compiled extension) decodes them with
+    # surrogateescape, and the lone surrogates reach the audit row.
+    monkeypatch.setattr(aiohttp.web_protocol, "HttpRequestParser", HttpRequestParserPy)
+    gateway = await serve(aiohttp_client, create_app(settings))
+    nul = f"odd-nul-{uuid.uuid4().hex[:6]}"
+    resp = await gateway.get("/operator/api/proxy/madre/%00", headers={"X-VX11-Token": new_token(),
+                                                                     "X-Correlation-ID": nul})
+    assert resp.status == 401
+    row = await audit_row_of(db, nul)
+    assert (row["status"], row["path"]) == (401, "/operator/api/proxy/madre/\\x00")
+
+    utf8 = f"odd-utf8-{uuid.uuid4().hex[:6]}"
+    status = await _refused_raw(gateway.host, gateway.port, b"/operator/api/proxy/madre/a\xffb", utf8)
+    assert status.startswith(b"HTTP/1.1 401")
+    row = await audit_row_of(db, utf8)
+    assert (row["status"], row["path"]) == (401, "/operator/api/proxy/madre/a\\xffb")
+
+    writer = gateway.app[keys.AUDIT]
+    assert writer.dropped == 0 and writer.last_error is None
+    ready = await (await gateway.get("/ready")).json()
+    assert ready["status"] == "on" and ready["checks"]["audit"]["status"] == "on", ready
+    assert ready["checks"]["audit"]["escaped"] == 2 and ready["checks"]["audit"]["dropped"] == 0
+    status_body = await (await gateway.get("/operator/api/status", headers=admin_headers)).json()
+    assert status_body["dependencies"]["audit"]["status"] == "on", status_body["dependencies"]["audit"]
+
+
+async def test_odd_bytes_in_any_text_field_are_stored_escaped_and_cost_no_other_row(database_url, db) -> None:
+    """NUL and lone surrogates in correlation id, token name, path, client or service: every row of
+    the batch is written, the odd text escaped visibly, and nothing counts as a PostgreSQL outage."""
+    from datetime import datetime
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    writer = AuditWriter(pool, capacity=100, batch_size=100, flush_seconds=60)
+    instance = f"odd-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+
+    def row(cid: str, name: str | None = "ops", path: str = "/p", client: str | None = "127.0.0.1",
+            service: str | None = None) -> tuple:
+        return (now, cid, name, "GET", "/r", path, 401, 0.1, client, instance, service)
+
+    odd = [
+        (row("c\x00id"), "correlation_id", "c\\x00id"),
+        (row("c1", name="ad\udcffmin"), "token_name", "ad\\xffmin"),
+        (row("c2", path="/é/\x00/\udced\udca0\udc80"), "path", "/é/\\x00/\\xed\\xa0\\x80"),
+        (row("c3", client="\x00\udc80"), "client", "\\x00\\x80"),
+        (row("c4", service="mad\ud800re"), "service", "mad\\ud800re"),
+    ]
+    writer.record(row("first"))
+    for r, _, _ in odd:
+        writer.record(r)
+    writer.record(row("last"))
+    assert await writer.flush()
+    stored = await _rows(db, instance)
+    assert [r["correlation_id"] for r in stored] == ["first", "c\\x00id", "c1", "c2", "c3", "c4", "last"]
+    for got, (_, column, expected) in zip(stored[1:], odd, strict=False):
+        assert got[column] == expected, column
+    assert (writer.written, writer.escaped, writer.dropped, writer.marked) == (7, 5, 0, 0)
+    assert writer.failures == 0 and writer.last_error is None
+    await pool.close()
+
+
+async def test_a_row_the_encoder_cannot_send_costs_only_itself(database_url, db) -> None:
+    """A value asyncpg cannot encode (here a status that is not a number: a bug, not client input) is
+    found by halving the batch and counted as rejected; the rows around it are written and nothing
+    counts as a PostgreSQL outage."""
+    from datetime import datetime
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    writer = AuditWriter(pool, capacity=100, batch_size=100, flush_seconds=60)
+    instance = f"enc-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    rows = [(now, f"c{i}", None, "GET", "/r", "/p", 200, 0.1, None, instance, None) for i in range(5)]
+    rows[2] = (now, "c2", None, "GET", "/r", "/p", "two hundred", 0.1, None, instance, None)
+    for r in rows:
+        writer.record(r)
+    assert await writer.flush()
+    assert [r["correlation_id"] for r in await _rows(db, instance)] == ["c0", "c1", "c3", "c4"]
+    assert (writer.written, writer.rejected, writer.queued) == (4, 1, 0)
+    assert writer.failures == 0 and writer.last_error is None
+    await pool.close()

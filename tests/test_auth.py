@@ -119,3 +119,26 @@ async def test_token_name_with_nul_or_odd_characters_is_a_validation_error(gatew
         resp = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"]}, headers=admin_headers)
         assert resp.status == 422, name
         assert (await resp.json())["errors"][0]["field"] == "name"
+
+
+async def test_the_bootstrap_token_name_is_reserved(gateway, admin_headers, db) -> None:
+    """``admin`` is what the environment's bootstrap token is called in audit and trace rows: a database
+    token named so (in any case) would pass for it."""
+    for name in ("admin", "ADMIN", "Admin"):
+        resp = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"]}, headers=admin_headers)
+        assert resp.status == 409, name
+        assert resp.content_type == "application/problem+json"
+        problem = await resp.json()
+        assert problem["code"] == "conflict" and problem["correlation_id"] and "reserved" in problem["detail"]
+        assert "token" not in problem
+    assert await db.fetchval("SELECT count(*) FROM api_tokens WHERE lower(name) = 'admin' AND created_by = 'admin'") == 0
+
+
+async def test_a_name_an_active_token_has_is_a_conflict(gateway, admin_headers) -> None:
+    name = f"twice-{uuid.uuid4().hex[:6]}"
+    first = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"]}, headers=admin_headers)
+    assert first.status == 201
+    again = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"]}, headers=admin_headers)
+    assert again.status == 409
+    problem = await again.json()
+    assert problem["code"] == "conflict" and "active token" in problem["detail"]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from tentaculo.chatlog import ChatActionLog
+from tentaculo.rowwriter import UNSTORABLE
 from tests.conftest import wait_for
 from tests.faults import proxy_postgres
 
@@ -63,16 +64,47 @@ async def test_close_flushes_and_later_rows_are_counted(settings, db) -> None:
     await pool.close()
 
 
-async def test_one_bad_row_does_not_cost_the_batch(settings, db) -> None:
+async def test_unstorable_text_and_json_are_stored_escaped_and_cost_no_other_row(settings, db) -> None:
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=2)
     log = ChatActionLog(pool, capacity=100, batch_size=100, flush_seconds=60)
     cid = f"chatlog-{uuid.uuid4().hex[:8]}"
-    bad = list(row(cid, "error"))
-    bad[3] = "nul\x00in text"  # PostgreSQL text cannot hold NUL
-    for r in (row(cid, "ok"), tuple(bad), row(cid, "cancelled")):
+    text = list(row(cid, "error"))
+    text[3] = "nul\x00in text"  # PostgreSQL text cannot hold NUL
+    text[15] = "upstream said \udcff"  # nor invalid UTF-8 (a lone surrogate cannot even be encoded)
+    attempts = list(row(cid, "cancelled"))
+    attempts[14] = json.dumps([{"provider": "mock", "error": "a\x00b \udcfe"}])  # jsonb: no \u0000 either
+    for r in (row(cid, "ok"), tuple(text), tuple(attempts), row(cid, "done")):
         log.record(r)
     assert await log.flush()
-    statuses = await db.fetch("SELECT status FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY id", cid)
-    assert [r["status"] for r in statuses] == ["ok", "cancelled"]
-    assert log.dropped == 1 and log.written == 2
+    stored = await db.fetch("SELECT * FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY id", cid)
+    assert [r["status"] for r in stored] == ["ok", "error", "cancelled", "done"]
+    assert (stored[1]["session_id"], stored[1]["error"]) == ("nul\\x00in text", "upstream said \\xff")
+    assert json.loads(stored[2]["attempts"]) == [{"provider": "mock", "error": "a\\x00b \\xfe"}]
+    assert (log.written, log.escaped, log.marked, log.dropped) == (4, 2, 0, 0)
+    assert log.failures == 0 and log.last_error is None
+    await pool.close()
+
+
+async def test_a_row_refused_even_so_is_written_with_a_marker(settings, db) -> None:
+    """The last resort: the row PostgreSQL refuses is found by halving the batch and written with
+    its text replaced, never dropped; the rows around it are written as they are."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=2)
+    log = ChatActionLog(pool, capacity=100, batch_size=100, flush_seconds=60)
+    cid = f"chatlog-{uuid.uuid4().hex[:8]}"
+    rows = [row(cid, f"s{i}") for i in range(7)]
+    bad = list(rows[4])
+    bad[14] = "[{not json"
+    rows[4] = tuple(bad)
+    for r in rows:
+        log.record(r)
+    assert await log.flush()
+    stored = await db.fetch("SELECT * FROM copilot_actions_log WHERE message_id = ANY($1::uuid[]) ORDER BY id",
+                            [r[2] for r in rows])
+    assert [r["message_id"] for r in stored] == [r[2] for r in rows]
+    assert [r["status"] for r in stored] == ["s0", "s1", "s2", "s3", UNSTORABLE, "s5", "s6"]
+    marked = stored[4]
+    assert marked["correlation_id"] == UNSTORABLE and json.loads(marked["attempts"]) == UNSTORABLE
+    assert marked["completion_tokens"] == 13 and marked["streamed"] is True  # what is not text is kept
+    assert (log.written, log.marked, log.dropped, log.rejected) == (7, 1, 0, 0)
+    assert log.failures == 0 and log.last_error is None
     await pool.close()

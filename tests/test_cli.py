@@ -73,6 +73,43 @@ async def test_token_create_list_revoke(database_url: str) -> None:
     await pool.close()
 
 
+async def test_token_create_refuses_the_bootstrap_name(database_url: str, db: asyncpg.Connection) -> None:
+    before = await db.fetchval("SELECT count(*) FROM api_tokens WHERE lower(name) = 'admin'")
+    for name in ("admin", "Admin"):
+        refused = _cli("token", "create", name, "--scopes", "read", env=_env(TENTACULO_DATABASE_URL=database_url))
+        assert refused.returncode == 2, refused.stderr
+        assert "reserved" in refused.stderr and not refused.stdout
+    assert await db.fetchval("SELECT count(*) FROM api_tokens WHERE lower(name) = 'admin'") == before
+
+
+async def test_first_run_still_creates_the_admin_token(pg_server_dsn: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The reservation is for tokens made by hand: the first-run bootstrap token is the one named ``admin``."""
+    from tentaculo.cli import ADMIN_TOKEN_FILE, _bootstrap_admin
+    from tentaculo.settings import Settings
+    from tests.conftest import with_database
+
+    name = f"tentaculo_boot_{os.getpid()}_{time.monotonic_ns() % 100000}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        dsn = with_database(pg_server_dsn, name)
+        await _bootstrap_admin(Settings(database_url=dsn, state_dir=tmp_path))
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT name, created_by FROM api_tokens")
+        finally:
+            await conn.close()
+        assert [(r["name"], r["created_by"]) for r in rows] == [("admin", "bootstrap")]
+        token = (tmp_path / ADMIN_TOKEN_FILE).read_text().strip()
+        assert token.startswith("vx11_")
+        # Shown once on the terminal, on purpose (and so read here, not left in the captured output).
+        assert "First admin token" in capsys.readouterr().out
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.mark.slow
 async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
     """No database or Redis configured: embedded servers start, a first admin token is printed, Ctrl-C stops all."""

@@ -513,6 +513,42 @@ async def test_a_client_that_never_reads_is_disconnected_and_memory_stays_bounde
         sock.close()
 
 
+async def test_one_token_cannot_take_every_event_stream(aiohttp_client, ev_settings, make_token) -> None:
+    """At its cap (default 20, streams opened with its tickets included) a token gets 429 with
+    Retry-After; other tokens still open streams, and a closed stream frees its slot."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_max_clients=30)))
+    hub = hub_of(client)
+    token = await make_token("read")
+    mine = {"X-VX11-Token": token}
+    streams = [await open_stream(client, headers=mine) for _ in range(19)]
+    ticket = (await (await client.post(TICKET, headers=mine)).json())["ticket"]
+    by_ticket = await client.get(f"{EVENTS}?ticket={ticket}")
+    assert by_ticket.status == 200
+    assert await SSE(by_ticket).record() == {"retry": "3000"}
+
+    second_ticket = (await (await client.post(TICKET, headers=mine)).json())["ticket"]
+    for refused in (await client.get(EVENTS, headers=mine), await client.get(f"{EVENTS}?ticket={second_ticket}")):
+        assert refused.status == 429
+        assert refused.content_type == "application/problem+json" and int(refused.headers["Retry-After"]) >= 1
+        problem = await refused.json()
+        assert problem["code"] == "rate_limited" and problem["correlation_id"] and "20" in problem["detail"]
+        assert token not in await refused.text()
+
+    others = [await open_stream(client), await open_stream(client, headers={"X-VX11-Token": await make_token("read")})]
+    hub.publish("chat", {"n": "for all"})
+    assert (await others[0].event())["data"]["data"] == {"n": "for all"}
+    assert hub.clients == 22
+
+    streams.pop().resp.close()
+
+    async def one_closed() -> bool:
+        return hub.clients == 21
+
+    await wait_for(one_closed)
+    streams.append(await open_stream(client, headers=mine))
+    assert (await client.get(EVENTS, headers=mine)).status == 429
+
+
 async def test_redis_restarted_mid_stream(aiohttp_client, ev_settings, admin_headers) -> None:
     proxy, url = await proxy_redis(ev_settings.redis_url or "")
     client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, redis_url=url)))
@@ -599,6 +635,7 @@ def test_event_settings_are_validated() -> None:
         ("TENTACULO_EVENTS_PING_SECONDS", "20"),
         ("TENTACULO_EVENT_TICKET_SECONDS", "120"),
         ("TENTACULO_EVENTS_CLIENT_QUEUE", "0"),
+        ("TENTACULO_EVENTS_MAX_STREAMS_PER_TOKEN", "0"),
         ("TENTACULO_EVENT_TICKET_SECRET", "short"),
     ):
         with pytest.raises(SettingsError) as info:

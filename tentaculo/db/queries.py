@@ -118,6 +118,8 @@ CHAT_ACTION_COLUMNS = (
     "error",
     "instance",
 )
+# Columns sent as JSON text and stored as jsonb.
+CHAT_ACTION_JSON_COLUMNS = ("attempts",)
 
 
 _CHAT_ACTION_TYPES = ("timestamptz", "text", "uuid", "text", "text", "text", "text", "text", "text", "int4",
@@ -125,7 +127,7 @@ _CHAT_ACTION_TYPES = ("timestamptz", "text", "uuid", "text", "text", "text", "te
 # One statement per batch: each column travels as an array and unnest() turns them back into rows.
 _CHAT_ACTION_INSERT = "INSERT INTO copilot_actions_log ({}) SELECT {} FROM unnest({}) AS t({})".format(
     ", ".join(CHAT_ACTION_COLUMNS),
-    ", ".join(f"{c}::jsonb" if c == "attempts" else c for c in CHAT_ACTION_COLUMNS),
+    ", ".join(f"{c}::jsonb" if c in CHAT_ACTION_JSON_COLUMNS else c for c in CHAT_ACTION_COLUMNS),
     ", ".join(f"${i}::{t}[]" for i, t in enumerate(_CHAT_ACTION_TYPES, 1)),
     ", ".join(CHAT_ACTION_COLUMNS),
 )

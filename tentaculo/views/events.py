@@ -116,8 +116,11 @@ async def events(request: web.Request) -> web.StreamResponse:
             raise rejected("an event ticket only opens event streams; send the X-VX11-Token header", "wrong_purpose")
         return await _page(request, hub, types, correlation_id)
     resume = _resume_from(request)
+    principal = request[keys.PRINCIPAL]
+    # A ticket's principal carries the row id of the token it was issued to: its streams count there.
+    owner = principal.token_id if principal.token_id is not None else principal.name
     try:
-        sub = hub.subscribe(types, correlation_id, request[keys.PRINCIPAL].token_id)
+        sub = hub.subscribe(types, correlation_id, principal.token_id, owner)
     except EventsUnavailable as exc:
         raise _unavailable(exc.reason, exc.retry_after) from None
     except TooManyClients as exc:

@@ -15,6 +15,14 @@ from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.jsonio import json_response, read_json_object
 
 TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# What TENTACULO_ADMIN_TOKEN is called in audit and trace rows (auth.TokenStore). Only the first-run
+# bootstrap (cli._bootstrap_admin) may give a database token this name: it is that token.
+BOOTSTRAP_TOKEN_NAME = "admin"
+
+
+def reserved_name(name: str) -> bool:
+    """Whether a token made by hand may not take ``name``: it would pass for the bootstrap token."""
+    return name.lower() == BOOTSTRAP_TOKEN_NAME
 
 
 @requires("read")
@@ -57,13 +65,16 @@ async def create_token(request: web.Request) -> web.Response:
             errors.append({"field": "scopes", "message": str(exc)})
     if errors or not isinstance(name, str):
         raise ValidationFailed(errors)
+    if reserved_name(name):
+        raise Problem("conflict", f"the name {name!r} is reserved for the bootstrap token", field="name")
     token = new_token()
     try:
         await queries.insert_token(
             request.app[keys.DB_POOL], name, hash_token(token), sorted(scopes), request[keys.PRINCIPAL].name
         )
     except asyncpg.UniqueViolationError:
-        raise ValidationFailed([{"field": "name", "message": "an active token has this name"}]) from None
+        # The request is well formed; it clashes with what exists, which a revocation can change.
+        raise Problem("conflict", f"an active token is named {name!r}; revoke it first", field="name") from None
     return json_response({"name": name, "scopes": sorted(scopes), "token": token}, status=201,
                          headers={"Cache-Control": "no-store"})  # the one answer that holds the secret
 
