@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -35,7 +36,12 @@ class SecretScrubber:
 
 
 def _json_dumps(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+    try:
+        return orjson.dumps(obj, default=str).decode()
+    except orjson.JSONEncodeError:
+        # A client's bytes that are not UTF-8 reach strings as lone surrogates (a path, a header),
+        # which orjson refuses; the standard library escapes them, so the line is still written.
+        return json.dumps(obj, default=str, ensure_ascii=True)
 
 
 def shared_processors(secrets: Iterable[str]) -> list[Any]:

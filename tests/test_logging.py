@@ -55,3 +55,13 @@ async def test_production_logs_no_line_per_request(gateway, admin_headers) -> No
     with capture_logs() as logs:
         await gateway.get("/operator/api/whoami", headers=admin_headers)
     assert not [e for e in logs if e["event"] == "request"]
+
+
+def test_a_json_log_line_with_bytes_that_are_not_utf8_is_still_written(capsys) -> None:
+    configure_logging("json", "info")
+    try:
+        structlog.get_logger("t").warning("odd_path", path="/operator/api/\udcff\udcfe")
+        record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert record["event"] == "odd_path" and record["path"] == "/operator/api/\udcff\udcfe"
+    finally:
+        structlog.reset_defaults()
