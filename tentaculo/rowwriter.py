@@ -17,6 +17,7 @@ import json
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,12 @@ WriteRows = Callable[[asyncpg.Connection, Sequence[tuple[Any, ...]]], Awaitable[
 
 # What a text field of a row PostgreSQL refused even once made storable is replaced with.
 UNSTORABLE = "[unstorable]"
+# While writes fail, PostgreSQL is asked this often whether it answers again (one SELECT 1).
+PROBE_SECONDS, PROBE_TIMEOUT = 0.2, 1.0
+# The longest one batch's write may take before it counts as failed and its rows are kept.
+WRITE_TIMEOUT = 10.0
+# Rows queued longer than this mean writes have stalled (a silent partition raises nothing).
+STALLED_SECONDS = 2.0
 _UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
 # JSON escapes jsonb refuses: \u0000 and lone surrogates. A false hit only costs a re-encoding.
 _UNSTORABLE_JSON_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
@@ -144,7 +151,7 @@ class RowWriter:
         backoff = 0.0
         while True:
             if backoff:
-                await asyncio.sleep(backoff)
+                await self._back_off(backoff)
             else:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
@@ -153,6 +160,35 @@ class RowWriter:
             self._wake.clear()
             ok = await self._flush_guarded()
             backoff = 0.0 if ok else min(max(backoff * 2, 0.1), self.max_backoff)
+
+    async def _back_off(self, seconds: float) -> None:
+        """Wait out a backoff, but return as soon as a cheap probe says PostgreSQL answers again.
+
+        Without it the writer slept up to ``max_backoff`` after PostgreSQL came back, while rows of
+        calls made after the recovery filled the buffer and were dropped.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while (left := until - loop.time()) > 0:
+            await asyncio.sleep(min(PROBE_SECONDS, left))
+            if await self._answers():
+                return
+
+    async def _answers(self) -> bool:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                async with self._pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+        except (*DB_FAILURES, TimeoutError):
+            return False
+        return True
+
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest queued row has waited (its first field is its time), or None when none waits."""
+        if not self._buffer:
+            return None
+        first = self._buffer[0][0]
+        return max(0.0, (datetime.now(UTC) - first).total_seconds()) if isinstance(first, datetime) else None
 
     async def _flush_guarded(self) -> bool:
         try:
@@ -202,8 +238,10 @@ class RowWriter:
         return True
 
     async def _write_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        async with self._pool.acquire() as conn:
-            await self._write(conn, rows)
+        # A deadline on the whole write: a silent partition must fail it (rows stay queued), not hang it.
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            async with self._pool.acquire() as conn:
+                await self._write(conn, rows)
 
     def _storable(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """``row`` with every string made storable (the same tuple when nothing needed it)."""
@@ -275,4 +313,10 @@ class RowWriter:
             "rejected": self.rejected,
             "capacity": self.capacity,
             "last_error": self.last_error,
+            "oldest_queued_s": None if (age := self.oldest_age()) is None else round(age, 3),
         }
+
+    def stalled(self) -> bool:
+        """Whether the oldest queued row has waited past ``STALLED_SECONDS`` (flushes are every fraction of one)."""
+        age = self.oldest_age()
+        return age is not None and age > max(STALLED_SECONDS, 4 * self.flush_seconds)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime
 
 import aiohttp.web_protocol
 import asyncpg
@@ -275,3 +275,33 @@ async def test_a_row_the_encoder_cannot_send_costs_only_itself(database_url, db)
     assert (writer.written, writer.rejected, writer.queued) == (4, 1, 0)
     assert writer.failures == 0 and writer.last_error is None
     await pool.close()
+
+
+async def test_the_writer_drains_promptly_after_postgres_returns_instead_of_dropping(settings, db) -> None:
+    """Rows of calls made after PostgreSQL is back are written, not dropped while the writer sleeps its backoff."""
+    from tentaculo.db.pool import create_pool
+
+    proxy, dsn = await proxy_postgres(settings.database_url)
+    pool = await create_pool(dsn, min_size=0, max_size=2)
+    writer = AuditWriter(pool, capacity=30, batch_size=10, flush_seconds=0.05, max_backoff=5.0)
+    writer.start()
+    instance = f"drain-{uuid.uuid4().hex[:8]}"
+
+    def row() -> tuple[object, ...]:
+        return (datetime.now(UTC), "drain", None, "GET", "/r", "/r", 200, 1.0, "127.0.0.1", instance, None)
+
+    try:
+        await proxy.cut()
+        for _ in range(20):
+            writer.record(row())
+        await wait_for(lambda: writer.failures >= 6, timeout=15)  # its backoff has grown to seconds
+        await proxy.restore()
+        for _ in range(30):  # calls keep coming at 20 per second once PostgreSQL is back
+            writer.record(row())
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: _count_is(db, instance, 50), timeout=15)
+        assert writer.dropped == 0
+    finally:
+        await writer.close(timeout=5)
+        await pool.close()
+        await proxy.close()

@@ -33,10 +33,15 @@ async def _timed(check: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
 
 def audit_check(app: web.Application) -> dict[str, Any]:
     """The audit writer's state; informative only: readiness does not wait on it."""
-    audit = app[keys.AUDIT].snapshot()
+    writer = app[keys.AUDIT]
+    audit = writer.snapshot()
     reasons = []
     if audit["last_error"]:
         reasons.append(f"writes failing, {audit['queued']} rows buffered")
+    elif writer.stalled():
+        # A silent partition raises nothing for a while: the oldest row's age says writes stopped.
+        reasons.append(f"writes stalled: the oldest of {audit['queued']} queued rows waits since "
+                       f"{audit['oldest_queued_s']:.1f} s")
     if audit["dropped"]:
         reasons.append(f"{audit['dropped']} rows dropped")
     status = "on" if not reasons else ("error" if audit["dropped"] else "degraded")
@@ -44,7 +49,8 @@ def audit_check(app: web.Application) -> dict[str, Any]:
         "status": status,
         "reason": "; ".join(reasons) or None,
         # Rows escaped or marked for their content are written, not lost: informative, never a failure.
-        **{k: audit[k] for k in ("queued", "written", "dropped", "capacity", "escaped", "marked")},
+        **{k: audit[k] for k in ("queued", "written", "dropped", "capacity", "escaped", "marked",
+                                 "oldest_queued_s")},
     }
 
 
