@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 
+from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.cors import cors_headers
 from tentaculo.db import queries
 from tentaculo.settings import Settings, SettingsError
-from tests.conftest import audit_row_of, serve
+from tests.chat_helpers import chat_gateway
+from tests.conftest import ADMIN_TOKEN, audit_row_of, serve
 from tests.proxy_upstreams import ModuleApp
 
 PAGE = "http://127.0.0.1:5173"  # a frontend's dev server, as the browser names its origin
@@ -236,3 +238,139 @@ async def test_vary_keeps_what_an_answer_already_varies_on(aiohttp_client) -> No
     assert resp.headers.getall("Vary") == ["Accept-Encoding, Origin"]
     resp = await client.get("/wildcard", headers={"Origin": PAGE})
     assert resp.headers.getall("Vary") == ["*"]
+
+
+# --- a real browser ------------------------------------------------------------------------------
+
+# A frontend's whole page: it keeps the token in memory and passes it in headers only; the event
+# stream opens with a ticket, the way docs/events.md tells browsers to.
+FRONTEND = """<!doctype html>
+<meta charset="utf-8">
+<title>frontend</title>
+<script>
+window.received = [];
+window.whoami = async (gateway, token) => {
+  const answer = await fetch(gateway + "/operator/api/whoami", {headers: {"X-VX11-Token": token}});
+  return {status: answer.status, body: await answer.json(), correlationId: answer.headers.get("X-Correlation-ID")};
+};
+window.follow = async (gateway, token, lastEventId) => {
+  const answer = await fetch(gateway + "/operator/api/events/ticket", {method: "POST", headers: {"X-VX11-Token": token}});
+  if (answer.status !== 200) throw new Error("ticket refused: " + answer.status);
+  const {ticket} = await answer.json();
+  const query = new URLSearchParams({ticket, types: "chat"});
+  if (lastEventId) query.set("last_event_id", lastEventId);
+  const stream = new EventSource(gateway + "/operator/api/events?" + query);
+  window.stream = stream;
+  stream.addEventListener("chat", (e) => {
+    received.push({id: e.lastEventId, correlationId: JSON.parse(e.data).correlation_id});
+  });
+  await new Promise((resolve, reject) => {
+    stream.onopen = resolve;
+    stream.onerror = () => reject(new Error("the event stream failed, readyState " + stream.readyState));
+  });
+};
+window.attempt = async (url, headers) => {
+  try {
+    await fetch(url, {headers});
+    return "read the answer";
+  } catch (error) {
+    return error.name;
+  }
+};
+</script>
+"""
+
+
+@pytest.fixture
+async def frontend() -> AsyncIterator[TestServer]:
+    """The frontend's own web server: another port, so another origin than the gateway's."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=FRONTEND, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+async def chat(gw: TestClient, correlation_id: str) -> None:
+    resp = await gw.post("/operator/api/chat", json={"message": "hello", "provider": "mock"},
+                         headers={"X-VX11-Token": ADMIN_TOKEN, "X-Correlation-ID": correlation_id})
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_page_on_a_listed_origin_calls_the_api_and_follows_events_with_resume(
+    aiohttp_client, settings, redis_prefix, browser, frontend, make_token
+) -> None:
+    origin = f"http://127.0.0.1:{frontend.port}"
+    gw = await chat_gateway(aiohttp_client, settings, cors_origins=(origin,), events_retry_ms=100,
+                            redis_prefix=f"{redis_prefix}cors-{uuid.uuid4().hex[:8]}:")
+    gateway = str(gw.make_url("")).rstrip("/")
+    token = await make_token("read", name=f"frontend-{uuid.uuid4().hex[:6]}")
+    context = await browser.new_context()
+    page = await context.new_page()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))
+    await page.goto(origin + "/")
+
+    who = await page.evaluate("([gateway, token]) => whoami(gateway, token)", [gateway, token])
+    assert who["status"] == 200 and who["body"]["name"].startswith("frontend-")
+    assert who["correlationId"] == who["body"]["correlation_id"]  # an exposed header the page can read
+
+    await page.evaluate("([gateway, token]) => follow(gateway, token, null)", [gateway, token])
+    first = f"cors-browser-{uuid.uuid4().hex[:8]}"
+    await chat(gw, first)
+    await page.wait_for_function("received.length === 1", timeout=5000)
+
+    # The page closes its stream; what happens meanwhile reaches it when it resumes from its last id.
+    await page.evaluate("stream.close()")
+    missed = f"cors-browser-{uuid.uuid4().hex[:8]}"
+    await chat(gw, missed)
+    last_id = await page.evaluate("received[0].id")
+    await page.evaluate("([gateway, token, id]) => follow(gateway, token, id)", [gateway, token, last_id])
+    await page.wait_for_function("received.length === 2", timeout=5000)
+
+    # The gateway ends the stream; the browser reconnects by itself to the same URL, adding
+    # Last-Event-ID. Had the header not been honoured cross-origin, the replay would start from
+    # the query's older id and repeat the missed chat.
+    hub = gw.app[keys.EVENTS]
+    assert hub.end_streams("client_gone") == 1
+    after = f"cors-browser-{uuid.uuid4().hex[:8]}"
+    await chat(gw, after)
+    await page.wait_for_function("received.length >= 3", timeout=5000)
+    received = await page.evaluate("received")
+    assert [r["correlationId"] for r in received] == [first, missed, after]
+    streams = [r for r in requests if r.resource_type == "eventsource"]
+    assert len(streams) == 3
+    assert (await streams[-1].all_headers()).get("last-event-id") == received[1]["id"]
+
+    urls = [r.url for r in requests]
+    assert any("ticket=" in url for url in urls)
+    assert [url for url in urls if token in url] == []
+    await context.close()
+
+
+async def test_a_page_on_an_unlisted_origin_is_blocked_by_the_browser(
+    aiohttp_client, settings, browser, frontend, make_token
+) -> None:
+    # The gateway lists 127.0.0.1 on the frontend's port; the page is loaded as localhost, which
+    # names the same server but is another origin.
+    gw = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, cors_origins=(f"http://127.0.0.1:{frontend.port}",))))
+    gateway = str(gw.make_url("")).rstrip("/")
+    token = await make_token("read")
+    context = await browser.new_context()
+    page = await context.new_page()
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    await page.goto(f"http://localhost:{frontend.port}/")
+    with_token = await page.evaluate("([url, token]) => attempt(url, {'X-VX11-Token': token})",
+                                     [gateway + "/operator/api/whoami", token])
+    assert with_token == "TypeError"  # its preflight was refused
+    plain = await page.evaluate("(url) => attempt(url, {})", gateway + "/health")
+    assert plain == "TypeError"  # sent without a preflight, but its answer grants nothing
+    assert [url for url in urls if token in url] == []
+    await context.close()
