@@ -7,7 +7,11 @@ Two small pieces instead of aiohttp-cors (0.8.1), which was tried first and does
   there (a browser never sends a token with a preflight), and every route would list OPTIONS in
   its 405's ``Allow``;
 * it never sends ``Vary: Origin``, and asserts that no ``Access-Control-Allow-Origin`` is set
-  before its hook runs.
+  before its hook runs;
+* its hook costs 7.1 µs of CPU per request from a listed origin and 3.8 µs per request without
+  ``Origin``, against 0.8 and 0.5 µs for ``cors_headers`` plus 0.2 µs for ``cors_preflight``
+  (``python -m bench.cors``, aiohttp-cors 0.8.1). Small next to a whole request; the misfits
+  above decided.
 
 ``cors_preflight`` (a middleware inside audit, outside auth) answers preflights: 204 with what
 the API accepts for a listed origin, ``403 forbidden`` without any CORS header for any other,
