@@ -72,6 +72,12 @@ def test_origins_are_written_as_browsers_send_them() -> None:
     assert Settings.from_env({}).cors_origins == ()
 
 
+def test_origins_given_in_code_are_checked_too() -> None:
+    with pytest.raises(SettingsError, match="TENTACULO_CORS_ORIGINS"):
+        Settings(cors_origins=("http://LocalHost:5173",)).validate()
+    Settings(cors_origins=("http://localhost:5173",)).validate()
+
+
 @pytest.mark.parametrize("value", [
     "*", "null", "localhost:5173", "ftp://files.example.com", "http://localhost:5173/", "http://localhost:5173/app",
     "http://localhost:5173?x=1", "http://user@localhost:5173", "http://localhost:99999", "http://local host",
@@ -220,6 +226,28 @@ async def test_unlisted_origins_get_no_cors_header_on_any_answer(start_gateway, 
             assert "origin" in listed(resp.headers["Vary"])
     resp = await gw.get("/operator/api/whoami", headers=admin_headers)  # no Origin: curl, scripts
     assert cors_headers_of(resp.headers) == {} and "origin" in listed(resp.headers["Vary"])
+
+
+async def test_a_modules_own_grant_never_reaches_the_browser(aiohttp_client, settings, admin_headers) -> None:
+    async def generous(request: web.Request) -> web.Response:
+        return web.json_response({"module": True}, headers={
+            "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Expose-Headers": "X-Module-Secret", "X-Module-Secret": "s"})
+
+    module_app = web.Application()
+    module_app.router.add_get("/{tail:.*}", generous)
+    module = await aiohttp_client(module_app)
+    for listing in ((PAGE,), ()):
+        gw = await serve(aiohttp_client, create_app(dataclasses.replace(
+            settings, cors_origins=listing, service_urls={"madre": str(module.make_url("/"))})))
+        for origin in (PAGE, OTHER):
+            resp = await gw.get("/operator/api/proxy/madre/x", headers={**admin_headers, "Origin": origin})
+            assert resp.status == 200 and (await resp.json()) == {"module": True}
+            if listing and origin == PAGE:
+                assert_granted(resp.headers)
+                assert "x-module-secret" not in listed(resp.headers["Access-Control-Expose-Headers"])
+            else:
+                assert cors_headers_of(resp.headers) == {}, (listing, origin)
 
 
 async def test_vary_keeps_what_an_answer_already_varies_on(aiohttp_client) -> None:
