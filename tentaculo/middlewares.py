@@ -1,4 +1,4 @@
-"""The middleware chain, outermost first: correlation, errors, audit+metrics, CORS preflights, auth (then the feature gate)."""
+"""The middleware chain, outermost first: correlation, errors, audit+metrics, CORS preflights, auth, feature gate."""
 
 from __future__ import annotations
 
