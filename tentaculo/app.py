@@ -16,6 +16,7 @@ from tentaculo import __version__, keys
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
+from tentaculo.cors import cors_headers
 from tentaculo.db import DB_UNREACHABLE
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = RequestMetrics()
     app[keys.SANDBOX] = Sandbox(settings.fs_roots, max_entries=settings.fs_list_max)
     app.on_response_prepare.append(add_correlation_header)
+    app.on_response_prepare.append(cors_headers(settings.cors_origins))
     app.on_shutdown.append(_start_draining)
     app.on_startup.append(_publish_provider_events)  # runs after every cleanup context started
     app.on_shutdown.append(_end_event_streams)

@@ -1,4 +1,4 @@
-"""The middleware chain, outermost first: correlation, errors, audit+metrics, auth (then the feature gate)."""
+"""The middleware chain, outermost first: correlation, errors, audit+metrics, CORS preflights, auth, feature gate."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tentaculo.auth import (
     accepts_ticket,
     required_scope,
 )
+from tentaculo.cors import announced_route, cors_preflight
 from tentaculo.db import DB_UNREACHABLE
 from tentaculo.errors import (
     OPENAI_PREFIX,
@@ -242,8 +243,13 @@ def record_middleware(*, access_log: bool) -> Middleware:
 
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.match_info.http_exception is not None:  # did not pass routing
-            return await handler(request)
+        if request.match_info.http_exception is None:
+            route = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+        else:  # did not pass routing; a CORS preflight counts as the call it announces
+            announced = await announced_route(request) if request.method == "OPTIONS" else None
+            if announced is None:
+                return await handler(request)
+            route = announced
         status = 500
         try:
             response = await handler(request)
@@ -257,7 +263,6 @@ def record_middleware(*, access_log: bool) -> Middleware:
             duration_ms = (time.perf_counter() - request[keys.STARTED]) * 1000
             principal = request.get(keys.PRINCIPAL)
             token_name = principal.name if principal is not None else None
-            route = request.match_info.route.resource.canonical  # type: ignore[union-attr]
             app = request.app
             app[keys.AUDIT].record(
                 (
@@ -358,11 +363,13 @@ def middleware_chain(settings: Settings) -> list[Middleware]:
     Audit and metrics (one layer) wrap auth so that refused requests (401/403) are recorded
     and counted too. Auth ends with the feature gate (``_check_feature``): a caller without a
     valid token learns nothing about which features are on, and a 503 ``feature_disabled`` is
-    still audited.
+    still audited. CORS preflights are answered between the two: a browser sends no token with
+    them, and each is audited as the call it announces.
     """
     return [
         correlation_middleware,
         error_middleware,
         record_middleware(access_log=settings.access_log_enabled),
+        cors_preflight(settings.cors_origins),
         auth_middleware,
     ]

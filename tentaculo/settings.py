@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from tentaculo.cors import normalise_origin
+
 
 class SettingsError(ValueError):
     """A configuration variable has a value the gateway cannot use."""
@@ -63,6 +65,8 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     access_log: str = "auto"
+    # Origins whose pages may call the API from a browser: see tentaculo/cors.py.
+    cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     # Slow and greedy clients: see tentaculo/server.py.
     header_timeout: float = 10.0
@@ -195,6 +199,7 @@ class Settings:
         self._validate_events()
         _validate_services(self)
         _validate_proxy(self)
+        _validate_cors(self)
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -416,7 +421,28 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _cors_origins(var: str, raw: str) -> tuple[str, ...]:
+    """``http://localhost:5173,https://ops.example.com`` -> normalised origins, each once."""
+    origins: list[str] = []
+    for item in (part.strip() for part in raw.split(",") if part.strip()):
+        try:
+            origin = normalise_origin(item)
+        except ValueError as exc:
+            raise SettingsError(var, str(exc)) from None
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
+def _validate_cors(s: Settings) -> None:
+    for origin in s.cors_origins:
+        if _cors_origins("TENTACULO_CORS_ORIGINS", origin) != (origin,):
+            raise SettingsError("TENTACULO_CORS_ORIGINS", f"{origin!r} is not written as a browser sends it")
+
+
 def _parse(var: str, annotation: object, raw: str) -> object:
+    if var == "TENTACULO_CORS_ORIGINS":
+        return _cors_origins(var, raw)
     kind = str(annotation)
     try:
         if kind == "int":
