@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs database_url and redis_url (the CLI starts embedded servers otherwise)")
     app = web.Application(middlewares=middleware_chain(settings), client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
-    app[keys.LIFECYCLE] = keys.Lifecycle()
+    app[keys.LIFECYCLE] = keys.Lifecycle(flush_budget=settings.shutdown_flush_seconds)
     app[keys.SCHEMA] = keys.SchemaState()
     app[keys.METRICS] = RequestMetrics()
     app[keys.SANDBOX] = Sandbox(settings.fs_roots, max_entries=settings.fs_list_max)
@@ -199,7 +199,7 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.AUDIT] = writer
     writer.start()
     yield
-    await writer.close(timeout=settings.shutdown_timeout)
+    await writer.close(timeout=app[keys.LIFECYCLE].flush_timeout())
 
 
 async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -235,7 +235,7 @@ async def providers_ctx(app: web.Application) -> AsyncIterator[None]:
     await registry.start()
     yield
     await registry.close()
-    await chat_log.close(timeout=settings.shutdown_timeout)
+    await chat_log.close(timeout=app[keys.LIFECYCLE].flush_timeout())
 
 
 async def events_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -350,4 +350,4 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.ROLLUP] = rollup
     rollup.start()
     yield
-    await rollup.close(timeout=settings.shutdown_timeout)
+    await rollup.close(timeout=app[keys.LIFECYCLE].flush_timeout())

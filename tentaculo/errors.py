@@ -26,6 +26,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "rate_limited": (429, "Too many requests"),
     "feature_disabled": (503, "Feature disabled"),
     "provider_unavailable": (503, "Provider unavailable"),
+    "shutting_down": (503, "Shutting down"),
     "upstream_unavailable": (502, "Upstream unavailable"),
     "upstream_timeout": (504, "Upstream timeout"),
     "path_forbidden": (403, "Path forbidden"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -28,10 +30,38 @@ from tentaculo.tickets import EventTickets
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Process-level facts: when the instance started, whether it is draining."""
+    """Process-level facts: when the instance started, whether it is draining, and its shutdown's clocks.
+
+    Streamed answers that must end with a word to the client when the server stops (streamed
+    chats) register their task in ``streams``; ``cut_streams()`` cancels them in a way they can
+    tell from a client leaving (the task is in ``cut``). ``flush_timeout()`` shares one budget
+    between every buffer flushed at shutdown, so the whole stop stays bounded.
+    """
 
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
+    flush_budget: float = 5.0
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)
+    cut: set[asyncio.Task[Any]] = field(default_factory=set)
+    _flush_until: float | None = None
+
+    def cut_streams(self) -> int:
+        """End every registered streamed answer now (shutdown deadline); returns how many."""
+        for task in self.streams:
+            self.cut.add(task)
+            task.cancel()
+        return len(self.streams)
+
+    def is_cut(self) -> bool:
+        """Whether the current task is being ended by the server's shutdown (not by its client)."""
+        return asyncio.current_task() in self.cut
+
+    def flush_timeout(self) -> float:
+        """Seconds left of the shutdown flush budget, which starts at the first call."""
+        now = time.monotonic()
+        if self._flush_until is None:
+            self._flush_until = now + self.flush_budget
+        return max(0.05, self._flush_until - now)
 
 
 @dataclass(slots=True)

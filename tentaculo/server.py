@@ -27,6 +27,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from tentaculo import keys
 from tentaculo.errors import Problem
 from tentaculo.middlewares import BASE_HEADERS, new_correlation_id
 from tentaculo.proxy import TrustedProxies
@@ -207,9 +208,25 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# Streamed chats still running get their terminal event this long before the server stops waiting.
+CUT_MARGIN = 1.0
+
+
+def shutdown_total(settings: Settings) -> float:
+    """The longest a stop takes: drain, in-flight requests, then the buffers' flush (plus a second of slack)."""
+    return settings.drain_seconds + settings.shutdown_timeout + settings.shutdown_flush_seconds + 1.0
+
+
 def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEventLoop,
           print_line: Callable[[str], None]) -> None:
-    """Serve ``app`` on ``loop`` in the foreground until SIGINT or SIGTERM, then close the loop."""
+    """Serve ``app`` on ``loop`` until SIGINT or SIGTERM, then stop in bounded steps and close the loop.
+
+    The stop: drain (``/ready`` answers 503 while the listener still serves, for
+    ``drain_seconds``, so a load balancer stops sending); then the listener closes, event streams
+    get a final ``shutdown`` event telling them to reconnect, in-flight requests get
+    ``shutdown_timeout`` seconds (streamed chats still running a second before it end with an
+    ``error`` event ``shutting_down``); then the buffers flush within ``shutdown_flush_seconds``.
+    """
     asyncio.set_event_loop(loop)
     runner = GatewayRunner(app, settings, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
 
@@ -217,20 +234,44 @@ def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEve
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} "
+                   f"(console: http://{settings.host}:{settings.port}/operator/; Ctrl-C to stop)")
 
-    stop = asyncio.Event()
+    async def stop() -> None:
+        lifecycle = app[keys.LIFECYCLE]
+        lifecycle.draining = True
+        log.info("draining", seconds=settings.drain_seconds, stop_within_s=shutdown_total(settings))
+        await asyncio.sleep(settings.drain_seconds)
+        cut = loop.call_later(max(0.0, settings.shutdown_timeout - CUT_MARGIN), _cut, lifecycle)
+        try:
+            await runner.cleanup()
+        finally:
+            cut.cancel()
+
+    stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping.set)
+    started = False
     try:
         loop.run_until_complete(start())
-        loop.run_until_complete(stop.wait())
+        started = True
+        loop.run_until_complete(stopping.wait())
         log.info("shutting_down")
+        began = loop.time()
+        loop.run_until_complete(stop())
+        log.info("stopped", seconds=round(loop.time() - began, 3))
     finally:
-        loop.run_until_complete(runner.cleanup())
+        if not started:
+            loop.run_until_complete(runner.cleanup())
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         print_line("tentaculo stopped")
         sys.stderr.flush()
+
+
+def _cut(lifecycle: keys.Lifecycle) -> None:
+    cut = lifecycle.cut_streams()
+    if cut:
+        log.warning("streams_cut_at_shutdown", streams=cut)

@@ -78,7 +78,9 @@ class Settings:
     audit_buffer: int = 50_000
     audit_batch: int = 500
     audit_flush_seconds: float = 0.2
+    drain_seconds: float = 3.0
     shutdown_timeout: float = 10.0
+    shutdown_flush_seconds: float = 5.0
     migrate_on_start: bool = True
     # Live events (SSE): see docs/events.md.
     events_ping_seconds: float = 15.0
@@ -192,7 +194,7 @@ class Settings:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
         if self.audit_flush_seconds <= 0:
             raise SettingsError("TENTACULO_AUDIT_FLUSH_SECONDS", "must be positive")
-        for name in ("token_cache_seconds", "shutdown_timeout"):
+        for name in ("token_cache_seconds", "shutdown_timeout", "drain_seconds", "shutdown_flush_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
         _validate_metrics_and_fs(self)

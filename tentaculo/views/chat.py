@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -262,9 +263,10 @@ class ChatTurn:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and self.ended is None:
             self.cancelled()
         await self.close()
+
 
     async def open(self) -> ChatStream:
         """Find a provider with a first delta; Problem ``provider_unavailable`` when none has one."""
@@ -328,6 +330,13 @@ class ChatTurn:
         self.status, self.ended = "cancelled", time.perf_counter()
         self.error = "the client went away before the answer finished"
 
+    def shut_down(self) -> Problem:
+        """The server stopped before the answer finished: recorded as cut by the server, not by the client."""
+        self.status, self.ended = "shutdown", time.perf_counter()
+        self.error = "cut by the server: the instance shut down before the answer finished"
+        return Problem("shutting_down", "the gateway is shutting down; send the message again to another instance",
+                       headers={"Retry-After": "1"})
+
     @property
     def content(self) -> str:
         return "".join(self._content)
@@ -389,6 +398,31 @@ class ChatTurn:
         })
 
 
+
+@contextlib.contextmanager
+def cut_at_shutdown(request: web.Request) -> Iterator[keys.Lifecycle]:
+    """Register a streamed answer so the server's shutdown can end it with a terminal event (Lifecycle.cut_streams)."""
+    lifecycle = request.app[keys.LIFECYCLE]
+    task = asyncio.current_task()
+    assert task is not None
+    lifecycle.streams.add(task)
+    try:
+        yield lifecycle
+    finally:
+        lifecycle.streams.discard(task)
+        lifecycle.cut.discard(task)
+
+
+def stopped_by_server(lifecycle: keys.Lifecycle) -> bool:
+    """In an ``except CancelledError``: True (and the cancel undone) when the shutdown cut the stream."""
+    if not lifecycle.is_cut():
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
+
+
 @requires("chat")
 @feature("chat")
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -421,6 +455,12 @@ async def _answer_json(turn: ChatTurn, stream: ChatStream) -> web.Response:
 
 
 async def _answer_sse(request: web.Request, turn: ChatTurn, stream: ChatStream) -> web.StreamResponse:
+    with cut_at_shutdown(request) as lifecycle:
+        return await _relay_sse(request, turn, stream, lifecycle)
+
+
+async def _relay_sse(request: web.Request, turn: ChatTurn, stream: ChatStream,
+                     lifecycle: keys.Lifecycle) -> web.StreamResponse:
     async with sse_response(request, allow_all_methods=True) as sse:
         try:
             await sse.send(_json({
@@ -457,4 +497,10 @@ async def _answer_sse(request: web.Request, turn: ChatTurn, stream: ChatStream) 
             # Without handler cancellation the disconnect shows up as a failed write.
             if turn.ended is None:
                 turn.cancelled()
+        except asyncio.CancelledError:
+            if not stopped_by_server(lifecycle):
+                raise
+            problem = turn.shut_down()
+            with contextlib.suppress(ConnectionError):
+                await sse.send(_json(problem.body(turn.correlation_id)), event="error")
     return sse

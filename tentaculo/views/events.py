@@ -22,6 +22,7 @@ from tentaculo.events import (
     REDIS_LOST,
     RESET,
     REVOKED,
+    SHUTDOWN,
     EventHub,
     EventsUnavailable,
     ResumePlan,
@@ -39,6 +40,7 @@ from tentaculo.middlewares import CORRELATION_RE, presented_token
 from tentaculo.tickets import rejected
 
 HISTORY_PAGE = 500
+SHUTDOWN_RETRY_MS = 1000
 PAGE_DEFAULT, PAGE_MAX = 50, 500
 
 
@@ -173,6 +175,12 @@ async def _stream(
                                                cid, status=401)
                         await write(control_frame(ERROR, problem, source=hub.instance, correlation_id=cid,
                                                   severity="error"))
+                    elif closed.reason == SHUTDOWN:
+                        # Reconnect soon, to another instance: the balancer stopped sending here.
+                        await write(f"retry: {SHUTDOWN_RETRY_MS}\r\n\r\n".encode() + control_frame(
+                            SHUTDOWN, {"reason": "the instance is shutting down; reconnect to resume",
+                                       "retry_ms": SHUTDOWN_RETRY_MS},
+                            source=hub.instance, correlation_id=cid, severity="info"))
                     elif closed.reason == DISABLED:
                         problem = problem_body("feature_disabled", "live events were turned off", cid,
                                                feature="events")

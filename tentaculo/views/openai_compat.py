@@ -10,7 +10,10 @@ every problem under ``/v1/``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,7 +26,16 @@ from tentaculo.errors import ValidationFailed, openai_error
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
 from tentaculo.providers import ChatRequest, ChatStream, Message, ProviderError, ProviderRegistry
-from tentaculo.views.chat import FIELD_MAX, ChatSpec, ChatTurn, check_messages, check_options, unknown_provider
+from tentaculo.views.chat import (
+    FIELD_MAX,
+    ChatSpec,
+    ChatTurn,
+    check_messages,
+    check_options,
+    cut_at_shutdown,
+    stopped_by_server,
+    unknown_provider,
+)
 
 # Parameters the gateway cannot honour: refused rather than silently ignored.
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "audio")
@@ -139,6 +151,13 @@ async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, incl
         body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
         return orjson.dumps(body).decode()
 
+    with cut_at_shutdown(request) as lifecycle:
+        return await _relay(request, turn, stream, include_usage, lifecycle, chunk_event, created)
+
+
+async def _relay(request: web.Request, turn: ChatTurn, stream: ChatStream, include_usage: bool,
+                 lifecycle: keys.Lifecycle, chunk_event: Callable[[dict[str, Any], str | None], str],
+                 created: int) -> web.StreamResponse:
     async with sse_response(request, allow_all_methods=True) as sse:
         try:
             first = True
@@ -167,6 +186,12 @@ async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, incl
         except ConnectionResetError:
             if turn.ended is None:
                 turn.cancelled()
+        except asyncio.CancelledError:
+            if not stopped_by_server(lifecycle):
+                raise
+            problem = turn.shut_down()
+            with contextlib.suppress(ConnectionError):
+                await sse.send(orjson.dumps({"error": openai_error(problem)}).decode())
     return sse
 
 
