@@ -22,6 +22,9 @@ The method, the body and every end-to-end header go upstream, with these changes
 * the operator's credentials never leave: ``X-VX11-Token`` and ``Authorization`` are dropped,
   as are credential-like query parameters (``ticket``, ``token``, ...); the module's own
   credential (``TENTACULO_SERVICE_<NAME>_TOKEN``) is sent as ``Authorization: Bearer``;
+* method and path overrides never leave: ``X-HTTP-Method-Override``, ``X-Method-Override``,
+  ``X-HTTP-Method``, ``X-Original-URL``, ``X-Rewrite-URL`` and the ``_method`` query parameter
+  are dropped (a GET or HEAD with a body never gets here: the view refuses it);
 * ``X-Correlation-ID`` is the request's correlation id;
 * ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (and ``Forwarded``, ``X-Real-IP``) are taken
   from the client only when its address is in ``TENTACULO_TRUSTED_PROXIES``, and then the
@@ -104,6 +107,9 @@ HOP_BY_HOP = frozenset({
 _REQUEST_DROP = frozenset({
     "host", "content-length", "expect", "x-vx11-token", "authorization", "x-correlation-id",
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
+    # Frameworks that honour these would run another method or path than the one the scope and
+    # the allow-list were checked against (a read token's GET turned into a DELETE).
+    "x-http-method-override", "x-method-override", "x-http-method", "x-original-url", "x-rewrite-url",
 })
 _FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
 _RESPONSE_DROP = frozenset({"server", "content-length", "x-correlation-id"})
@@ -111,6 +117,8 @@ _RESPONSE_DROP = frozenset({"server", "content-length", "x-correlation-id"})
 # sent (a header the client did send is copied like any other).
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CREDENTIAL_PARAMS = QUERY_TOKEN_NAMES | {TICKET_PARAM}
+# Query parameters never forwarded: credentials, and ``_method``, which some frameworks take as the method.
+_QUERY_DROP = CREDENTIAL_PARAMS | {"_method"}
 # Module statuses that count against its circuit: it is failing, not the request.
 FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 CHUNK = 64 * 1024
@@ -195,13 +203,18 @@ def _check_segment(segment: str) -> str:
 
 
 def forwarded_query(raw_query: str) -> str:
-    """The query string as sent, minus credential-like parameters (never forwarded)."""
+    """The query string as sent, minus credential-like parameters and ``_method`` (never forwarded)."""
     if not raw_query:
         return ""
     return "&".join(
         item for item in raw_query.split("&")
-        if item and unquote_plus(item.partition("=")[0]).lower() not in CREDENTIAL_PARAMS
+        if item and unquote_plus(item.partition("=")[0]).lower() not in _QUERY_DROP
     )
+
+
+def is_websocket(request: web.Request) -> bool:
+    """Whether the request asks for a WebSocket upgrade (what the view then passes through as one)."""
+    return request.method == "GET" and request.headers.get("Upgrade", "").strip().lower() == "websocket"
 
 
 @dataclass(frozen=True, slots=True)

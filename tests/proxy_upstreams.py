@@ -294,11 +294,14 @@ async def drop_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await writer.drain()
 
 
-async def raw_request(port: int, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    """Send a request line exactly as written (clients normalise paths; attackers do not)."""
+async def raw_request(
+    port: int, target: str, headers: dict[str, str], *, method: str = "GET", host: str = "gateway", body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Send a request exactly as written (clients normalise paths and refuse odd requests; attackers do not)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {target} HTTP/1.1", "Host: gateway", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     data = await reader.read()
     writer.close()
     head, _, body = data.partition(b"\r\n\r\n")

@@ -138,6 +138,66 @@ async def test_get_needs_read_and_other_methods_need_operate(start_gateway, modu
     assert [s.method for s in module.requests_to("/base/echo/w")] == ["DELETE", "POST"]
 
 
+async def test_a_websocket_needs_operate_except_where_the_module_allows_read_upgrades(
+    start_gateway, module, make_token
+) -> None:
+    reader = {"X-VX11-Token": await make_token("read")}
+    operator = {"X-VX11-Token": await make_token("operate")}
+    gw = await start_gateway()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=reader)
+    assert refused.value.status == 403
+    status, _, body = await raw_request(gw.port, url("madre/ws"), {
+        **reader, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    problem = problem_of(body)
+    assert (status, problem["code"], problem["required_scope"]) == (403, "forbidden", "operate")
+    assert module.requests_to("/base/ws") == []
+    async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=operator) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+
+    feeds = await start_gateway(service_read_upgrades={"madre": ("/ws",)})
+    async with feeds.session.ws_connect(feeds.make_url(url("madre/ws")), headers=reader) as ws:
+        await ws.send_str("feed")
+        assert (await ws.receive(timeout=5)).data == "echo:feed"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as outside:
+        await feeds.session.ws_connect(feeds.make_url(url("madre/echo/ws")), headers=reader)
+    assert outside.value.status == 403
+    assert [s.raw_path for s in module.seen] == ["/base/ws", "/base/ws"]
+
+
+async def test_method_overrides_are_never_forwarded(start_gateway, module, make_token) -> None:
+    reader = {"X-VX11-Token": await make_token("read")}
+    gw = await start_gateway()
+    overrides = {"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "DELETE", "X-HTTP-Method": "DELETE",
+                 "X-Original-URL": "/admin/wipe", "X-Rewrite-URL": "/admin/wipe"}
+    resp = await gw.get(url("madre/echo/o?_method=DELETE&x=1&_METHOD=PUT&y=2"), headers={**reader, **overrides})
+    assert resp.status == 200
+    [seen] = module.requests_to("/base/echo/o")
+    assert (seen.method, seen.raw_path) == ("GET", "/base/echo/o?x=1&y=2")
+    assert not set(seen.headers) & {name.lower() for name in overrides}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("framing", ["Content-Length: 5", "Transfer-Encoding: chunked"])
+async def test_a_get_or_head_with_a_body_is_refused(start_gateway, module, make_token, method, framing) -> None:
+    gw = await start_gateway()
+    name, _, value = framing.partition(": ")
+    body = b"hello" if name == "Content-Length" else b"5\r\nhello\r\n0\r\n\r\n"
+    status, headers, answer = await raw_request(gw.port, url("madre/echo/body"),
+                                                {"X-VX11-Token": await make_token("read"), name: value},
+                                                method=method, body=body)
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    if method == "GET":
+        assert problem_of(answer)["code"] == "validation_error"
+    assert module.requests_to("/base/echo/body") == []
+    empty = await gw.get(url("madre/echo/empty"), headers={"X-VX11-Token": await make_token("read"),
+                                                            "Content-Length": "0"})
+    assert empty.status == 200
+
+
 async def test_every_proxied_call_is_audited_with_the_module(start_gateway, module, admin_headers, db) -> None:
     gw = await start_gateway()
     resp = await gw.get(url("madre/echo/audited"), headers={**admin_headers, "X-Correlation-ID": "proxy-audit-1"})
@@ -384,7 +444,11 @@ def test_allow_and_timeout_settings_syntax() -> None:
     assert s.service_timeouts == {"operator_backend": ModuleTimeouts(1.5, 300.0), "switch": ModuleTimeouts(None, 12.0)}
     assert s.service_tokens == {"madre": MODULE_TOKEN}
     assert MODULE_TOKEN not in repr(s)
+    assert Settings.from_env({"TENTACULO_SERVICE_MADRE_READ_UPGRADES": "/ws, /feeds/"}).service_read_upgrades == {
+        "madre": ("/ws", "/feeds/")}
     for var, bad in [("TENTACULO_SERVICE_MADRE_ALLOW", "GET:api/"), ("TENTACULO_SERVICE_MADRE_ALLOW", "/a/../b"),
+                     ("TENTACULO_SERVICE_MADRE_READ_UPGRADES", "ws"),
+                     ("TENTACULO_SERVICE_MADRE_READ_UPGRADES", "/ws/../admin"),
                      ("TENTACULO_SERVICE_MADRE_TIMEOUT", "slow"), ("TENTACULO_SERVICE_MADRE_TIMEOUT", "write=3"),
                      ("TENTACULO_TRUSTED_PROXIES", "not-an-ip"), ("TENTACULO_PROXY_RETRIES", "9")]:
         with pytest.raises(ValueError, match=var):
