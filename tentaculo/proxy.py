@@ -42,6 +42,19 @@ into the module's base address is rewritten to the gateway's proxy path, so inte
 do not reach clients. The body streams chunk by chunk as it arrives (SSE and chunked responses
 reach the client as they are produced).
 
+The gateway's origin also serves the operator console, so nothing a module answers may act on
+that origin. These response headers are dropped: ``Set-Cookie``, ``Set-Cookie2``, every
+``Access-Control-*`` (``-Allow-*``, ``-Expose-Headers``, ``-Max-Age``), ``Timing-Allow-Origin``,
+``Strict-Transport-Security``, ``Public-Key-Pins`` (and ``-Report-Only``), ``Expect-CT``,
+``Alt-Svc``, ``Clear-Site-Data``, ``NEL``, ``Report-To``, ``Reporting-Endpoints``,
+``Service-Worker-Allowed``, ``Origin-Agent-Cluster``, ``Accept-CH``, ``Critical-CH``,
+``X-Permitted-Cross-Domain-Policies``, every ``Content-Security-Policy*``, ``X-Frame-Options``,
+``X-Content-Type-Options``, ``X-XSS-Protection`` and the module's ``X-Correlation-ID``. Every
+proxied response carries ``Content-Security-Policy: sandbox`` (the page gets an opaque origin
+and runs no script) and ``X-Content-Type-Options: nosniff``, and the gateway's own
+``X-Correlation-ID``. A WebSocket handshake's answer is the gateway's own: none of the module's
+handshake headers are passed on.
+
 Timeouts, retries, errors
 -------------------------
 Each module has a connect timeout (``TENTACULO_PROXY_CONNECT_TIMEOUT``) and a read timeout
@@ -112,7 +125,20 @@ _REQUEST_DROP = frozenset({
     "x-http-method-override", "x-method-override", "x-http-method", "x-original-url", "x-rewrite-url",
 })
 _FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
-_RESPONSE_DROP = frozenset({"server", "content-length", "x-correlation-id"})
+# Response headers that would act on the gateway's whole origin, which also serves the operator
+# console: cookies, grants to other origins, transport and reporting policy, and the page policy
+# the gateway sets itself (SANDBOXED). Prefixes: Proxy-*, Access-Control-*, Content-Security-Policy*.
+ORIGIN_HEADERS = frozenset({
+    "set-cookie", "set-cookie2", "strict-transport-security", "public-key-pins", "public-key-pins-report-only",
+    "expect-ct", "alt-svc", "clear-site-data", "nel", "report-to", "reporting-endpoints", "service-worker-allowed",
+    "origin-agent-cluster", "accept-ch", "critical-ch", "timing-allow-origin", "x-permitted-cross-domain-policies",
+    "x-frame-options", "x-content-type-options", "x-xss-protection",
+})
+_RESPONSE_DROP = HOP_BY_HOP | ORIGIN_HEADERS | {"server", "content-length", "x-correlation-id"}
+_RESPONSE_DROP_PREFIXES = ("proxy-", "access-control-", "content-security-policy")
+# On every proxied response: a module's page gets an opaque origin and runs no script, so it can
+# never act as the console; nothing it serves is sniffed into another type.
+SANDBOXED = (("Content-Security-Policy", "sandbox"), ("X-Content-Type-Options", "nosniff"))
 # Headers aiohttp's client adds when absent: never added, so the module sees only what the client
 # sent (a header the client did send is copied like any other).
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -327,12 +353,12 @@ def upstream_headers(
 
 
 def client_headers(upstream: CIMultiDictProxy[str], target: Upstream, service: str) -> CIMultiDict[str]:
-    """The module's response headers as the client gets them."""
+    """The module's response headers as the client gets them: sandboxed, nothing that acts on the origin."""
     named = _connection_named(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
+    out: CIMultiDict[str] = CIMultiDict(SANDBOXED)
     for name, value in upstream.items():
         lower = name.lower()
-        if lower in _RESPONSE_DROP or _hop_by_hop(name, named):
+        if lower in _RESPONSE_DROP or lower.startswith(_RESPONSE_DROP_PREFIXES) or lower in named:
             continue
         if lower in ("location", "content-location"):
             value = target.public_location(value, service)

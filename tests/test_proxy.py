@@ -19,7 +19,7 @@ from tentaculo.db import queries
 from tentaculo.proxy import _ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
 from tests.conftest import ADMIN_TOKEN, audit_row_of, serve, wait_for
-from tests.proxy_upstreams import GZIPPED, ModuleApp, problem_of, raw_request
+from tests.proxy_upstreams import GZIPPED, HOSTILE_HEADERS, ModuleApp, problem_of, raw_request
 
 MODULE_TOKEN = "module-own-credential-1234"
 Gateway = Callable[..., Awaitable[TestClient]]
@@ -388,6 +388,28 @@ async def test_head_redirects_and_compressed_bodies_pass_unchanged(start_gateway
     moved = await gw.get(url("madre/redirect"), headers=admin_headers, allow_redirects=False)
     assert moved.status == 302
     assert moved.headers["Location"] == "/operator/api/proxy/madre/landing?x=1"
+
+
+@pytest.mark.parametrize(("method", "size"), [("GET", 64), ("GET", 256 * 1024), ("HEAD", 64), ("POST", 64),
+                                           ("POST", 256 * 1024)])
+async def test_module_headers_cannot_act_on_the_gateways_origin(start_gateway, module, admin_headers,
+                                                                method, size) -> None:
+    """GET goes over the lean pool, HEAD and POST over aiohttp's client; the large bodies stream."""
+    gw = await start_gateway()
+    cid = f"origin-{uuid.uuid4().hex[:8]}"
+    resp = await gw.request(method, url(f"madre/hostile?size={size}"), data=b"x" if method == "POST" else None,
+                            headers={**admin_headers, "X-Correlation-ID": cid})
+    assert resp.status == 200
+    assert len(await resp.read()) == (0 if method == "HEAD" else size)
+    assert resp.headers.getall("Content-Security-Policy") == ["sandbox"]
+    assert resp.headers.getall("X-Content-Type-Options") == ["nosniff"]
+    assert resp.headers.getall("X-Correlation-ID") == [cid]
+    assert resp.headers["X-Module-Header"] == "kept"
+    assert resp.headers["Content-Type"].startswith("text/html")
+    leaked = {name.lower() for name in resp.headers} & {name.lower() for name, _ in HOSTILE_HEADERS}
+    assert leaked == {"content-security-policy", "x-content-type-options", "x-correlation-id", "x-module-header"}
+    assert resp.cookies == {}
+    assert len(module.requests_to("/base/hostile")) == 1
 
 
 async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, module, admin_headers, db) -> None:
