@@ -26,10 +26,17 @@ The method, the body and every end-to-end header go upstream, with these changes
   ``X-HTTP-Method``, ``X-Original-URL``, ``X-Rewrite-URL`` and the ``_method`` query parameter
   are dropped (a GET or HEAD with a body never gets here: the view refuses it);
 * ``X-Correlation-ID`` is the request's correlation id;
-* ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (and ``Forwarded``, ``X-Real-IP``) are taken
-  from the client only when its address is in ``TENTACULO_TRUSTED_PROXIES``, and then the
-  client's address is appended to ``X-Forwarded-For``; otherwise they are replaced with what
-  this gateway saw.
+* ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (and ``Forwarded``, ``X-Real-IP``,
+  ``X-Forwarded-Port`` / ``-Prefix`` / ``-Server`` / ``-Scheme`` / ``-Ssl``, ``X-Original-Host``,
+  ``X-Host``, ``Front-End-Https``, ``X-Url-Scheme``) are taken from the client only when its
+  address is in ``TENTACULO_TRUSTED_PROXIES``, and then the client's address is appended to
+  ``X-Forwarded-For``; from anyone else they are dropped and ``X-Forwarded-For`` is the address
+  this gateway saw. ``TENTACULO_PUBLIC_URL``, when set, is what ``X-Forwarded-Proto`` and
+  ``-Host`` say, whoever sent what. Without it and without a trusted proxy's values,
+  ``X-Forwarded-Proto`` is the scheme the client connected with and ``X-Forwarded-Host`` is not
+  sent: the ``Host`` header is whatever the client wrote (a module that builds links or
+  redirects from it would point users at the client's choice), and the address the gateway
+  listens on is often ``0.0.0.0`` or an internal name, no better for links.
 
 The body streams: it is read from the client in chunks while it is written upstream, never
 held whole, and refused past ``TENTACULO_PROXY_MAX_BODY_BYTES`` (413).
@@ -105,7 +112,7 @@ from yarl import URL
 
 from tentaculo.auth import QUERY_TOKEN_NAMES, TICKET_PARAM
 from tentaculo.errors import Problem, connect_reason
-from tentaculo.settings import ModuleTimeouts, Settings
+from tentaculo.settings import ModuleTimeouts, Settings, public_origin
 
 log = structlog.get_logger("tentaculo.proxy")
 
@@ -124,7 +131,12 @@ _REQUEST_DROP = frozenset({
     # the allow-list were checked against (a read token's GET turned into a DELETE).
     "x-http-method-override", "x-method-override", "x-http-method", "x-original-url", "x-rewrite-url",
 })
-_FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
+# Who the client is and which address it called: believed only from TENTACULO_TRUSTED_PROXIES.
+_FORWARDING = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip", "x-forwarded-port",
+    "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl", "x-original-host",
+    "x-host", "front-end-https", "x-url-scheme",
+})
 # Response headers that would act on the gateway's whole origin, which also serves the operator
 # console: cookies, grants to other origins, transport and reporting policy, and the page policy
 # the gateway sets itself (SANDBOXED). Prefixes: Proxy-*, Access-Control-*, Content-Security-Policy*.
@@ -326,8 +338,9 @@ def upstream_headers(
     correlation_id: str,
     credential: str | None,
     trusted: TrustedProxies,
+    public: tuple[str, str] | None = None,
 ) -> CIMultiDict[str]:
-    """The headers to send upstream."""
+    """The headers to send upstream; ``public`` is (scheme, host) of ``TENTACULO_PUBLIC_URL``."""
     inbound = request.headers
     named = _connection_named(inbound)
     out: CIMultiDict[str] = CIMultiDict()
@@ -342,10 +355,12 @@ def upstream_headers(
         out.add(name, value)
     chain = ", ".join(inbound.getall("X-Forwarded-For", ())) if believe else ""
     out["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
-    if not (believe and "X-Forwarded-Proto" in out):
+    if public is not None:
+        out["X-Forwarded-Proto"], out["X-Forwarded-Host"] = public
+    elif "X-Forwarded-Proto" not in out:  # still there only when a trusted proxy sent it
         out["X-Forwarded-Proto"] = request.scheme
-    if not (believe and "X-Forwarded-Host" in out) and request.host:
-        out["X-Forwarded-Host"] = request.host
+    # Otherwise X-Forwarded-Host is a trusted proxy's or absent: the Host header is whatever the
+    # client wrote, and a module building links from it would send users to the client's choice.
     out["X-Correlation-ID"] = correlation_id
     if credential:
         out["Authorization"] = f"Bearer {credential}"
@@ -688,6 +703,7 @@ class ModuleProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.public = public_origin(settings.public_url) if settings.public_url else None
         self._session: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}

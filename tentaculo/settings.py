@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -132,6 +133,8 @@ class Settings:
     proxy_retries: int = 1
     proxy_max_body_bytes: int = 100 * 1024 * 1024
     trusted_proxies: tuple[str, ...] = ()
+    # The gateway's public origin (https://ops.example.com): what modules are told in X-Forwarded-Host/-Proto.
+    public_url: str | None = None
     service_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     service_timeouts: Mapping[str, ModuleTimeouts] = field(default_factory=dict)
     service_allow: Mapping[str, tuple[AllowRule, ...]] = field(default_factory=dict)
@@ -362,6 +365,25 @@ def _validate_proxy(s: Settings) -> None:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise SettingsError("TENTACULO_TRUSTED_PROXIES", f"{item!r} is not an IP address or CIDR") from None
+    if s.public_url is not None:
+        public_origin(s.public_url)
+
+
+def public_origin(url: str) -> tuple[str, str]:
+    """``TENTACULO_PUBLIC_URL`` -> (scheme, host[:port]); SettingsError unless an absolute http(s) origin."""
+    var = "TENTACULO_PUBLIC_URL"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(var, f"{url!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(var, "must be an absolute http:// or https:// address, e.g. https://ops.example.com")
+    if parts.username is not None or parts.password is not None or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or "?" in url or "#" in url or any(c.isspace() or not c.isprintable() for c in url):
+        raise SettingsError(var, "must be an origin only: no user, path, query or fragment, e.g. https://ops.example.com")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return parts.scheme, host if port is None else f"{host}:{port}"
 
 
 def _validate_providers(s: Settings) -> None:

@@ -105,7 +105,7 @@ async def test_forwarded_headers_replace_untrusted_ones_and_extend_trusted_ones(
     seen = module.requests_to("/base/echo/untrusted")[0].headers
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["http"]
-    assert seen["x-forwarded-host"] == [f"127.0.0.1:{gw.port}"]
+    assert "x-forwarded-host" not in seen
     assert "forwarded" not in seen
 
     trusting = await start_gateway(trusted_proxies=("127.0.0.0/8",))
@@ -114,6 +114,43 @@ async def test_forwarded_headers_replace_untrusted_ones_and_extend_trusted_ones(
     assert seen["x-forwarded-for"] == ["6.6.6.6, 127.0.0.1"]
     assert seen["x-forwarded-host"] == ["evil.example"]
     assert seen["x-forwarded-proto"] == ["https"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])  # the lean pool and aiohttp's client
+async def test_a_clients_host_never_becomes_the_forwarded_host(start_gateway, module, admin_headers,
+                                                               method) -> None:
+    spoofed = {**admin_headers, "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Port": "443", "X-Forwarded-Prefix": "/evil", "X-Original-Host": "evil.example"}
+
+    def seen_by_module(path: str) -> dict[str, list[str]]:
+        [seen] = module.requests_to(path)
+        assert not any("evil" in v for values in seen.headers.values() for v in values), seen.headers
+        return seen.headers
+
+    gw = await start_gateway()
+    status, _, _ = await raw_request(gw.port, url("madre/echo/plain"), spoofed, method=method, host="evil.example")
+    assert status == 200
+    seen = seen_by_module("/base/echo/plain")
+    assert "x-forwarded-host" not in seen
+    assert seen["x-forwarded-proto"] == ["http"]
+
+    public = await start_gateway(public_url="https://ops.example.com")
+    status, _, _ = await raw_request(public.port, url("madre/echo/public"), spoofed, method=method,
+                                     host="evil.example")
+    assert status == 200
+    seen = seen_by_module("/base/echo/public")
+    assert (seen["x-forwarded-host"], seen["x-forwarded-proto"]) == (["ops.example.com"], ["https"])
+
+    trusting = await start_gateway(trusted_proxies=("127.0.0.0/8",))
+    status, _, _ = await raw_request(trusting.port, url("madre/echo/behind"), admin_headers, method=method,
+                                     host="evil.example")
+    assert status == 200
+    seen = seen_by_module("/base/echo/behind")  # the proxy in front said nothing: nothing is made up
+    assert "x-forwarded-host" not in seen
+    status, _, _ = await raw_request(trusting.port, url("madre/echo/told"),
+                                     {**admin_headers, "X-Forwarded-Host": "ops.example.com"}, method=method)
+    assert status == 200
+    assert module.requests_to("/base/echo/told")[0].headers["x-forwarded-host"] == ["ops.example.com"]
 
 
 async def test_correlation_id_goes_upstream_and_comes_back(start_gateway, module, admin_headers) -> None:
@@ -468,8 +505,14 @@ def test_allow_and_timeout_settings_syntax() -> None:
     assert MODULE_TOKEN not in repr(s)
     assert Settings.from_env({"TENTACULO_SERVICE_MADRE_READ_UPGRADES": "/ws, /feeds/"}).service_read_upgrades == {
         "madre": ("/ws", "/feeds/")}
+    assert Settings.from_env({"TENTACULO_PUBLIC_URL": "https://ops.example.com:8443/"}).public_url == \
+        "https://ops.example.com:8443/"
     for var, bad in [("TENTACULO_SERVICE_MADRE_ALLOW", "GET:api/"), ("TENTACULO_SERVICE_MADRE_ALLOW", "/a/../b"),
                      ("TENTACULO_SERVICE_MADRE_READ_UPGRADES", "ws"),
+                     ("TENTACULO_PUBLIC_URL", "ops.example.com"), ("TENTACULO_PUBLIC_URL", "ftp://ops.example.com"),
+                     ("TENTACULO_PUBLIC_URL", "https://ops.example.com/console"),
+                     ("TENTACULO_PUBLIC_URL", "https://user:pw@ops.example.com"),
+                     ("TENTACULO_PUBLIC_URL", "https://ops.example.com?x=1"),
                      ("TENTACULO_SERVICE_MADRE_READ_UPGRADES", "/ws/../admin"),
                      ("TENTACULO_SERVICE_MADRE_TIMEOUT", "slow"), ("TENTACULO_SERVICE_MADRE_TIMEOUT", "write=3"),
                      ("TENTACULO_TRUSTED_PROXIES", "not-an-ip"), ("TENTACULO_PROXY_RETRIES", "9")]:

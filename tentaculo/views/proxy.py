@@ -138,6 +138,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         correlation_id=request[keys.CORRELATION_ID],
         credential=settings.service_tokens.get(key),
         trusted=transport.trusted,
+        public=transport.public,
     )
     query = forwarded_query(raw_query)
     auth = None if key in settings.service_tokens else target.auth
