@@ -321,16 +321,39 @@ async def test_proxy_flag_off_is_feature_disabled(start_gateway, module, admin_h
         ("madre/echo/a%5Cb", "invalid_path"),
         ("madre/echo/a%00b", "invalid_path"),
         ("madre/echo/a%zzb", "invalid_path"),
+        ("madre/echo/%25252e%25252e/x", "path_forbidden"),  # three layers, as the file explorer decodes
+        ("madre/echo/%2525252e%2525252e/x", "invalid_path"),  # a fourth layer is not decoded: refused
+        ("madre/echo/%c0%ae%c0%ae/x", "path_forbidden"),  # overlong UTF-8 for '.'
+        ("madre/echo/%C0%AE/x", "path_forbidden"),
+        ("madre/echo/%e0%80%ae%e0%80%ae/x", "path_forbidden"),
+        ("madre/echo/%25c0%25ae%25c0%25ae/x", "path_forbidden"),
+        ("madre/echo/..%c0%af/x", "path_forbidden"),  # overlong UTF-8 for '/'
+        ("madre/echo/..%c1%9c/x", "path_forbidden"),  # overlong UTF-8 for '\\'
+        ("madre/echo/%ef%bc%8e%ef%bc%8e/x", "path_forbidden"),  # fullwidth dots: '..' once NFKC-normalised
+        ("madre/echo/a%c0%afb", "invalid_path"),
+        ("madre/echo/caf%e9", "invalid_path"),  # Latin-1, not UTF-8
+        ("madre/echo/x%252f..%252fy%25zz", "invalid_path"),  # an encoded '/' behind a stray '%'
     ],
 )
-async def test_paths_escaping_the_base_path_are_refused(start_gateway, module, target, code) -> None:
+@pytest.mark.parametrize("method", ["GET", "DELETE"])  # the lean pool and aiohttp's client
+async def test_paths_escaping_the_base_path_are_refused(start_gateway, module, target, code, method) -> None:
     gw = await start_gateway()
-    status, headers, body = await raw_request(gw.port, url(target), {"X-VX11-Token": ADMIN_TOKEN})
+    status, headers, body = await raw_request(gw.port, url(target), {"X-VX11-Token": ADMIN_TOKEN}, method=method)
     problem = problem_of(body)
     assert (status, problem["code"]) == ((403 if code == "path_forbidden" else 400), code)
     assert headers["content-type"] == "application/problem+json"
     assert problem["correlation_id"]
     assert module.seen == []
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_encoded_paths_that_stay_inside_pass_as_sent(start_gateway, module, admin_headers, method) -> None:
+    gw = await start_gateway()
+    for target in ("echo/caf%C3%A9/100%25/a%2541", "echo/%2e%2e%2e/x", "echo/.well-known/a..b"):
+        status, _, _ = await raw_request(gw.port, url(f"madre/{target}"), admin_headers, method=method)
+        assert status == 200, target
+    assert [s.raw_path for s in module.seen] == [
+        "/base/echo/caf%C3%A9/100%25/a%2541", "/base/echo/%2e%2e%2e/x", "/base/echo/.well-known/a..b"]
 
 
 async def test_allow_list_limits_paths_and_methods(start_gateway, module, admin_headers) -> None:
