@@ -210,6 +210,7 @@ class ModuleApp:
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         self._record(request)
         ws = web.WebSocketResponse(protocols=("vx11.v1",))
+        ws.headers.extend(HOSTILE_HEADERS)  # the handshake's answer tries the same as a page would
         await ws.prepare(request)
         while True:
             msg = await ws.receive()

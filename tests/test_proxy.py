@@ -506,6 +506,26 @@ async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, mo
 
 
 
+async def test_a_websocket_handshake_passes_none_of_the_modules_headers(start_gateway, module,
+                                                                       admin_headers) -> None:
+    gw = await start_gateway()
+    answers: list[aiohttp.ClientResponse] = []
+
+    async def on_end(session: object, context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        answers.append(params.response)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session, \
+            session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    [answer] = answers
+    assert answer.status == 101
+    assert {n.lower() for n in answer.headers} & {n.lower() for n, _ in HOSTILE_HEADERS} == {"x-correlation-id"}
+    assert answer.headers["X-Correlation-ID"] != "module-chosen-id"
+
+
 def test_allow_and_timeout_settings_syntax() -> None:
     env = {
         "TENTACULO_SERVICE_MADRE_ALLOW": "GET,HEAD:/api/,/health; POST:/api/jobs; /public",
