@@ -7,10 +7,15 @@ whether it may go, this module carries it.
 Path
 ----
 ``module_path()`` takes the path exactly as the client sent it and refuses what could land
-outside the module's base path: a ``.`` or ``..`` segment in any spelling (``%2e%2e``,
-``%252e%252e``, ``..;``) is ``path_forbidden`` (403); an empty segment (``//host`` tricks), an
-encoded ``/`` or ``\\``, a backslash, NUL or control characters, or broken percent-encoding
-are ``invalid_path`` (400). What passes is forwarded byte for byte as the client encoded it.
+outside the module's base path. Each segment is looked at as sent and after each of up to three
+rounds of percent-decoding (as the file explorer does; a stray ``%`` does not stop the rounds).
+A ``.`` or ``..`` segment in any spelling is ``path_forbidden`` (403): ``%2e%2e``,
+``%252e%252e``, ``%25252e%25252e``, ``..;``, overlong UTF-8 (``%c0%ae``, ``%e0%80%ae``, and
+``..%c0%af``, an overlong ``/``), and dots that Unicode normalisation (NFKC) turns into ``.``
+(fullwidth ``%ef%bc%8e``). An empty segment (``//host`` tricks), an encoded ``/`` or ``\\`` at any
+layer, a backslash, NUL or control characters, broken percent-encoding, bytes that are not UTF-8
+(Latin-1 ``%e9``, an overlong ``/`` alone), or a fourth layer of encoding are ``invalid_path``
+(400). What passes is forwarded byte for byte as the client encoded it.
 
 Request
 -------
@@ -22,11 +27,21 @@ The method, the body and every end-to-end header go upstream, with these changes
 * the operator's credentials never leave: ``X-VX11-Token`` and ``Authorization`` are dropped,
   as are credential-like query parameters (``ticket``, ``token``, ...); the module's own
   credential (``TENTACULO_SERVICE_<NAME>_TOKEN``) is sent as ``Authorization: Bearer``;
+* method and path overrides never leave: ``X-HTTP-Method-Override``, ``X-Method-Override``,
+  ``X-HTTP-Method``, ``X-Original-URL``, ``X-Rewrite-URL`` and the ``_method`` query parameter
+  are dropped (a GET or HEAD with a body never gets here: the view refuses it);
 * ``X-Correlation-ID`` is the request's correlation id;
-* ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (and ``Forwarded``, ``X-Real-IP``) are taken
-  from the client only when its address is in ``TENTACULO_TRUSTED_PROXIES``, and then the
-  client's address is appended to ``X-Forwarded-For``; otherwise they are replaced with what
-  this gateway saw.
+* ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (and ``Forwarded``, ``X-Real-IP``,
+  ``X-Forwarded-Port`` / ``-Prefix`` / ``-Server`` / ``-Scheme`` / ``-Ssl``, ``X-Original-Host``,
+  ``X-Host``, ``Front-End-Https``, ``X-Url-Scheme``) are taken from the client only when its
+  address is in ``TENTACULO_TRUSTED_PROXIES``, and then the client's address is appended to
+  ``X-Forwarded-For``; from anyone else they are dropped and ``X-Forwarded-For`` is the address
+  this gateway saw. ``TENTACULO_PUBLIC_URL``, when set, is what ``X-Forwarded-Proto`` and
+  ``-Host`` say, whoever sent what. Without it and without a trusted proxy's values,
+  ``X-Forwarded-Proto`` is the scheme the client connected with and ``X-Forwarded-Host`` is not
+  sent: the ``Host`` header is whatever the client wrote (a module that builds links or
+  redirects from it would point users at the client's choice), and the address the gateway
+  listens on is often ``0.0.0.0`` or an internal name, no better for links.
 
 The body streams: it is read from the client in chunks while it is written upstream, never
 held whole, and refused past ``TENTACULO_PROXY_MAX_BODY_BYTES`` (413).
@@ -38,6 +53,19 @@ Status, headers and body come back as the module sent them, compressed bodies in
 into the module's base address is rewritten to the gateway's proxy path, so internal addresses
 do not reach clients. The body streams chunk by chunk as it arrives (SSE and chunked responses
 reach the client as they are produced).
+
+The gateway's origin also serves the operator console, so nothing a module answers may act on
+that origin. These response headers are dropped: ``Set-Cookie``, ``Set-Cookie2``, every
+``Access-Control-*`` (``-Allow-*``, ``-Expose-Headers``, ``-Max-Age``), ``Timing-Allow-Origin``,
+``Strict-Transport-Security``, ``Public-Key-Pins`` (and ``-Report-Only``), ``Expect-CT``,
+``Alt-Svc``, ``Clear-Site-Data``, ``NEL``, ``Report-To``, ``Reporting-Endpoints``,
+``Service-Worker-Allowed``, ``Origin-Agent-Cluster``, ``Accept-CH``, ``Critical-CH``,
+``X-Permitted-Cross-Domain-Policies``, every ``Content-Security-Policy*``, ``X-Frame-Options``,
+``X-Content-Type-Options``, ``X-XSS-Protection`` and the module's ``X-Correlation-ID``. Every
+proxied response carries ``Content-Security-Policy: sandbox`` (the page gets an opaque origin
+and runs no script) and ``X-Content-Type-Options: nosniff``, and the gateway's own
+``X-Correlation-ID``. A WebSocket handshake's answer is the gateway's own: none of the module's
+handshake headers are passed on.
 
 Timeouts, retries, errors
 -------------------------
@@ -75,6 +103,7 @@ import asyncio
 import contextlib
 import ipaddress
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -89,7 +118,8 @@ from yarl import URL
 
 from tentaculo.auth import QUERY_TOKEN_NAMES, TICKET_PARAM
 from tentaculo.errors import Problem, RequestTimeout, connect_reason
-from tentaculo.settings import ModuleTimeouts, Settings
+from tentaculo.sandbox import DECODE_LAYERS as SANDBOX_DECODE_LAYERS
+from tentaculo.settings import ModuleTimeouts, Settings, public_origin
 
 log = structlog.get_logger("tentaculo.proxy")
 
@@ -104,13 +134,36 @@ HOP_BY_HOP = frozenset({
 _REQUEST_DROP = frozenset({
     "host", "content-length", "expect", "x-vx11-token", "authorization", "x-correlation-id",
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
+    # Frameworks that honour these would run another method or path than the one the scope and
+    # the allow-list were checked against (a read token's GET turned into a DELETE).
+    "x-http-method-override", "x-method-override", "x-http-method", "x-original-url", "x-rewrite-url",
 })
-_FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
-_RESPONSE_DROP = frozenset({"server", "content-length", "x-correlation-id"})
+# Who the client is and which address it called: believed only from TENTACULO_TRUSTED_PROXIES.
+_FORWARDING = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip", "x-forwarded-port",
+    "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl", "x-original-host",
+    "x-host", "front-end-https", "x-url-scheme",
+})
+# Response headers that would act on the gateway's whole origin, which also serves the operator
+# console: cookies, grants to other origins, transport and reporting policy, and the page policy
+# the gateway sets itself (SANDBOXED). Prefixes: Proxy-*, Access-Control-*, Content-Security-Policy*.
+ORIGIN_HEADERS = frozenset({
+    "set-cookie", "set-cookie2", "strict-transport-security", "public-key-pins", "public-key-pins-report-only",
+    "expect-ct", "alt-svc", "clear-site-data", "nel", "report-to", "reporting-endpoints", "service-worker-allowed",
+    "origin-agent-cluster", "accept-ch", "critical-ch", "timing-allow-origin", "x-permitted-cross-domain-policies",
+    "x-frame-options", "x-content-type-options", "x-xss-protection",
+})
+_RESPONSE_DROP = HOP_BY_HOP | ORIGIN_HEADERS | {"server", "content-length", "x-correlation-id"}
+_RESPONSE_DROP_PREFIXES = ("proxy-", "access-control-", "content-security-policy")
+# On every proxied response: a module's page gets an opaque origin and runs no script, so it can
+# never act as the console; nothing it serves is sniffed into another type.
+SANDBOXED = (("Content-Security-Policy", "sandbox"), ("X-Content-Type-Options", "nosniff"))
 # Headers aiohttp's client adds when absent: never added, so the module sees only what the client
 # sent (a header the client did send is copied like any other).
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CREDENTIAL_PARAMS = QUERY_TOKEN_NAMES | {TICKET_PARAM}
+# Query parameters never forwarded: credentials, and ``_method``, which some frameworks take as the method.
+_QUERY_DROP = CREDENTIAL_PARAMS | {"_method"}
 # Module statuses that count against its circuit: it is failing, not the request.
 FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 CHUNK = 64 * 1024
@@ -121,6 +174,11 @@ RETRY_BACKOFF = 0.05
 
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Layers of percent-encoding looked through, as the file explorer does (tentaculo/sandbox.py).
+DECODE_LAYERS = SANDBOX_DECODE_LAYERS
+# Overlong UTF-8 forms of an ASCII character (2, 3 and 4 bytes): invalid, but decoders that accept
+# them read %c0%ae as '.' and %c0%af as '/'.
+_OVERLONG_ASCII = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80\x81][\x80-\xbf]|\xf0\x80[\x80\x81][\x80-\xbf]")
 
 
 # --------------------------------------------------------------------------- errors
@@ -175,33 +233,78 @@ def _decoded(segment: str) -> str:
     return unquote(segment, errors="replace")
 
 
+def _dot_forbidden() -> Problem:
+    return Problem("path_forbidden", "'.' and '..' path segments are refused: they would leave the module's base path")
+
+
+def _is_dot(value: str) -> bool:
+    """A ``.`` or ``..`` segment (``;params`` ignored), also once Unicode-normalised (fullwidth dots)."""
+    if value.split(";", 1)[0] in (".", ".."):
+        return True
+    if value.isascii():
+        return False
+    # NFKC turns fullwidth and leader dots into '.', fullwidth solidus into '/': servers that
+    # normalise would see a dot segment.
+    return any(p.split(";", 1)[0] in (".", "..") for p in re.split(r"[/\\]", unicodedata.normalize("NFKC", value)))
+
+
 def _check_segment(segment: str) -> str:
-    """One segment, checked as sent and after each round of percent-decoding (double encoding)."""
+    """One segment, checked as sent and after each of up to ``DECODE_LAYERS`` rounds of percent-decoding.
+
+    Returns the segment decoded once (what the allow-list is matched against).
+    """
     value, first = segment, None
-    for _ in range(3):
-        if value.split(";", 1)[0] in (".", ".."):
-            raise Problem("path_forbidden",
-                          "'.' and '..' path segments are refused: they would leave the module's base path")
-        if "%" not in value or _BAD_PERCENT.search(value):
+    for layer in range(DECODE_LAYERS + 1):
+        if _is_dot(value):
+            raise _dot_forbidden()
+        if "%" not in value:
             break
-        raw = unquote_to_bytes(value)
+        raw = unquote_to_bytes(value)  # lenient: a stray '%' stays as it is, the escapes around it decode
+        if len(raw) == len(value.encode()):
+            break  # only stray '%'s: nothing left to decode
+        if layer == DECODE_LAYERS:
+            raise Problem("invalid_path", f"the path is percent-encoded more than {DECODE_LAYERS} times")
         if any(b < 0x20 or b == 0x7F for b in raw):
             raise Problem("invalid_path", "the path holds an encoded NUL or control character")
         if b"/" in raw or b"\\" in raw:
             raise Problem("invalid_path", "encoded '/' and '\\' are refused in a proxied path")
-        value = raw.decode("utf-8", errors="replace")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _invalid_utf8(raw) from None
         first = value if first is None else first
     return first if first is not None else value
 
 
+def _invalid_utf8(raw: bytes) -> Problem:
+    """The problem for a segment that is not UTF-8: a dot segment if lenient decoders would read one."""
+    lenient = _OVERLONG_ASCII.sub(lambda m: _overlong_char(m.group()), raw).decode("utf-8", errors="replace")
+    if any(p.split(";", 1)[0] in (".", "..") for p in re.split(r"[/\\]", lenient)):
+        return _dot_forbidden()
+    return Problem("invalid_path", "the path holds a percent-encoded byte sequence that is not UTF-8")
+
+
+def _overlong_char(sequence: bytes) -> bytes:
+    """The ASCII character an overlong UTF-8 sequence spells (``c0 ae`` is '.')."""
+    value = sequence[0] & (0x1F, 0x0F, 0x07)[len(sequence) - 2]
+    for byte in sequence[1:]:
+        value = value << 6 | byte & 0x3F
+    return bytes((value,))
+
+
 def forwarded_query(raw_query: str) -> str:
-    """The query string as sent, minus credential-like parameters (never forwarded)."""
+    """The query string as sent, minus credential-like parameters and ``_method`` (never forwarded)."""
     if not raw_query:
         return ""
     return "&".join(
         item for item in raw_query.split("&")
-        if item and unquote_plus(item.partition("=")[0]).lower() not in CREDENTIAL_PARAMS
+        if item and unquote_plus(item.partition("=")[0]).lower() not in _QUERY_DROP
     )
+
+
+def is_websocket(request: web.Request) -> bool:
+    """Whether the request asks for a WebSocket upgrade (what the view then passes through as one)."""
+    return request.method == "GET" and request.headers.get("Upgrade", "").strip().lower() == "websocket"
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +390,9 @@ def upstream_headers(
     correlation_id: str,
     credential: str | None,
     trusted: TrustedProxies,
+    public: tuple[str, str] | None = None,
 ) -> CIMultiDict[str]:
-    """The headers to send upstream."""
+    """The headers to send upstream; ``public`` is (scheme, host) of ``TENTACULO_PUBLIC_URL``."""
     inbound = request.headers
     named = _connection_named(inbound)
     out: CIMultiDict[str] = CIMultiDict()
@@ -303,10 +407,12 @@ def upstream_headers(
         out.add(name, value)
     chain = ", ".join(inbound.getall("X-Forwarded-For", ())) if believe else ""
     out["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
-    if not (believe and "X-Forwarded-Proto" in out):
+    if public is not None:
+        out["X-Forwarded-Proto"], out["X-Forwarded-Host"] = public
+    elif "X-Forwarded-Proto" not in out:  # still there only when a trusted proxy sent it
         out["X-Forwarded-Proto"] = request.scheme
-    if not (believe and "X-Forwarded-Host" in out) and request.host:
-        out["X-Forwarded-Host"] = request.host
+    # Otherwise X-Forwarded-Host is a trusted proxy's or absent: the Host header is whatever the
+    # client wrote, and a module building links from it would send users to the client's choice.
     out["X-Correlation-ID"] = correlation_id
     if credential:
         out["Authorization"] = f"Bearer {credential}"
@@ -314,12 +420,12 @@ def upstream_headers(
 
 
 def client_headers(upstream: CIMultiDictProxy[str], target: Upstream, service: str) -> CIMultiDict[str]:
-    """The module's response headers as the client gets them."""
+    """The module's response headers as the client gets them: sandboxed, nothing that acts on the origin."""
     named = _connection_named(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
+    out: CIMultiDict[str] = CIMultiDict(SANDBOXED)
     for name, value in upstream.items():
         lower = name.lower()
-        if lower in _RESPONSE_DROP or _hop_by_hop(name, named):
+        if lower in _RESPONSE_DROP or lower.startswith(_RESPONSE_DROP_PREFIXES) or lower in named:
             continue
         if lower in ("location", "content-location"):
             value = target.public_location(value, service)
@@ -653,6 +759,7 @@ class ModuleProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.public = public_origin(settings.public_url) if settings.public_url else None
         self._session: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tentaculo.cors import normalise_origin
 
@@ -41,13 +42,18 @@ class AllowRule:
     prefixes: tuple[str, ...]
 
     def covers(self, path: str) -> bool:
-        """Whether ``path`` (decoded, relative to the module's base) is under one of the prefixes.
+        """Whether ``path`` (decoded, relative to the module's base) is under one of the prefixes."""
+        return under_prefixes(self.prefixes, path)
 
-        A prefix ending in ``/`` matches everything below it; any other prefix matches itself and
-        what is below it as a path segment (``/health`` matches ``/health/db``, not ``/healthz``).
-        """
-        return any(path.startswith(p) if p.endswith("/") else path == p or path.startswith(p + "/")
-                   for p in self.prefixes)
+
+def under_prefixes(prefixes: tuple[str, ...], path: str) -> bool:
+    """Whether ``path`` is under one of ``prefixes``, as the module settings' path prefixes mean it.
+
+    A prefix ending in ``/`` matches everything below it; any other prefix matches itself and
+    what is below it as a path segment (``/health`` matches ``/health/db``, not ``/healthz``).
+    """
+    return any(path.startswith(p) if p.endswith("/") else path == p or path.startswith(p + "/")
+               for p in prefixes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +145,13 @@ class Settings:
     proxy_retries: int = 1
     proxy_max_body_bytes: int = 100 * 1024 * 1024
     trusted_proxies: tuple[str, ...] = ()
+    # The gateway's public origin (https://ops.example.com): what modules are told in X-Forwarded-Host/-Proto.
+    public_url: str | None = None
     service_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     service_timeouts: Mapping[str, ModuleTimeouts] = field(default_factory=dict)
     service_allow: Mapping[str, tuple[AllowRule, ...]] = field(default_factory=dict)
+    # Path prefixes under which a ``read`` token may open a WebSocket through the proxy.
+    service_read_upgrades: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def access_log_enabled(self) -> bool:
@@ -154,7 +164,8 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name in ("provider_options", "service_urls", "service_tokens", "service_timeouts", "service_allow"):
+            if f.name in ("provider_options", "service_urls", "service_tokens", "service_timeouts", "service_allow",
+                          "service_read_upgrades"):
                 continue
             var = ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
             raw = env.get(var)
@@ -275,13 +286,14 @@ def _validate_services(s: Settings) -> None:
             raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
 
 
-SERVICE_OPTION_SUFFIXES = {"_TOKEN": "service_tokens", "_TIMEOUT": "service_timeouts", "_ALLOW": "service_allow"}
+SERVICE_OPTION_SUFFIXES = {"_TOKEN": "service_tokens", "_TIMEOUT": "service_timeouts", "_ALLOW": "service_allow",
+                           "_READ_UPGRADES": "service_read_upgrades"}
 _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _BAD_PREFIX = re.compile(r"//|\\|%|\s|(^|/)\.\.?(/|$)")
 
 
 def _service_proxy_options(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
-    """``TENTACULO_SERVICE_<NAME>_TOKEN`` / ``_TIMEOUT`` / ``_ALLOW`` -> {field: {service_key: value}}."""
+    """``TENTACULO_SERVICE_<NAME>_TOKEN`` / ``_TIMEOUT`` / ``_ALLOW`` / ``_READ_UPGRADES`` -> {field: {key: value}}."""
     options: dict[str, dict[str, object]] = {name: {} for name in SERVICE_OPTION_SUFFIXES.values()}
     for var, value in env.items():
         if not var.startswith(SERVICE_PREFIX) or not value.strip():
@@ -294,6 +306,8 @@ def _service_proxy_options(env: Mapping[str, str]) -> dict[str, dict[str, object
                     options[name][service_key(module)] = _module_timeouts(var, raw)
                 elif name == "service_allow":
                     options[name][service_key(module)] = _allow_rules(var, raw)
+                elif name == "service_read_upgrades":
+                    options[name][service_key(module)] = _prefixes(var, raw, raw)
                 else:
                     options[name][service_key(module)] = raw
     return options
@@ -340,17 +354,22 @@ def _allow_rules(var: str, raw: str) -> tuple[AllowRule, ...]:
             methods = frozenset(m.strip().upper() for m in methods_text.split(",") if m.strip())
             if not methods or not all(_METHOD.fullmatch(m) for m in methods):
                 raise SettingsError(var, f"rule {rule!r}: methods must be a comma list of HTTP methods or *")
-        prefixes = tuple(p.strip() for p in paths_text.split(",") if p.strip())
-        if not prefixes:
-            raise SettingsError(var, f"rule {rule!r}: name at least one path prefix, e.g. /api/")
-        for prefix in prefixes:
-            if not prefix.startswith("/") or _BAD_PREFIX.search(prefix):
-                raise SettingsError(var, f"rule {rule!r}: prefix {prefix!r} must start with / and hold no "
-                                         "'//', '.' or '..' segment, '%', '\\' or spaces")
-        rules.append(AllowRule(methods, prefixes))
+        rules.append(AllowRule(methods, _prefixes(var, paths_text, rule)))
     if not rules:
         raise SettingsError(var, "expected at least one rule, e.g. GET,HEAD:/;POST:/api/")
     return tuple(rules)
+
+
+def _prefixes(var: str, text: str, rule: str) -> tuple[str, ...]:
+    """``/prefix,/other`` -> a tuple of checked path prefixes (``rule`` names them in errors)."""
+    prefixes = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not prefixes:
+        raise SettingsError(var, f"rule {rule!r}: name at least one path prefix, e.g. /api/")
+    for prefix in prefixes:
+        if not prefix.startswith("/") or _BAD_PREFIX.search(prefix):
+            raise SettingsError(var, f"rule {rule!r}: prefix {prefix!r} must start with / and hold no "
+                                     "'//', '.' or '..' segment, '%', '\\' or spaces")
+    return prefixes
 
 
 def _validate_proxy(s: Settings) -> None:
@@ -367,6 +386,25 @@ def _validate_proxy(s: Settings) -> None:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise SettingsError("TENTACULO_TRUSTED_PROXIES", f"{item!r} is not an IP address or CIDR") from None
+    if s.public_url is not None:
+        public_origin(s.public_url)
+
+
+def public_origin(url: str) -> tuple[str, str]:
+    """``TENTACULO_PUBLIC_URL`` -> (scheme, host[:port]); SettingsError unless an absolute http(s) origin."""
+    var = "TENTACULO_PUBLIC_URL"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(var, f"{url!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(var, "must be an absolute http:// or https:// address, e.g. https://ops.example.com")
+    if parts.username is not None or parts.password is not None or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or "?" in url or "#" in url or any(c.isspace() or not c.isprintable() for c in url):
+        raise SettingsError(var, "must be an origin only: no user, path, query or fragment, e.g. https://ops.example.com")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return parts.scheme, host if port is None else f"{host}:{port}"
 
 
 def _validate_providers(s: Settings) -> None:

@@ -16,6 +16,33 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.test_utils import TestServer
 
 GZIPPED = gzip.compress(b"compressed by the module " * 100)
+# Response headers that would act on the gateway's origin if they were served on it.
+HOSTILE_HEADERS = (
+    ("Set-Cookie", "console_session=stolen; Path=/; HttpOnly"),
+    ("Set-Cookie", "second=1; Path=/operator"),
+    ("Set-Cookie2", "legacy=1"),
+    ("Access-Control-Allow-Origin", "https://evil.example"),
+    ("Access-Control-Allow-Credentials", "true"),
+    ("Access-Control-Allow-Methods", "DELETE"),
+    ("Access-Control-Allow-Headers", "X-VX11-Token"),
+    ("Access-Control-Allow-Private-Network", "true"),
+    ("Access-Control-Expose-Headers", "*"),
+    ("Access-Control-Max-Age", "86400"),
+    ("Strict-Transport-Security", "max-age=0"),
+    ("Clear-Site-Data", '"*"'),
+    ("Content-Security-Policy", "script-src *"),
+    ("Content-Security-Policy-Report-Only", "default-src *"),
+    ("X-Frame-Options", "ALLOWALL"),
+    ("X-Content-Type-Options", "sniff-away"),
+    ("Alt-Svc", 'h2="evil.example:443"'),
+    ("NEL", '{"report_to": "evil", "max_age": 86400}'),
+    ("Report-To", '{"group": "evil", "endpoints": [{"url": "https://evil.example/r"}]}'),
+    ("Reporting-Endpoints", 'evil="https://evil.example/r"'),
+    ("Service-Worker-Allowed", "/"),
+    ("Timing-Allow-Origin", "*"),
+    ("X-Correlation-ID", "module-chosen-id"),
+    ("X-Module-Header", "kept"),
+)
 
 
 @dataclass
@@ -158,6 +185,20 @@ class ModuleApp:
             "content_length": request.content_length,
         })
 
+    async def hostile(self, request: web.Request) -> web.StreamResponse:
+        """A page whose headers try to act on the gateway's origin; ``?size=`` makes its body that long."""
+        self._record(request)
+        headers = [(name, value) for name, value in HOSTILE_HEADERS]
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "text/html"
+        body = b"<script>document.cookie</script>".ljust(int(request.query.get("size", "64")), b" ")
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        if request.method != "HEAD":
+            await resp.write(body)
+        await resp.write_eof()
+        return resp
+
     async def redirect(self, request: web.Request) -> web.Response:
         self._record(request)
         raise web.HTTPFound(f"{self.url}/base/landing?x=1")
@@ -169,6 +210,7 @@ class ModuleApp:
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         self._record(request)
         ws = web.WebSocketResponse(protocols=("vx11.v1",))
+        ws.headers.extend(HOSTILE_HEADERS)  # the handshake's answer tries the same as a page would
         await ws.prepare(request)
         while True:
             msg = await ws.receive()
@@ -201,6 +243,7 @@ class ModuleApp:
         r.add_get("/base/endless", self.endless)
         r.add_get("/base/broken", self.broken)
         r.add_route("*", "/base/upload", self.upload)
+        r.add_route("*", "/base/hostile", self.hostile)
         r.add_get("/base/redirect", self.redirect)
         r.add_get("/base/gzipped", self.gzipped)
         r.add_get("/base/ws", self.ws)
@@ -294,11 +337,14 @@ async def drop_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await writer.drain()
 
 
-async def raw_request(port: int, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    """Send a request line exactly as written (clients normalise paths; attackers do not)."""
+async def raw_request(
+    port: int, target: str, headers: dict[str, str], *, method: str = "GET", host: str = "gateway", body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Send a request exactly as written (clients normalise paths and refuse odd requests; attackers do not)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {target} HTTP/1.1", "Host: gateway", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     data = await reader.read()
     writer.close()
     head, _, body = data.partition(b"\r\n\r\n")

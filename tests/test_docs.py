@@ -14,6 +14,7 @@ PATTERNS = {
     "service_tokens": "TENTACULO_SERVICE_<NAME>_TOKEN",
     "service_timeouts": "TENTACULO_SERVICE_<NAME>_TIMEOUT",
     "service_allow": "TENTACULO_SERVICE_<NAME>_ALLOW",
+    "service_read_upgrades": "TENTACULO_SERVICE_<NAME>_READ_UPGRADES",
     "provider_options": "TENTACULO_PLUGIN_<NAME>__<OPTION>",
 }
 

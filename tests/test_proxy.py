@@ -19,7 +19,7 @@ from tentaculo.db import queries
 from tentaculo.proxy import _ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
 from tests.conftest import ADMIN_TOKEN, audit_row_of, serve, wait_for
-from tests.proxy_upstreams import GZIPPED, ModuleApp, problem_of, raw_request
+from tests.proxy_upstreams import GZIPPED, HOSTILE_HEADERS, ModuleApp, problem_of, raw_request
 
 MODULE_TOKEN = "module-own-credential-1234"
 Gateway = Callable[..., Awaitable[TestClient]]
@@ -105,7 +105,7 @@ async def test_forwarded_headers_replace_untrusted_ones_and_extend_trusted_ones(
     seen = module.requests_to("/base/echo/untrusted")[0].headers
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["http"]
-    assert seen["x-forwarded-host"] == [f"127.0.0.1:{gw.port}"]
+    assert "x-forwarded-host" not in seen
     assert "forwarded" not in seen
 
     trusting = await start_gateway(trusted_proxies=("127.0.0.0/8",))
@@ -114,6 +114,43 @@ async def test_forwarded_headers_replace_untrusted_ones_and_extend_trusted_ones(
     assert seen["x-forwarded-for"] == ["6.6.6.6, 127.0.0.1"]
     assert seen["x-forwarded-host"] == ["evil.example"]
     assert seen["x-forwarded-proto"] == ["https"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])  # the lean pool and aiohttp's client
+async def test_a_clients_host_never_becomes_the_forwarded_host(start_gateway, module, admin_headers,
+                                                               method) -> None:
+    spoofed = {**admin_headers, "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Port": "443", "X-Forwarded-Prefix": "/evil", "X-Original-Host": "evil.example"}
+
+    def seen_by_module(path: str) -> dict[str, list[str]]:
+        [seen] = module.requests_to(path)
+        assert not any("evil" in v for values in seen.headers.values() for v in values), seen.headers
+        return seen.headers
+
+    gw = await start_gateway()
+    status, _, _ = await raw_request(gw.port, url("madre/echo/plain"), spoofed, method=method, host="evil.example")
+    assert status == 200
+    seen = seen_by_module("/base/echo/plain")
+    assert "x-forwarded-host" not in seen
+    assert seen["x-forwarded-proto"] == ["http"]
+
+    public = await start_gateway(public_url="https://ops.example.com")
+    status, _, _ = await raw_request(public.port, url("madre/echo/public"), spoofed, method=method,
+                                     host="evil.example")
+    assert status == 200
+    seen = seen_by_module("/base/echo/public")
+    assert (seen["x-forwarded-host"], seen["x-forwarded-proto"]) == (["ops.example.com"], ["https"])
+
+    trusting = await start_gateway(trusted_proxies=("127.0.0.0/8",))
+    status, _, _ = await raw_request(trusting.port, url("madre/echo/behind"), admin_headers, method=method,
+                                     host="evil.example")
+    assert status == 200
+    seen = seen_by_module("/base/echo/behind")  # the proxy in front said nothing: nothing is made up
+    assert "x-forwarded-host" not in seen
+    status, _, _ = await raw_request(trusting.port, url("madre/echo/told"),
+                                     {**admin_headers, "X-Forwarded-Host": "ops.example.com"}, method=method)
+    assert status == 200
+    assert module.requests_to("/base/echo/told")[0].headers["x-forwarded-host"] == ["ops.example.com"]
 
 
 async def test_correlation_id_goes_upstream_and_comes_back(start_gateway, module, admin_headers) -> None:
@@ -136,6 +173,66 @@ async def test_get_needs_read_and_other_methods_need_operate(start_gateway, modu
     assert (await gw.post(url("madre/echo/w"), data=b"{}", headers=operator)).status == 200
     assert (await gw.get(url("madre/echo/r"), headers=operator)).status == 403
     assert [s.method for s in module.requests_to("/base/echo/w")] == ["DELETE", "POST"]
+
+
+async def test_a_websocket_needs_operate_except_where_the_module_allows_read_upgrades(
+    start_gateway, module, make_token
+) -> None:
+    reader = {"X-VX11-Token": await make_token("read")}
+    operator = {"X-VX11-Token": await make_token("operate")}
+    gw = await start_gateway()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=reader)
+    assert refused.value.status == 403
+    status, _, body = await raw_request(gw.port, url("madre/ws"), {
+        **reader, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    problem = problem_of(body)
+    assert (status, problem["code"], problem["required_scope"]) == (403, "forbidden", "operate")
+    assert module.requests_to("/base/ws") == []
+    async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=operator) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+
+    feeds = await start_gateway(service_read_upgrades={"madre": ("/ws",)})
+    async with feeds.session.ws_connect(feeds.make_url(url("madre/ws")), headers=reader) as ws:
+        await ws.send_str("feed")
+        assert (await ws.receive(timeout=5)).data == "echo:feed"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as outside:
+        await feeds.session.ws_connect(feeds.make_url(url("madre/echo/ws")), headers=reader)
+    assert outside.value.status == 403
+    assert [s.raw_path for s in module.seen] == ["/base/ws", "/base/ws"]
+
+
+async def test_method_overrides_are_never_forwarded(start_gateway, module, make_token) -> None:
+    reader = {"X-VX11-Token": await make_token("read")}
+    gw = await start_gateway()
+    overrides = {"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "DELETE", "X-HTTP-Method": "DELETE",
+                 "X-Original-URL": "/admin/wipe", "X-Rewrite-URL": "/admin/wipe"}
+    resp = await gw.get(url("madre/echo/o?_method=DELETE&x=1&_METHOD=PUT&y=2"), headers={**reader, **overrides})
+    assert resp.status == 200
+    [seen] = module.requests_to("/base/echo/o")
+    assert (seen.method, seen.raw_path) == ("GET", "/base/echo/o?x=1&y=2")
+    assert not set(seen.headers) & {name.lower() for name in overrides}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("framing", ["Content-Length: 5", "Transfer-Encoding: chunked"])
+async def test_a_get_or_head_with_a_body_is_refused(start_gateway, module, make_token, method, framing) -> None:
+    gw = await start_gateway()
+    name, _, value = framing.partition(": ")
+    body = b"hello" if name == "Content-Length" else b"5\r\nhello\r\n0\r\n\r\n"
+    status, headers, answer = await raw_request(gw.port, url("madre/echo/body"),
+                                                {"X-VX11-Token": await make_token("read"), name: value},
+                                                method=method, body=body)
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    if method == "GET":
+        assert problem_of(answer)["code"] == "validation_error"
+    assert module.requests_to("/base/echo/body") == []
+    empty = await gw.get(url("madre/echo/empty"), headers={"X-VX11-Token": await make_token("read"),
+                                                            "Content-Length": "0"})
+    assert empty.status == 200
 
 
 async def test_every_proxied_call_is_audited_with_the_module(start_gateway, module, admin_headers, db) -> None:
@@ -224,16 +321,39 @@ async def test_proxy_flag_off_is_feature_disabled(start_gateway, module, admin_h
         ("madre/echo/a%5Cb", "invalid_path"),
         ("madre/echo/a%00b", "invalid_path"),
         ("madre/echo/a%zzb", "invalid_path"),
+        ("madre/echo/%25252e%25252e/x", "path_forbidden"),  # three layers, as the file explorer decodes
+        ("madre/echo/%2525252e%2525252e/x", "invalid_path"),  # a fourth layer is not decoded: refused
+        ("madre/echo/%c0%ae%c0%ae/x", "path_forbidden"),  # overlong UTF-8 for '.'
+        ("madre/echo/%C0%AE/x", "path_forbidden"),
+        ("madre/echo/%e0%80%ae%e0%80%ae/x", "path_forbidden"),
+        ("madre/echo/%25c0%25ae%25c0%25ae/x", "path_forbidden"),
+        ("madre/echo/..%c0%af/x", "path_forbidden"),  # overlong UTF-8 for '/'
+        ("madre/echo/..%c1%9c/x", "path_forbidden"),  # overlong UTF-8 for '\\'
+        ("madre/echo/%ef%bc%8e%ef%bc%8e/x", "path_forbidden"),  # fullwidth dots: '..' once NFKC-normalised
+        ("madre/echo/a%c0%afb", "invalid_path"),
+        ("madre/echo/caf%e9", "invalid_path"),  # Latin-1, not UTF-8
+        ("madre/echo/x%252f..%252fy%25zz", "invalid_path"),  # an encoded '/' behind a stray '%'
     ],
 )
-async def test_paths_escaping_the_base_path_are_refused(start_gateway, module, target, code) -> None:
+@pytest.mark.parametrize("method", ["GET", "DELETE"])  # the lean pool and aiohttp's client
+async def test_paths_escaping_the_base_path_are_refused(start_gateway, module, target, code, method) -> None:
     gw = await start_gateway()
-    status, headers, body = await raw_request(gw.port, url(target), {"X-VX11-Token": ADMIN_TOKEN})
+    status, headers, body = await raw_request(gw.port, url(target), {"X-VX11-Token": ADMIN_TOKEN}, method=method)
     problem = problem_of(body)
     assert (status, problem["code"]) == ((403 if code == "path_forbidden" else 400), code)
     assert headers["content-type"] == "application/problem+json"
     assert problem["correlation_id"]
     assert module.seen == []
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_encoded_paths_that_stay_inside_pass_as_sent(start_gateway, module, admin_headers, method) -> None:
+    gw = await start_gateway()
+    for target in ("echo/caf%C3%A9/100%25/a%2541", "echo/%2e%2e%2e/x", "echo/.well-known/a..b"):
+        status, _, _ = await raw_request(gw.port, url(f"madre/{target}"), admin_headers, method=method)
+        assert status == 200, target
+    assert [s.raw_path for s in module.seen] == [
+        "/base/echo/caf%C3%A9/100%25/a%2541", "/base/echo/%2e%2e%2e/x", "/base/echo/.well-known/a..b"]
 
 
 async def test_allow_list_limits_paths_and_methods(start_gateway, module, admin_headers) -> None:
@@ -330,6 +450,28 @@ async def test_head_redirects_and_compressed_bodies_pass_unchanged(start_gateway
     assert moved.headers["Location"] == "/operator/api/proxy/madre/landing?x=1"
 
 
+@pytest.mark.parametrize(("method", "size"), [("GET", 64), ("GET", 256 * 1024), ("HEAD", 64), ("POST", 64),
+                                           ("POST", 256 * 1024)])
+async def test_module_headers_cannot_act_on_the_gateways_origin(start_gateway, module, admin_headers,
+                                                                method, size) -> None:
+    """GET goes over the lean pool, HEAD and POST over aiohttp's client; the large bodies stream."""
+    gw = await start_gateway()
+    cid = f"origin-{uuid.uuid4().hex[:8]}"
+    resp = await gw.request(method, url(f"madre/hostile?size={size}"), data=b"x" if method == "POST" else None,
+                            headers={**admin_headers, "X-Correlation-ID": cid})
+    assert resp.status == 200
+    assert len(await resp.read()) == (0 if method == "HEAD" else size)
+    assert resp.headers.getall("Content-Security-Policy") == ["sandbox"]
+    assert resp.headers.getall("X-Content-Type-Options") == ["nosniff"]
+    assert resp.headers.getall("X-Correlation-ID") == [cid]
+    assert resp.headers["X-Module-Header"] == "kept"
+    assert resp.headers["Content-Type"].startswith("text/html")
+    leaked = {name.lower() for name in resp.headers} & {name.lower() for name, _ in HOSTILE_HEADERS}
+    assert leaked == {"content-security-policy", "x-content-type-options", "x-correlation-id", "x-module-header"}
+    assert resp.cookies == {}
+    assert len(module.requests_to("/base/hostile")) == 1
+
+
 async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, module, admin_headers, db) -> None:
     gw = await start_gateway(service_tokens={"madre": MODULE_TOKEN})
     async with gw.session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers,
@@ -364,6 +506,29 @@ async def test_websocket_frames_and_close_codes_pass_both_ways(start_gateway, mo
 
 
 
+async def test_a_websocket_handshake_passes_none_of_the_modules_headers(start_gateway, module,
+                                                                       admin_headers) -> None:
+    gw = await start_gateway()
+    answers: list[aiohttp.ClientResponse] = []
+
+    async def on_end(session: object, context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        answers.append(params.response)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session, \
+            session.ws_connect(gw.make_url(url("madre/ws")), headers=admin_headers) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    [answer] = answers
+    assert answer.status == 101
+    # The gateway's own correlation id and nosniff, never the module's values.
+    shared = {n.lower() for n in answer.headers} & {n.lower() for n, _ in HOSTILE_HEADERS}
+    assert shared <= {"x-correlation-id", "x-content-type-options"}
+    assert answer.headers["X-Correlation-ID"] != "module-chosen-id"
+    assert answer.headers.getall("X-Content-Type-Options") == ["nosniff"]
+
+
 def test_allow_and_timeout_settings_syntax() -> None:
     env = {
         "TENTACULO_SERVICE_MADRE_ALLOW": "GET,HEAD:/api/,/health; POST:/api/jobs; /public",
@@ -384,7 +549,17 @@ def test_allow_and_timeout_settings_syntax() -> None:
     assert s.service_timeouts == {"operator_backend": ModuleTimeouts(1.5, 300.0), "switch": ModuleTimeouts(None, 12.0)}
     assert s.service_tokens == {"madre": MODULE_TOKEN}
     assert MODULE_TOKEN not in repr(s)
+    assert Settings.from_env({"TENTACULO_SERVICE_MADRE_READ_UPGRADES": "/ws, /feeds/"}).service_read_upgrades == {
+        "madre": ("/ws", "/feeds/")}
+    assert Settings.from_env({"TENTACULO_PUBLIC_URL": "https://ops.example.com:8443/"}).public_url == \
+        "https://ops.example.com:8443/"
     for var, bad in [("TENTACULO_SERVICE_MADRE_ALLOW", "GET:api/"), ("TENTACULO_SERVICE_MADRE_ALLOW", "/a/../b"),
+                     ("TENTACULO_SERVICE_MADRE_READ_UPGRADES", "ws"),
+                     ("TENTACULO_PUBLIC_URL", "ops.example.com"), ("TENTACULO_PUBLIC_URL", "ftp://ops.example.com"),
+                     ("TENTACULO_PUBLIC_URL", "https://ops.example.com/console"),
+                     ("TENTACULO_PUBLIC_URL", "https://user:pw@ops.example.com"),
+                     ("TENTACULO_PUBLIC_URL", "https://ops.example.com?x=1"),
+                     ("TENTACULO_SERVICE_MADRE_READ_UPGRADES", "/ws/../admin"),
                      ("TENTACULO_SERVICE_MADRE_TIMEOUT", "slow"), ("TENTACULO_SERVICE_MADRE_TIMEOUT", "write=3"),
                      ("TENTACULO_TRUSTED_PROXIES", "not-an-ip"), ("TENTACULO_PROXY_RETRIES", "9")]:
         with pytest.raises(ValueError, match=var):

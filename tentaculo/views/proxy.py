@@ -1,11 +1,13 @@
 """``* /operator/api/proxy/{service}/{path}``: the reverse proxy to the VX11 modules.
 
 Who may call what, in the order it is checked: the token's scope (``read`` for GET and HEAD,
-``operate`` for every other method) and the ``proxy`` feature flag (middlewares), then the
+``operate`` for every other method and for a WebSocket upgrade, except under the paths of
+``TENTACULO_SERVICE_<NAME>_READ_UPGRADES``) and the ``proxy`` feature flag (middlewares), then the
 module (unknown: 404; disabled or without an address: 503 ``feature_disabled``), the path
 (``tentaculo/proxy.py``), the module's allow-list (``TENTACULO_SERVICE_<NAME>_ALLOW``: a path
-outside it is 403 ``path_forbidden``, a method it does not list 405) and its circuit breaker
-(open: 502 ``upstream_unavailable`` with ``Retry-After``). The transport does the rest.
+outside it is 403 ``path_forbidden``, a method it does not list 405), a body on GET or HEAD
+(400 ``validation_error``) and the module's circuit breaker (open: 502 ``upstream_unavailable``
+with ``Retry-After``). The transport does the rest.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from tentaculo.proxy import (
     UpstreamUnavailable,
     client_headers,
     forwarded_query,
+    is_websocket,
     module_path,
     pump_websockets,
     upstream_headers,
 )
 from tentaculo.services import GATEWAY, ServiceRegistry
-from tentaculo.settings import AllowRule, ModuleTimeouts, service_key
+from tentaculo.settings import AllowRule, ModuleTimeouts, service_key, under_prefixes
 
 log = structlog.get_logger("tentaculo.proxy")
 
@@ -53,8 +56,22 @@ _READ_FAILURES = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, Tim
 
 
 def proxy_scope(request: web.Request) -> str:
-    """GET and HEAD read; everything else operates on the module."""
-    return "read" if request.method in ("GET", "HEAD") else "operate"
+    """GET and HEAD read; everything else, and a WebSocket outside the module's read-only paths, operates."""
+    if request.method not in ("GET", "HEAD"):
+        return "operate"
+    if "Upgrade" in request.headers and is_websocket(request):
+        # An open socket carries the client's messages to the module: that drives it, unless the
+        # module declared the path a read-only feed (TENTACULO_SERVICE_<NAME>_READ_UPGRADES).
+        name = request.match_info["service"]
+        prefixes = request.app[keys.SETTINGS].service_read_upgrades.get(service_key(name))
+        if prefixes is None:
+            return "operate"
+        try:
+            _, path = module_path(request.raw_path.partition("?")[0], name)
+        except Problem:
+            return "operate"  # a path the view refuses anyway is never read-only
+        return "read" if under_prefixes(prefixes, path) else "operate"
+    return "read"
 
 
 class Verdict:
@@ -110,6 +127,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     key = service_key(name)
     _check_allowed(settings.service_allow.get(key), request.method, path, name)
     length = request.content_length
+    if request.method in ("GET", "HEAD") and (length or "Transfer-Encoding" in request.headers):
+        # RFC 9110 gives such a body no meaning: modules and caches disagree on whether it is there,
+        # and a read token must not deliver a payload. 400, not 422: the request itself is malformed.
+        raise Problem("validation_error", f"a {request.method} request must not carry a body", status=400)
     if length is not None and length > settings.proxy_max_body_bytes:
         raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes")
     headers = upstream_headers(
@@ -117,11 +138,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         correlation_id=request[keys.CORRELATION_ID],
         credential=settings.service_tokens.get(key),
         trusted=transport.trusted,
+        public=transport.public,
     )
     query = forwarded_query(raw_query)
     auth = None if key in settings.service_tokens else target.auth
     timeouts = settings.service_timeouts.get(key)
-    websocket = request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+    websocket = is_websocket(request)
     offered = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
     if websocket and not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
         raise Problem("validation_error", "the WebSocket handshake is not valid", status=400)
