@@ -29,10 +29,11 @@ from tentaculo.features import (
     events_check,
     registry_check,
 )
+from tentaculo.limits import AuthFailureLimiter, SharedGcra
 from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import add_correlation_header, middleware_chain
 from tentaculo.providers import ProviderRegistry
-from tentaculo.proxy import ModuleProxy
+from tentaculo.proxy import ModuleProxy, TrustedProxies
 from tentaculo.rollup import MetricsRollup
 from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([dependencies_ctx, features_ctx, services_ctx])
     app.cleanup_ctx.append(metrics_ctx)
     app.cleanup_ctx.append(proxy_ctx)
+    app.cleanup_ctx.append(limits_ctx)
     _add_routes(app)
     return app
 
@@ -176,6 +178,21 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.REDIS] = client
     yield
     await client.aclose()
+
+
+async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shared rate counter (Redis, per instance while Redis is away) and the failed-auth limiter."""
+    settings = app[keys.SETTINGS]
+    counter = SharedGcra(app[keys.REDIS], settings.redis_prefix)
+    app[keys.RATE_COUNTER] = counter
+    app[keys.AUTH_LIMITER] = AuthFailureLimiter(
+        counter,
+        burst=settings.auth_failure_burst,
+        rate=settings.auth_failure_rate,
+        trusted=TrustedProxies(settings.trusted_proxies),
+    )
+    yield
+    await counter.close()
 
 
 async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:

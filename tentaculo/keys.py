@@ -16,6 +16,7 @@ from tentaculo.chatlog import ChatActionLog
 from tentaculo.dependencies import DependencyMonitor
 from tentaculo.events import EventHub
 from tentaculo.features import FeatureFlags
+from tentaculo.limits import AuthFailureLimiter, SharedGcra
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
 from tentaculo.proxy import ModuleProxy
@@ -63,6 +64,8 @@ SERVICES = web.AppKey("services", ServiceRegistry)
 PROBER = web.AppKey("service_prober", ServiceProber)
 FEATURES = web.AppKey("features", FeatureFlags)
 DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
+RATE_COUNTER = web.AppKey("rate_counter", SharedGcra)
+AUTH_LIMITER = web.AppKey("auth_limiter", AuthFailureLimiter)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -130,6 +130,9 @@ class Settings:
     service_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     service_timeouts: Mapping[str, ModuleTimeouts] = field(default_factory=dict)
     service_allow: Mapping[str, tuple[AllowRule, ...]] = field(default_factory=dict)
+    # Failed authentications per client address: see tentaculo/limits.py.
+    auth_failure_burst: int = 20
+    auth_failure_rate: float = 5.0
 
     @property
     def access_log_enabled(self) -> bool:
@@ -182,6 +185,7 @@ class Settings:
         self._validate_events()
         _validate_services(self)
         _validate_proxy(self)
+        _validate_limits(self)
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -346,6 +350,13 @@ def _validate_proxy(s: Settings) -> None:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise SettingsError("TENTACULO_TRUSTED_PROXIES", f"{item!r} is not an IP address or CIDR") from None
+
+
+def _validate_limits(s: Settings) -> None:
+    if s.auth_failure_burst < 1:
+        raise SettingsError("TENTACULO_AUTH_FAILURE_BURST", "must be at least 1")
+    if not 0 < s.auth_failure_rate <= 1000:
+        raise SettingsError("TENTACULO_AUTH_FAILURE_RATE", "must be in (0, 1000] failures per second")
 
 
 def _validate_providers(s: Settings) -> None:

@@ -1,0 +1,141 @@
+"""Rate limits on real gateways: failed authentications per client address, shared through Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import uuid
+
+from aiohttp.test_utils import TestClient
+
+from tentaculo.app import create_app
+from tentaculo.auth import new_token
+from tentaculo.embedded import free_port
+from tests.conftest import serve, wait_for
+from tests.faults import proxy_redis
+
+WHOAMI = "/operator/api/whoami"
+
+
+def _address() -> str:
+    """A client address no other test uses (limits are shared through Redis for the whole run)."""
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def _from(address: str, token: str | None = None) -> dict[str, str]:
+    headers = {"X-Forwarded-For": address}
+    if token is not None:
+        headers["X-VX11-Token"] = token
+    return headers
+
+
+async def _guess(client: TestClient, address: str) -> int:
+    resp = await client.get(WHOAMI, headers=_from(address, new_token()))
+    await resp.read()
+    return resp.status
+
+
+async def test_wrong_tokens_past_the_burst_are_refused_with_retry_after(
+    aiohttp_client, settings, admin_headers
+) -> None:
+    """Guessing used to be unlimited: every wrong token got its 401 at once."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, trusted_proxies=("127.0.0.1",))))
+    attacker, bystander = _address(), _address()
+    statuses = [await _guess(client, attacker) for _ in range(30)]
+    assert statuses[:20] == [401] * 20  # the default burst
+    assert 429 in statuses[20:]
+    resp = await client.get(WHOAMI, headers=_from(attacker, new_token()))
+    body = await resp.json()
+    assert resp.status == 429 and body["code"] == "rate_limited" and body["correlation_id"]
+    assert int(resp.headers["Retry-After"]) >= 1
+    # A blocked address is refused before its token is looked at: a right guess would not show.
+    valid = admin_headers["X-VX11-Token"]
+    assert (await client.get(WHOAMI, headers=_from(attacker, valid))).status == 429
+    # Another address is not affected, with a valid token or a wrong one.
+    assert (await client.get(WHOAMI, headers=_from(bystander, valid))).status == 200
+    assert await _guess(client, bystander) == 401
+
+
+async def test_valid_tokens_are_never_counted(aiohttp_client, settings, admin_headers) -> None:
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, trusted_proxies=("127.0.0.1",), auth_failure_burst=2, auth_failure_rate=0.1)))
+    address = _address()
+    for _ in range(10):
+        assert (await client.get(WHOAMI, headers=_from(address, admin_headers["X-VX11-Token"]))).status == 200
+    assert [await _guess(client, address) for _ in range(3)] == [401, 401, 429]
+
+
+async def test_forwarded_for_from_an_untrusted_peer_does_not_change_the_address(aiohttp_client, settings) -> None:
+    """Without TENTACULO_TRUSTED_PROXIES a client cannot dodge the limit by inventing X-Forwarded-For."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, auth_failure_burst=3, auth_failure_rate=0.1, redis_prefix=settings.redis_prefix + uuid.uuid4().hex)))
+    statuses = [await _guess(client, _address()) for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+
+
+async def test_a_bad_event_ticket_counts_as_a_failure(aiohttp_client, settings) -> None:
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, trusted_proxies=("127.0.0.1",), auth_failure_burst=2, auth_failure_rate=0.1)))
+    address = _address()
+    statuses = []
+    for _ in range(3):
+        resp = await client.get("/operator/api/events?ticket=bm90LWEtdGlja2V0.c2ln", headers=_from(address))
+        statuses.append(resp.status)
+        body = await resp.json()
+        assert body["code"] in ("invalid_token", "rate_limited")
+    assert statuses == [401, 401, 429]
+
+
+async def test_two_instances_share_the_failure_count(aiohttp_client, settings) -> None:
+    shared = dataclasses.replace(settings, trusted_proxies=("127.0.0.1",), auth_failure_burst=4,
+                                 auth_failure_rate=0.1)
+    a = await serve(aiohttp_client, create_app(dataclasses.replace(shared, instance="limits-a")))
+    b = await serve(aiohttp_client, create_app(dataclasses.replace(shared, instance="limits-b")))
+    address = _address()
+    assert [await _guess(a, address), await _guess(b, address), await _guess(a, address),
+            await _guess(b, address)] == [401] * 4
+    assert await _guess(b, address) == 429
+    assert await _guess(a, address) == 429
+    ready = await (await a.get("/ready")).json()
+    assert ready["checks"]["auth_limiter"]["status"] == "on"
+
+
+async def test_without_redis_each_instance_still_limits_and_ready_says_degraded(
+    aiohttp_client, settings
+) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, redis_url=closed, trusted_proxies=("127.0.0.1",), auth_failure_burst=3, auth_failure_rate=0.1)))
+    address = _address()
+    assert [await _guess(client, address) for _ in range(4)] == [401, 401, 401, 429]
+    assert await _guess(client, _address()) == 401
+    body = await (await client.get("/ready")).json()
+    limiter = body["checks"]["auth_limiter"]
+    assert limiter["status"] == "degraded"
+    assert limiter["reason"] == "Redis unreachable: limiting per instance"
+
+
+async def test_the_limiter_goes_back_to_redis_by_itself(aiohttp_client, settings) -> None:
+    proxy, url = await proxy_redis(settings.redis_url)
+    try:
+        client = await serve(aiohttp_client, create_app(dataclasses.replace(
+            settings, redis_url=url, trusted_proxies=("127.0.0.1",), auth_failure_burst=2, auth_failure_rate=0.1)))
+        await proxy.cut()
+        address = _address()
+        assert [await _guess(client, address) for _ in range(3)] == [401, 401, 429]
+
+        async def limiter_status() -> str:
+            return (await (await client.get("/ready")).json())["checks"]["auth_limiter"]["status"]
+
+        assert await limiter_status() == "degraded"
+        await proxy.restore()
+        await wait_for(lambda: _is(limiter_status(), "on"))
+        # Counting is shared again: a new address gets its full burst from Redis.
+        other = _address()
+        assert [await _guess(client, other) for _ in range(3)] == [401, 401, 429]
+    finally:
+        await proxy.close()
+
+
+async def _is(value, expected: str) -> bool:
+    return await value == expected
