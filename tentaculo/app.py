@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,10 +17,11 @@ from tentaculo import __version__, keys
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
-from tentaculo.db import DB_UNREACHABLE
+from tentaculo.db import DB_FAILURES, DB_UNREACHABLE
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.dependencies import DependencyMonitor
+from tentaculo.errors import failure_reason
 from tentaculo.events import DISABLED, EventHub, end_revoked_streams, hook_provider_events
 from tentaculo.features import (
     FeatureFlags,
@@ -31,7 +33,7 @@ from tentaculo.features import (
 )
 from tentaculo.limits import AuthFailureLimiter, SharedGcra
 from tentaculo.metrics import RequestMetrics
-from tentaculo.middlewares import add_correlation_header, middleware_chain
+from tentaculo.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
 from tentaculo.providers import ProviderRegistry
 from tentaculo.proxy import ModuleProxy, TrustedProxies
 from tentaculo.rollup import MetricsRollup
@@ -66,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = RequestMetrics()
     app[keys.SANDBOX] = Sandbox(settings.fs_roots, max_entries=settings.fs_list_max)
     app.on_response_prepare.append(add_correlation_header)
+    app.on_response_prepare.append(add_rate_limit_headers)
     app.on_shutdown.append(_start_draining)
     app.on_startup.append(_publish_provider_events)  # runs after every cleanup context started
     app.on_shutdown.append(_end_event_streams)
@@ -196,12 +199,31 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The token store over the pool."""
+    """The token store over the pool; tokens' last_used_at written in batches, last at shutdown."""
     settings = app[keys.SETTINGS]
-    app[keys.TOKENS] = TokenStore(
-        app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds
-    )
+    store = TokenStore(app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds)
+    app[keys.TOKENS] = store
+    writer = asyncio.create_task(_write_token_usage(store, settings.token_last_used_seconds), name="token-usage")
     yield
+    await stop_task(writer)
+    with contextlib.suppress(*DB_FAILURES):
+        async with asyncio.timeout(settings.shutdown_timeout):
+            await store.flush_usage()
+
+
+async def _write_token_usage(store: TokenStore, interval: float) -> None:
+    """Every ``interval`` s, one UPDATE sets last_used_at of the tokens used meanwhile."""
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await store.flush_usage()
+        except DB_FAILURES as exc:
+            if not failing:
+                log.warning("token_usage_not_written", error=failure_reason(exc))
+            failing = True
+            continue
+        failing = False
 
 
 def _row_writer_limits(settings: Settings) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tentaculo.chatlog import ChatActionLog
 from tentaculo.dependencies import DependencyMonitor
 from tentaculo.events import EventHub
 from tentaculo.features import FeatureFlags
-from tentaculo.limits import AuthFailureLimiter, SharedGcra
+from tentaculo.limits import AuthFailureLimiter, BudgetFigures, SharedGcra
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
 from tentaculo.proxy import ModuleProxy
@@ -73,3 +73,5 @@ STARTED = web.RequestKey("started", float)
 SERVICE = web.RequestKey("service", str)
 # The status a streamed response (SSE, WebSocket, chunked) sent with its headers.
 SENT_STATUS = web.RequestKey("sent_status", int)
+# The budget figures of a token with requests_per_minute, written as RateLimit-* headers.
+RATE_LIMIT = web.RequestKey("rate_limit", BudgetFigures)

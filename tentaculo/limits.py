@@ -72,6 +72,29 @@ class Verdict:
         return str(max(1, math.ceil(self.retry_after)))
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetFigures:
+    """What the ``RateLimit-*`` headers tell a token with a budget: its limit, what is left, when it is full again."""
+
+    limit: int
+    remaining: int
+    reset: int
+
+
+def budget_key(token_id: int | None) -> str:
+    """The counter key of a token's budget of requests."""
+    return f"limits:token:{token_id}"
+
+
+def budget_exceeded(limit: int, verdict: Verdict) -> Problem:
+    """The 429 for a token whose budget of requests per minute is spent."""
+    return Problem(
+        "rate_limited",
+        f"this token's budget of {limit} requests per minute is spent; try again in {verdict.retry_after_header} s",
+        headers={"Retry-After": verdict.retry_after_header},
+    )
+
+
 class LocalGcra:
     """The same GCRA in this process's memory, for at most ``max_keys`` keys."""
 

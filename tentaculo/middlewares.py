@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
@@ -20,6 +21,7 @@ from tentaculo.auth import (
     QUERY_TOKEN_NAMES,
     TICKET_PARAM,
     Principal,
+    TokenExpired,
     TokenStoreUnavailable,
     accepts_ticket,
     required_scope,
@@ -27,6 +29,7 @@ from tentaculo.auth import (
 from tentaculo.db import DB_UNREACHABLE
 from tentaculo.errors import OPENAI_PREFIX, Problem, database_unreachable, failure_reason, openai_error
 from tentaculo.features import feature_of
+from tentaculo.limits import BudgetFigures, budget_exceeded, budget_key
 from tentaculo.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -256,6 +259,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     request[keys.PRINCIPAL] = principal
     structlog.contextvars.bind_contextvars(token_name=principal.name)
+    if principal.requests_per_minute is not None:
+        await _spend_budget(request, principal)
     if scope not in principal.scopes:
         raise Problem("forbidden", f"this call needs the '{scope}' scope", required_scope=scope)
     _check_feature(request)
@@ -282,9 +287,30 @@ async def _principal_of(request: web.Request) -> Principal:
         found = await request.app[keys.TOKENS].authenticate(token)
     except TokenStoreUnavailable:
         raise database_unreachable("the token database is unreachable; try again shortly") from None
+    except TokenExpired as exc:
+        when = datetime.fromtimestamp(exc.expires, UTC).isoformat().replace("+00:00", "Z")
+        raise Problem("invalid_token", f"the token expired at {when}; ask an admin for a new one") from None
     if found is None:
         raise Problem("invalid_token", "the token is unknown, revoked or malformed")
     return found
+
+
+async def _spend_budget(request: web.Request, principal: Principal) -> None:
+    """Count one request against the token's budget (shared through Redis); 429 when it is spent."""
+    limit = principal.requests_per_minute or 1
+    verdict = await request.app[keys.RATE_COUNTER].hit(budget_key(principal.token_id), 60.0 / limit, limit)
+    request[keys.RATE_LIMIT] = BudgetFigures(limit, verdict.remaining, max(0, math.ceil(verdict.reset_after)))
+    if not verdict.allowed:
+        raise budget_exceeded(limit, verdict)
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the answers to a token with a budget carry ``RateLimit-*``, streamed ones too."""
+    figures = request.get(keys.RATE_LIMIT)
+    if figures is not None:
+        response.headers["RateLimit-Limit"] = str(figures.limit)
+        response.headers["RateLimit-Remaining"] = str(figures.remaining)
+        response.headers["RateLimit-Reset"] = str(figures.reset)
 
 
 def _check_feature(request: web.Request) -> None:

@@ -133,6 +133,8 @@ class Settings:
     # Failed authentications per client address: see tentaculo/limits.py.
     auth_failure_burst: int = 20
     auth_failure_rate: float = 5.0
+    # How often the tokens used since the last time get their last_used_at written (one UPDATE).
+    token_last_used_seconds: float = 60.0
 
     @property
     def access_log_enabled(self) -> bool:
@@ -357,6 +359,8 @@ def _validate_limits(s: Settings) -> None:
         raise SettingsError("TENTACULO_AUTH_FAILURE_BURST", "must be at least 1")
     if not 0 < s.auth_failure_rate <= 1000:
         raise SettingsError("TENTACULO_AUTH_FAILURE_RATE", "must be in (0, 1000] failures per second")
+    if not 0 < s.token_last_used_seconds <= 3600:
+        raise SettingsError("TENTACULO_TOKEN_LAST_USED_SECONDS", "must be in (0, 3600]")
 
 
 def _validate_providers(s: Settings) -> None:

@@ -139,3 +139,69 @@ async def test_the_limiter_goes_back_to_redis_by_itself(aiohttp_client, settings
 
 async def _is(value, expected: str) -> bool:
     return await value == expected
+
+
+async def _budgeted(client: TestClient, admin_headers: dict[str, str], per_minute: int,
+                    scopes: tuple[str, ...] = ("read",)) -> str:
+    resp = await client.post("/operator/api/tokens", headers=admin_headers, json={
+        "name": f"budget-{uuid.uuid4().hex[:8]}", "scopes": list(scopes), "requests_per_minute": per_minute})
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["token"]
+
+
+async def test_a_token_past_its_budget_is_refused_and_every_answer_carries_the_figures(
+    gateway, admin_headers
+) -> None:
+    token = await _budgeted(gateway, admin_headers, 3)
+    seen = []
+    for _ in range(3):
+        resp = await gateway.get(WHOAMI, headers={"X-VX11-Token": token})
+        assert resp.status == 200
+        assert resp.headers["RateLimit-Limit"] == "3"
+        seen.append(int(resp.headers["RateLimit-Remaining"]))
+        assert 0 < int(resp.headers["RateLimit-Reset"]) <= 60
+    assert seen == [2, 1, 0]
+    resp = await gateway.get(WHOAMI, headers={"X-VX11-Token": token})
+    body = await resp.json()
+    assert resp.status == 429 and body["code"] == "rate_limited" and body["correlation_id"]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 20  # one request's share of the minute
+    assert resp.headers["RateLimit-Remaining"] == "0" and resp.headers["RateLimit-Limit"] == "3"
+    assert token not in await resp.text()
+    # Other tokens are not touched, and carry no figures.
+    other = await gateway.get(WHOAMI, headers=admin_headers)
+    assert other.status == 200 and "RateLimit-Limit" not in other.headers
+
+
+async def test_a_streamed_answer_carries_the_budget_headers(gateway, admin_headers) -> None:
+    token = await _budgeted(gateway, admin_headers, 10, ("read", "chat"))
+    resp = await gateway.post("/operator/api/chat", headers={"X-VX11-Token": token}, json={
+        "message": "hello", "provider": "mock", "stream": True})
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["RateLimit-Limit"] == "10" and resp.headers["RateLimit-Remaining"] == "9"
+    await resp.read()
+    resp = await gateway.get("/operator/api/events", headers={"X-VX11-Token": token})
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["RateLimit-Remaining"] == "8"
+    resp.close()
+    resp = await gateway.get("/operator/api/tokens", headers={"X-VX11-Token": token})
+    assert resp.status == 403  # refused for its scope, and still told its budget
+    assert resp.headers["RateLimit-Remaining"] == "7"
+
+
+async def test_a_budget_is_shared_by_every_instance(aiohttp_client, settings, admin_headers) -> None:
+    a = await serve(aiohttp_client, create_app(dataclasses.replace(settings, instance="budget-a")))
+    b = await serve(aiohttp_client, create_app(dataclasses.replace(settings, instance="budget-b")))
+    token = await _budgeted(a, admin_headers, 4)
+    headers = {"X-VX11-Token": token}
+    statuses = [(await c.get(WHOAMI, headers=headers)).status for c in (a, b, a, b)]
+    assert statuses == [200] * 4
+    assert (await b.get(WHOAMI, headers=headers)).status == 429
+    assert (await a.get(WHOAMI, headers=headers)).status == 429
+
+
+async def test_without_redis_a_budget_still_holds_per_instance(aiohttp_client, settings, admin_headers) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, redis_url=closed)))
+    token = await _budgeted(client, admin_headers, 2)
+    statuses = [(await client.get(WHOAMI, headers={"X-VX11-Token": token})).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
