@@ -186,7 +186,8 @@ def client_address(request: web.Request, trusted: TrustedProxies) -> str:
 
     ``X-Forwarded-For`` is read from the right (the entry our own proxy appended) and each hop is
     believed only while the one that handed it over is trusted, so a client cannot pick its own
-    address by sending the header. An IPv6 client is counted by its /64, which one subscriber holds.
+    address by sending the header. An IPv6 client is counted by its /64, which one subscriber holds
+    (an IPv4 address mapped into IPv6 by a dual-stack socket counts as itself).
     """
     address = request.remote or ""
     if address in trusted:
@@ -197,9 +198,12 @@ def client_address(request: web.Request, trusted: TrustedProxies) -> str:
             address = hop
     if ":" in address:
         try:
-            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+            ip = ipaddress.IPv6Address(address)
         except ValueError:
             return address
+        if ip.ipv4_mapped is not None:  # an IPv4 client seen through a dual-stack socket
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return address
 
 

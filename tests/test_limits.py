@@ -205,3 +205,27 @@ async def test_without_redis_a_budget_still_holds_per_instance(aiohttp_client, s
     token = await _budgeted(client, admin_headers, 2)
     statuses = [(await client.get(WHOAMI, headers={"X-VX11-Token": token})).status for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def test_the_counted_address_of_a_client() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from tentaculo.limits import client_address
+    from tentaculo.proxy import TrustedProxies
+
+    def address(peer: str, forwarded: str | None = None, trusted: tuple[str, ...] = ()) -> str:
+        headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+        request = make_mocked_request("GET", "/", headers=headers)
+        request._cache["remote"] = peer
+        return client_address(request, TrustedProxies(trusted))
+
+    assert address("192.0.2.7") == "192.0.2.7"
+    assert address("192.0.2.7", "10.9.9.9") == "192.0.2.7"  # an untrusted peer's header is ignored
+    # Read from the right: the hop our balancer saw, unless that hop is a trusted proxy itself.
+    assert address("10.0.0.1", "203.0.113.5, 198.51.100.9", ("10.0.0.0/8",)) == "198.51.100.9"
+    assert address("10.0.0.1", "203.0.113.5, 10.0.0.2", ("10.0.0.0/8",)) == "203.0.113.5"
+    assert address("10.0.0.1", "not-an-ip", ("10.0.0.0/8",)) == "10.0.0.1"
+    # IPv6 clients count by their /64; IPv4 seen through a dual-stack socket counts as IPv4.
+    assert address("2001:db8:1:2:aaaa::1") == address("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert address("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address("::ffff:192.0.2.7") != address("::ffff:192.0.2.8")
