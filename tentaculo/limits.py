@@ -36,6 +36,8 @@ LOCAL_MAX_KEYS = 100_000
 # How often an instance counting on its own asks Redis whether it is back.
 RECOVERY_SECONDS = 1.0
 DEGRADED_REASON = "Redis unreachable: limiting per instance"
+# How often lapsed blocks are dropped from the table every request checks while it is non-empty.
+SWEEP_SECONDS = 1.0
 
 # KEYS[1]: the key. ARGV: emission interval (ms), burst. Returns {allowed, remaining, retry
 # after (ms), reset after (ms)}. Server time, so every instance counts alike whatever its clock.
@@ -153,10 +155,16 @@ class SharedGcra:
                 return Verdict(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000)
         return self.local.hit(key, interval, burst)
 
-    def _degrade(self, exc: BaseException) -> None:
+    def redis_unreachable(self, reason: str) -> None:
+        """Another check found Redis away: count per instance now rather than at the next failed call."""
+        if self.degraded_since is None:
+            self._degrade(reason)
+
+    def _degrade(self, exc: BaseException | str) -> None:
         self.degraded_since = time.monotonic()
         self.reason = DEGRADED_REASON
-        log.warning("limits_degraded", reason=DEGRADED_REASON, error=failure_reason(exc))
+        error = exc if isinstance(exc, str) else failure_reason(exc)
+        log.warning("limits_degraded", reason=DEGRADED_REASON, error=error)
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover(), name="limits-recovery")
 
@@ -231,14 +239,22 @@ class AuthFailureLimiter:
         self.trusted = trusted
         self.blocked: dict[str, float] = {}
         self._clock = clock
+        self._sweep_at = 0.0
 
     def check(self, request: web.Request) -> None:
         """Raise 429 when the request's address is blocked (call only while ``blocked`` is non-empty)."""
+        now = self._clock()
+        if now >= self._sweep_at:
+            # Lapsed blocks go, so once an attack stops every request is back to the empty-dict test.
+            self.blocked = {k: v for k, v in self.blocked.items() if v > now}
+            self._sweep_at = now + SWEEP_SECONDS
+            if not self.blocked:
+                return
         address = client_address(request, self.trusted)
         until = self.blocked.get(address)
         if until is None:
             return
-        left = until - self._clock()
+        left = until - now
         if left <= 0:
             del self.blocked[address]
             return

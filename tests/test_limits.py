@@ -229,3 +229,30 @@ def test_the_counted_address_of_a_client() -> None:
     assert address("2001:db8:1:2:aaaa::1") == address("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert address("::ffff:192.0.2.7") == "192.0.2.7"
     assert address("::ffff:192.0.2.7") != address("::ffff:192.0.2.8")
+
+
+async def test_once_blocks_lapse_requests_are_back_to_paying_nothing(aiohttp_client, settings, admin_headers) -> None:
+    from tentaculo import keys
+
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, trusted_proxies=("127.0.0.1",), auth_failure_burst=1, auth_failure_rate=10)))
+    assert [await _guess(client, _address()) for _ in range(1)] == [401]
+    attacker = _address()
+    assert [await _guess(client, attacker) for _ in range(2)] == [401, 429]
+    limiter = client.app[keys.AUTH_LIMITER]
+    assert limiter.blocked
+
+    async def forgotten() -> bool:
+        resp = await client.get(WHOAMI, headers=_from(_address(), admin_headers["X-VX11-Token"]))
+        return resp.status == 200 and not limiter.blocked
+
+    await wait_for(forgotten, timeout=5)
+
+
+async def test_ready_says_degraded_as_soon_as_redis_is_away(aiohttp_client, settings) -> None:
+    """Before any failure is counted: the limiter must not claim to be shared while it cannot be."""
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, redis_url=closed)))
+    body = await (await client.get("/ready")).json()
+    assert body["checks"]["auth_limiter"]["status"] == "degraded"
+    assert body["checks"]["auth_limiter"]["reason"] == "Redis unreachable: limiting per instance"

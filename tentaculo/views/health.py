@@ -75,6 +75,8 @@ async def ready(request: web.Request) -> web.Response:
     failing = [name for name, check in checks.items() if check["status"] != "on"]
     body: dict[str, Any] = {"status": "on" if not failing else "error", "checks": checks}
     checks["audit"] = audit_check(app)
+    if checks["redis"]["status"] != "on":
+        app[keys.RATE_COUNTER].redis_unreachable(checks["redis"]["reason"] or "no answer")
     checks["auth_limiter"] = app[keys.AUTH_LIMITER].readiness()
     if app[keys.LIFECYCLE].draining:
         body.update(status="off", reason="draining: the instance is shutting down")
