@@ -256,3 +256,20 @@ async def test_ready_says_degraded_as_soon_as_redis_is_away(aiohttp_client, sett
     body = await (await client.get("/ready")).json()
     assert body["checks"]["auth_limiter"]["status"] == "degraded"
     assert body["checks"]["auth_limiter"]["reason"] == "Redis unreachable: limiting per instance"
+
+
+def test_limit_settings_are_read_and_checked() -> None:
+    import pytest
+
+    from tentaculo.settings import Settings, SettingsError
+
+    s = Settings.from_env({"TENTACULO_AUTH_FAILURE_BURST": "50", "TENTACULO_AUTH_FAILURE_RATE": "0.5",
+                           "TENTACULO_TOKEN_LAST_USED_SECONDS": "30"})
+    assert (s.auth_failure_burst, s.auth_failure_rate, s.token_last_used_seconds) == (50, 0.5, 30.0)
+    defaults = Settings.from_env({})
+    assert (defaults.auth_failure_burst, defaults.auth_failure_rate, defaults.token_last_used_seconds) == (20, 5.0, 60.0)
+    for var, bad in (("TENTACULO_AUTH_FAILURE_BURST", "0"), ("TENTACULO_AUTH_FAILURE_RATE", "0"),
+                     ("TENTACULO_AUTH_FAILURE_RATE", "5000"), ("TENTACULO_TOKEN_LAST_USED_SECONDS", "0")):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({var: bad})
+        assert caught.value.variable == var
