@@ -133,6 +133,11 @@ class SharedGcra:
         self._script = redis.register_script(_GCRA_LUA)
         self.prefix = prefix
         self.local = LocalGcra(clock=clock)
+        self._clock = clock
+        # key -> (refused until, full again at), from Redis's last refusal. Nothing is allowed
+        # before then (other instances' requests only push it later), so until then a key is
+        # refused here without asking Redis: a client far past its limit costs no Redis call.
+        self._refused: dict[str, tuple[float, float]] = {}
         self.degraded_since: float | None = None
         self.reason: str | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -145,6 +150,12 @@ class SharedGcra:
     async def hit(self, key: str, interval: float, burst: int) -> Verdict:
         """Count one request of ``key``: in Redis, else in this instance's memory."""
         if self.degraded_since is None:
+            refused = self._refused.get(key) if self._refused else None
+            if refused is not None:
+                now = self._clock()
+                if now < refused[0]:
+                    return Verdict(False, 0, refused[0] - now, max(0.0, refused[1] - now))
+                del self._refused[key]
             try:
                 allowed, remaining, retry_ms, reset_ms = await self._script(
                     keys=[self.prefix + key], args=[interval * 1000, burst]
@@ -152,8 +163,19 @@ class SharedGcra:
             except REDIS_FAILURES as exc:
                 self._degrade(exc)
             else:
-                return Verdict(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000)
+                verdict = Verdict(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000)
+                if not allowed:
+                    self._remember_refusal(key, verdict)
+                return verdict
         return self.local.hit(key, interval, burst)
+
+    def _remember_refusal(self, key: str, verdict: Verdict) -> None:
+        now = self._clock()
+        if len(self._refused) >= LOCAL_MAX_KEYS:
+            self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
+            if len(self._refused) >= LOCAL_MAX_KEYS:
+                return
+        self._refused[key] = (now + verdict.retry_after, now + verdict.reset_after)
 
     def redis_unreachable(self, reason: str) -> None:
         """Another check found Redis away: count per instance now rather than at the next failed call."""
@@ -177,7 +199,8 @@ class SharedGcra:
             except REDIS_FAILURES:
                 continue
             self.degraded_since, self.reason = None, None
-            self.local = LocalGcra(clock=self.local._clock)
+            self.local = LocalGcra(clock=self._clock)
+            self._refused.clear()
             log.info("limits_recovered")
             return
 

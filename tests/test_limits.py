@@ -273,3 +273,27 @@ def test_limit_settings_are_read_and_checked() -> None:
         with pytest.raises(SettingsError) as caught:
             Settings.from_env({var: bad})
         assert caught.value.variable == var
+
+
+async def test_a_token_past_its_budget_is_refused_without_asking_redis_again(
+    aiohttp_client, settings, admin_headers
+) -> None:
+    """A client far past its limit must not cost a Redis call per request (nor slip through if Redis goes)."""
+    from tentaculo import keys
+
+    proxy, url = await proxy_redis(settings.redis_url)
+    try:
+        client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, redis_url=url)))
+        token = await _budgeted(client, admin_headers, 1)
+        headers = {"X-VX11-Token": token}
+        assert (await client.get(WHOAMI, headers=headers)).status == 200
+        refused = await client.get(WHOAMI, headers=headers)
+        assert refused.status == 429
+        await proxy.cut()
+        for _ in range(3):
+            again = await client.get(WHOAMI, headers=headers)
+            assert again.status == 429 and again.headers["RateLimit-Remaining"] == "0"
+            assert int(again.headers["Retry-After"]) <= int(refused.headers["Retry-After"])
+        assert client.app[keys.RATE_COUNTER].status == "on"  # Redis was not asked
+    finally:
+        await proxy.close()
