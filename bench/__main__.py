@@ -18,7 +18,8 @@ import traceback
 
 from bench.env import BenchEnv, Figure
 
-SCENARIOS = ["gateway", "chat", "events", "status", "proxy"]
+# limits last: its flood of wrong tokens blocks the loopback address for a few seconds.
+SCENARIOS = ["gateway", "chat", "events", "status", "proxy", "limits"]
 
 
 def _available(names: list[str]) -> list[str]:

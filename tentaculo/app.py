@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +18,11 @@ from tentaculo.audit import AuditWriter
 from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
 from tentaculo.cors import cors_headers
-from tentaculo.db import DB_UNREACHABLE
+from tentaculo.db import DB_FAILURES, DB_UNREACHABLE
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.dependencies import DependencyMonitor
+from tentaculo.errors import failure_reason
 from tentaculo.events import DISABLED, EventHub, end_revoked_streams, hook_provider_events
 from tentaculo.features import (
     FeatureFlags,
@@ -30,10 +32,11 @@ from tentaculo.features import (
     events_check,
     registry_check,
 )
+from tentaculo.limits import AuthFailureLimiter, SharedGcra
 from tentaculo.metrics import RequestMetrics
-from tentaculo.middlewares import add_correlation_header, middleware_chain
+from tentaculo.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
 from tentaculo.providers import ProviderRegistry
-from tentaculo.proxy import ModuleProxy
+from tentaculo.proxy import ModuleProxy, TrustedProxies
 from tentaculo.rollup import MetricsRollup
 from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
@@ -64,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SANDBOX] = Sandbox(settings.fs_roots, max_entries=settings.fs_list_max)
     app.on_response_prepare.append(add_correlation_header)
     app.on_response_prepare.append(cors_headers(settings.cors_origins))
+    app.on_response_prepare.append(add_rate_limit_headers)
     app.on_shutdown.append(_start_draining)
     app.on_startup.append(_publish_provider_events)  # runs after every cleanup context started
     app.on_shutdown.append(_end_event_streams)
@@ -71,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([dependencies_ctx, features_ctx, services_ctx])
     app.cleanup_ctx.append(metrics_ctx)
     app.cleanup_ctx.append(proxy_ctx)
+    app.cleanup_ctx.append(limits_ctx)
     _add_routes(app)
     return app
 
@@ -177,13 +182,47 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
-async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The token store over the pool."""
+async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shared rate counter (Redis, per instance while Redis is away) and the failed-auth limiter."""
     settings = app[keys.SETTINGS]
-    app[keys.TOKENS] = TokenStore(
-        app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds
+    counter = SharedGcra(app[keys.REDIS], settings.redis_prefix)
+    app[keys.RATE_COUNTER] = counter
+    app[keys.AUTH_LIMITER] = AuthFailureLimiter(
+        counter,
+        burst=settings.auth_failure_burst,
+        rate=settings.auth_failure_rate,
+        trusted=TrustedProxies(settings.trusted_proxies),
     )
     yield
+    await counter.close()
+
+
+async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The token store over the pool; tokens' last_used_at written in batches, last at shutdown."""
+    settings = app[keys.SETTINGS]
+    store = TokenStore(app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds)
+    app[keys.TOKENS] = store
+    writer = asyncio.create_task(_write_token_usage(store, settings.token_last_used_seconds), name="token-usage")
+    yield
+    await stop_task(writer)
+    with contextlib.suppress(*DB_FAILURES):
+        async with asyncio.timeout(settings.shutdown_timeout):
+            await store.flush_usage()
+
+
+async def _write_token_usage(store: TokenStore, interval: float) -> None:
+    """Every ``interval`` s, one UPDATE sets last_used_at of the tokens used meanwhile."""
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await store.flush_usage()
+        except DB_FAILURES as exc:
+            if not failing:
+                log.warning("token_usage_not_written", error=failure_reason(exc))
+            failing = True
+            continue
+        failing = False
 
 
 def _row_writer_limits(settings: Settings) -> dict[str, Any]:

@@ -32,11 +32,14 @@ ScopeRule = str | Callable[[Any], str]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made a request: the token's name, what it may do, and its row (None: the bootstrap token)."""
+    """Who made a request: the token's name, what it may do, its row (None: the bootstrap token),
+    when it expires (epoch seconds) and its budget of requests per minute (None: neither)."""
 
     name: str
     scopes: frozenset[str]
     token_id: int | None = None
+    expires: float | None = None
+    requests_per_minute: int | None = None
 
 
 def hash_token(token: str) -> bytes:
@@ -92,6 +95,14 @@ class TokenStoreUnavailable(Exception):
     """The token database could not be asked and nothing cached answers."""
 
 
+class TokenExpired(Exception):
+    """The token is known but past its ``expires_at``."""
+
+    def __init__(self, expires: float) -> None:
+        super().__init__("the token has expired")
+        self.expires = expires
+
+
 @dataclass(slots=True)
 class _Cached:
     expires: float
@@ -110,8 +121,13 @@ class TokenStore:
         admin_token: str | None,
         cache_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
+        self._wall = wall
+        # Token rows that authenticated since the last flush: their last_used_at is written in one
+        # batch now and then, never on the request path.
+        self.used: set[int] = set()
         self._admin_hash = hash_token(admin_token) if admin_token else None
         self._admin = Principal("admin", frozenset(SCOPES))  # immutable: one for every request
         self._cache_seconds = cache_seconds
@@ -145,8 +161,26 @@ class TokenStore:
             self._active[token_id] = (now + self._cache_seconds, active)
         return active
 
+    async def flush_usage(self) -> int:
+        """Write ``last_used_at`` of the tokens used since the last flush; returns how many.
+
+        While PostgreSQL is away they are kept for the next flush (a set: bounded by the tokens).
+        """
+        if not self.used:
+            return 0
+        used, self.used = self.used, set()
+        try:
+            await queries.touch_tokens(self._pool, sorted(used))
+        except DB_FAILURES:
+            self.used |= used
+            raise
+        return len(used)
+
     async def authenticate(self, token: str) -> Principal | None:
-        """The principal for ``token``, or None when it is malformed, unknown or revoked."""
+        """The principal for ``token``, or None when it is malformed, unknown or revoked.
+
+        Raises TokenExpired for a known token past its expiry (a cached answer included).
+        """
         if not TOKEN_MIN <= len(token) <= TOKEN_MAX:
             return None
         digest = hash_token(token)
@@ -155,7 +189,7 @@ class TokenStore:
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and now < cached.expires:
-            return cached.principal
+            return self._usable(cached.principal)
         # Only well-formed tokens are looked up and cached, so a cache hit above was one too.
         if not TOKEN_SHAPE.match(token):
             return None
@@ -164,13 +198,24 @@ class TokenStore:
         except DB_FAILURES as exc:
             # Database away: keep honouring what was valid a moment ago rather than lock everyone out.
             if cached is not None:
-                return cached.principal
+                return self._usable(cached.principal)
             raise TokenStoreUnavailable(str(exc)) from exc
-        principal = Principal(row["name"], frozenset(row["scopes"]), row["id"]) if row else None
+        principal = None
+        if row is not None:
+            expires = row["expires_at"].timestamp() if row["expires_at"] is not None else None
+            principal = Principal(row["name"], frozenset(row["scopes"]), row["id"], expires, row["requests_per_minute"])
         if self._cache_seconds > 0:
             if len(self._cache) >= self.MAX_CACHE:
                 self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
                 if len(self._cache) >= self.MAX_CACHE:
                     self._cache.clear()
             self._cache[digest] = _Cached(now + self._cache_seconds, principal)
+        return self._usable(principal)
+
+    def _usable(self, principal: Principal | None) -> Principal | None:
+        """``principal`` unless it has expired (then TokenExpired); its use is noted for last_used_at."""
+        if principal is not None and principal.token_id is not None:
+            if principal.expires is not None and principal.expires <= self._wall():
+                raise TokenExpired(principal.expires)
+            self.used.add(principal.token_id)
         return principal

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import asyncpg
@@ -19,7 +20,13 @@ from tentaculo.auth import SCOPES, hash_token, new_token, parse_scopes
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.settings import Settings, SettingsError
-from tentaculo.views.tokens import BOOTSTRAP_TOKEN_NAME, TOKEN_NAME, reserved_name
+from tentaculo.views.tokens import (
+    BOOTSTRAP_TOKEN_NAME,
+    MAX_EXPIRES_IN,
+    MAX_REQUESTS_PER_MINUTE,
+    TOKEN_NAME,
+    reserved_name,
+)
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -40,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     create = tsub.add_parser("create", help="create a token and print it once")
     create.add_argument("name")
     create.add_argument("--scopes", default="read", help=f"comma list of {','.join(SCOPES)} (default: read)")
+    create.add_argument("--expires-in", help="lifetime: a number with s, m, h or d, e.g. 30d (default: never expires)")
+    create.add_argument("--requests-per-minute", type=int, help="budget of requests per minute (default: none)")
     tsub.add_parser("list", help="list tokens (never their secrets)")
     revoke = tsub.add_parser("revoke", help="revoke the active token with this name")
     revoke.add_argument("name")
@@ -177,23 +186,32 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"tentaculo: --scopes: {exc}", file=sys.stderr)
                 return 2
+            try:
+                expires_at = _expires_at(args.expires_in)
+                requests_per_minute = _budget(args.requests_per_minute)
+            except ValueError as exc:
+                print(f"tentaculo: {exc}", file=sys.stderr)
+                return 2
             token = new_token()
             try:
-                await queries.insert_token(conn, args.name, hash_token(token), sorted(scopes), "cli")
+                await queries.insert_token(conn, args.name, hash_token(token), sorted(scopes), "cli",
+                                           expires_at=expires_at, requests_per_minute=requests_per_minute)
             except asyncpg.UniqueViolationError:
                 print(f"tentaculo: an active token named {args.name!r} exists; revoke it first", file=sys.stderr)
                 return 1
             print(token)
-            print(f"created token {args.name!r} with scopes {','.join(sorted(scopes))}; it is not shown again",
+            until = f", expiring {_when(expires_at)}" if expires_at else ""
+            print(f"created token {args.name!r} with scopes {','.join(sorted(scopes))}{until}; it is not shown again",
                   file=sys.stderr)
             return 0
         if args.token_command == "list":
             rows = await queries.list_tokens(conn)
-            print(f"{'NAME':<24} {'SCOPES':<28} {'CREATED':<20} REVOKED")
+            print(f"{'NAME':<24} {'SCOPES':<28} {'STATE':<8} {'CREATED':<20} {'EXPIRES':<20} {'LAST USED':<20} "
+                  f"{'RPM':<8} REVOKED")
             for r in rows:
-                revoked = r["revoked_at"].strftime("%Y-%m-%d %H:%M:%S") if r["revoked_at"] else "-"
-                print(f"{r['name']:<24} {','.join(r['scopes']):<28} "
-                      f"{r['created_at'].strftime('%Y-%m-%d %H:%M:%S'):<20} {revoked}")
+                print(f"{r['name']:<24} {','.join(r['scopes']):<28} {r['state']:<8} {_when(r['created_at']):<20} "
+                      f"{_when(r['expires_at']):<20} {_when(r['last_used_at']):<20} "
+                      f"{r['requests_per_minute'] or '-'!s:<8} {_when(r['revoked_at'])}")
             return 0
         if await queries.revoke_token(conn, args.name):
             print(f"revoked token {args.name!r}", file=sys.stderr)
@@ -202,6 +220,33 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await conn.close()
+
+
+DURATION = re.compile(r"(\d{1,9})([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(text: str) -> int:
+    """``30d``, ``12h``, ``15m``, ``90s`` or ``90`` -> seconds; ValueError otherwise."""
+    match = DURATION.fullmatch(text.strip().lower())
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]] if match else 0
+    if not 0 < seconds <= MAX_EXPIRES_IN:
+        raise ValueError(f"--expires-in: expected a positive number with s, m, h or d (at most 3650d), got {text!r}")
+    return seconds
+
+
+def _expires_at(text: str | None) -> datetime | None:
+    return datetime.now(UTC) + timedelta(seconds=parse_duration(text)) if text is not None else None
+
+
+def _budget(value: int | None) -> int | None:
+    if value is not None and not 0 < value <= MAX_REQUESTS_PER_MINUTE:
+        raise ValueError(f"--requests-per-minute: expected 1 to {MAX_REQUESTS_PER_MINUTE}, got {value}")
+    return value
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
 
 def _smoke(settings: Settings, args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from tentaculo.chatlog import ChatActionLog
 from tentaculo.dependencies import DependencyMonitor
 from tentaculo.events import EventHub
 from tentaculo.features import FeatureFlags
+from tentaculo.limits import AuthFailureLimiter, BudgetFigures, SharedGcra
 from tentaculo.metrics import RequestMetrics
 from tentaculo.providers import ProviderRegistry
 from tentaculo.proxy import ModuleProxy
@@ -93,6 +94,8 @@ SERVICES = web.AppKey("services", ServiceRegistry)
 PROBER = web.AppKey("service_prober", ServiceProber)
 FEATURES = web.AppKey("features", FeatureFlags)
 DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
+RATE_COUNTER = web.AppKey("rate_counter", SharedGcra)
+AUTH_LIMITER = web.AppKey("auth_limiter", AuthFailureLimiter)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -100,3 +103,5 @@ STARTED = web.RequestKey("started", float)
 SERVICE = web.RequestKey("service", str)
 # The status a streamed response (SSE, WebSocket, chunked) sent with its headers.
 SENT_STATUS = web.RequestKey("sent_status", int)
+# The budget figures of a token with requests_per_minute, written as RateLimit-* headers.
+RATE_LIMIT = web.RequestKey("rate_limit", BudgetFigures)

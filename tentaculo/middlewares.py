@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
@@ -20,6 +21,8 @@ from tentaculo.auth import (
     PUBLIC,
     QUERY_TOKEN_NAMES,
     TICKET_PARAM,
+    Principal,
+    TokenExpired,
     TokenStoreUnavailable,
     accepts_ticket,
     required_scope,
@@ -35,6 +38,7 @@ from tentaculo.errors import (
     openai_error,
 )
 from tentaculo.features import feature_of
+from tentaculo.limits import BudgetFigures, budget_exceeded, budget_key
 from tentaculo.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -308,13 +312,38 @@ def presented_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the token to a principal, check the scope the route declares, then its feature flag."""
+    """Resolve the token to a principal, check the scope the route declares, then its feature flag.
+
+    Failed authentications count against the client's address; a blocked address is refused
+    before its token is looked at.
+    """
     if not _passed_routing(request):
         return await handler(request)
     scope = required_scope(request.match_info.handler, request)
     if scope == PUBLIC:
         _check_feature(request)
         return await handler(request)
+    limiter = request.app[keys.AUTH_LIMITER]
+    if limiter.blocked:
+        limiter.check(request)
+    try:
+        principal = await _principal_of(request)
+    except Problem as problem:
+        if problem.code == "invalid_token":
+            await limiter.failed(request)
+        raise
+    request[keys.PRINCIPAL] = principal
+    structlog.contextvars.bind_contextvars(token_name=principal.name)
+    if principal.requests_per_minute is not None:
+        await _spend_budget(request, principal)
+    if scope not in principal.scopes:
+        raise Problem("forbidden", f"this call needs the '{scope}' scope", required_scope=scope)
+    _check_feature(request)
+    return await handler(request)
+
+
+async def _principal_of(request: web.Request) -> Principal:
+    """Who the request's token (or event ticket) stands for; 401 problems otherwise."""
     ticket = request.query.get(TICKET_PARAM) if request.query_string else None
     if ticket is not None and not accepts_ticket(request.match_info.handler):
         raise Problem("invalid_token", "an event ticket only opens event streams; send the X-VX11-Token header")
@@ -322,27 +351,41 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Problem("invalid_token", "tokens are not accepted in the query string; send the X-VX11-Token header")
     token = presented_token(request)
     if token is None and ticket is not None:
-        principal = await request.app[keys.TICKETS].verify(ticket)
-    elif token is None:
+        return await request.app[keys.TICKETS].verify(ticket)
+    if token is None:
         raise Problem(
             "auth_required",
             "send a token in X-VX11-Token or Authorization: Bearer",
             headers={"WWW-Authenticate": CHALLENGE},
         )
-    else:
-        try:
-            found = await request.app[keys.TOKENS].authenticate(token)
-        except TokenStoreUnavailable:
-            raise database_unreachable("the token database is unreachable; try again shortly") from None
-        if found is None:
-            raise Problem("invalid_token", "the token is unknown, revoked or malformed")
-        principal = found
-    request[keys.PRINCIPAL] = principal
-    structlog.contextvars.bind_contextvars(token_name=principal.name)
-    if scope not in principal.scopes:
-        raise Problem("forbidden", f"this call needs the '{scope}' scope", required_scope=scope)
-    _check_feature(request)
-    return await handler(request)
+    try:
+        found = await request.app[keys.TOKENS].authenticate(token)
+    except TokenStoreUnavailable:
+        raise database_unreachable("the token database is unreachable; try again shortly") from None
+    except TokenExpired as exc:
+        when = datetime.fromtimestamp(exc.expires, UTC).isoformat().replace("+00:00", "Z")
+        raise Problem("invalid_token", f"the token expired at {when}; ask an admin for a new one") from None
+    if found is None:
+        raise Problem("invalid_token", "the token is unknown, revoked or malformed")
+    return found
+
+
+async def _spend_budget(request: web.Request, principal: Principal) -> None:
+    """Count one request against the token's budget (shared through Redis); 429 when it is spent."""
+    limit = principal.requests_per_minute or 1
+    verdict = await request.app[keys.RATE_COUNTER].hit(budget_key(principal.token_id), 60.0 / limit, limit)
+    request[keys.RATE_LIMIT] = BudgetFigures(limit, verdict.remaining, max(0, math.ceil(verdict.reset_after)))
+    if not verdict.allowed:
+        raise budget_exceeded(limit, verdict)
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the answers to a token with a budget carry ``RateLimit-*``, streamed ones too."""
+    figures = request.get(keys.RATE_LIMIT)
+    if figures is not None:
+        response.headers["RateLimit-Limit"] = str(figures.limit)
+        response.headers["RateLimit-Remaining"] = str(figures.remaining)
+        response.headers["RateLimit-Reset"] = str(figures.reset)
 
 
 def _check_feature(request: web.Request) -> None:

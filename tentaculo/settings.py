@@ -152,6 +152,11 @@ class Settings:
     service_allow: Mapping[str, tuple[AllowRule, ...]] = field(default_factory=dict)
     # Path prefixes under which a ``read`` token may open a WebSocket through the proxy.
     service_read_upgrades: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Failed authentications per client address: see tentaculo/limits.py.
+    auth_failure_burst: int = 20
+    auth_failure_rate: float = 5.0
+    # How often the tokens used since the last time get their last_used_at written (one UPDATE).
+    token_last_used_seconds: float = 60.0
 
     @property
     def access_log_enabled(self) -> bool:
@@ -213,6 +218,7 @@ class Settings:
         _validate_services(self)
         _validate_proxy(self)
         _validate_cors(self)
+        _validate_limits(self)
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("TENTACULO_ADMIN_TOKEN", "must be at least 16 characters")
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -405,6 +411,15 @@ def public_origin(url: str) -> tuple[str, str]:
         raise SettingsError(var, "must be an origin only: no user, path, query or fragment, e.g. https://ops.example.com")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     return parts.scheme, host if port is None else f"{host}:{port}"
+
+
+def _validate_limits(s: Settings) -> None:
+    if s.auth_failure_burst < 1:
+        raise SettingsError("TENTACULO_AUTH_FAILURE_BURST", "must be at least 1")
+    if not 0 < s.auth_failure_rate <= 1000:
+        raise SettingsError("TENTACULO_AUTH_FAILURE_RATE", "must be in (0, 1000] failures per second")
+    if not 0 < s.token_last_used_seconds <= 3600:
+        raise SettingsError("TENTACULO_TOKEN_LAST_USED_SECONDS", "must be in (0, 3600]")
 
 
 def _validate_providers(s: Settings) -> None:

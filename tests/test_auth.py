@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from tentaculo.auth import TokenStore, hash_token, new_token
+from tests.conftest import wait_for
 
 
 async def test_missing_token_is_401_auth_required(gateway) -> None:
@@ -142,3 +147,148 @@ async def test_a_name_an_active_token_has_is_a_conflict(gateway, admin_headers) 
     assert again.status == 409
     problem = await again.json()
     assert problem["code"] == "conflict" and "active token" in problem["detail"]
+async def _create(gateway, admin_headers, **fields) -> tuple[str, dict]:
+    name = f"lim-{uuid.uuid4().hex[:8]}"
+    resp = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"], **fields},
+                              headers=admin_headers)
+    body = await resp.json()
+    assert resp.status == 201, body
+    return name, body
+
+
+async def test_a_token_created_with_expires_in_stops_working_when_it_expires(gateway, admin_headers) -> None:
+    name, created = await _create(gateway, admin_headers, expires_in=1)
+    token = created["token"]
+    assert created["expires_at"]
+    whoami = await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": token})
+    body = await whoami.json()
+    assert whoami.status == 200 and body["expires_at"] == created["expires_at"]
+
+    async def refused() -> bool:
+        return (await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": token})).status == 401
+
+    await wait_for(refused, timeout=5)
+    resp = await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": token})
+    problem = await resp.json()
+    assert problem["code"] == "invalid_token" and "expired" in problem["detail"]
+    assert token not in await resp.text()
+    listing = await (await gateway.get("/operator/api/tokens", headers=admin_headers)).json()
+    [row] = [t for t in listing["tokens"] if t["name"] == name]
+    assert row["state"] == "expired" and row["revoked_at"] is None
+    # An expired token gives its name up.
+    resp = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["read"]}, headers=admin_headers)
+    assert resp.status == 201, await resp.text()
+
+
+async def test_expires_at_must_be_a_future_instant_with_an_offset_and_not_with_expires_in(
+    gateway, admin_headers
+) -> None:
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    cases = [
+        ({"expires_at": past}, "expires_at"),
+        ({"expires_at": "2999-01-01T00:00:00"}, "expires_at"),  # no offset
+        ({"expires_at": "tomorrow"}, "expires_at"),
+        ({"expires_in": 0}, "expires_in"),
+        ({"expires_in": "60"}, "expires_in"),
+        ({"expires_in": True}, "expires_in"),
+        ({"expires_in": 60, "expires_at": "2999-01-01T00:00:00Z"}, "expires_at"),
+        ({"requests_per_minute": 0}, "requests_per_minute"),
+        ({"requests_per_minute": 1.5}, "requests_per_minute"),
+    ]
+    for fields, field in cases:
+        resp = await gateway.post("/operator/api/tokens", json={"name": f"x-{uuid.uuid4().hex[:6]}",
+                                  "scopes": ["read"], **fields}, headers=admin_headers)
+        body = await resp.json()
+        assert resp.status == 422, (fields, body)
+        assert [e["field"] for e in body["errors"]] == [field], fields
+    future = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    _, created = await _create(gateway, admin_headers, expires_at=future.isoformat().replace("+00:00", "+02:00"))
+    assert datetime.fromisoformat(created["expires_at"]) == future - timedelta(hours=2)
+
+
+async def test_the_token_cache_does_not_outlive_an_expiry(settings) -> None:
+    import asyncpg
+
+    from tentaculo.auth import TokenExpired
+    from tentaculo.db import queries
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
+    token = new_token()
+    expires = datetime.now(UTC) + timedelta(seconds=30)
+    await queries.insert_token(pool, f"c-{uuid.uuid4().hex[:6]}", hash_token(token), ["read"], "tests",
+                               expires_at=expires)
+    wall = [time.time()]
+    store = TokenStore(pool, admin_token=None, cache_seconds=3600, wall=lambda: wall[0])
+    assert (await store.authenticate(token)) is not None
+    wall[0] = expires.timestamp() + 0.001  # still cached for an hour, but past its expiry
+    with pytest.raises(TokenExpired):
+        await store.authenticate(token)
+    await pool.close()
+
+
+async def test_listing_shows_state_expiry_budget_and_a_coarse_last_use(aiohttp_client, settings, admin_headers) -> None:
+    import dataclasses
+
+    from tentaculo import keys
+    from tentaculo.app import create_app
+    from tests.conftest import serve
+
+    # An hour between writes: nothing the requests below do may write last_used_at by itself.
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, token_last_used_seconds=3600)))
+    name, created = await _create(client, admin_headers, expires_in=3600, requests_per_minute=600)
+    revoked_name, _ = await _create(client, admin_headers)
+    assert (await client.delete(f"/operator/api/tokens/{revoked_name}", headers=admin_headers)).status == 204
+    for _ in range(5):
+        assert (await client.get("/operator/api/whoami", headers={"X-VX11-Token": created["token"]})).status == 200
+
+    async def row(token_name: str) -> dict:
+        listing = await (await client.get("/operator/api/tokens", headers=admin_headers)).json()
+        [found] = [t for t in listing["tokens"] if t["name"] == token_name]
+        return found
+
+    listed = await row(name)
+    assert listed["state"] == "active" and listed["expires_at"] == created["expires_at"]
+    assert listed["requests_per_minute"] == 600 and listed["created_at"] and listed["revoked_at"] is None
+    assert listed["last_used_at"] is None  # not written on the request path
+    assert (await row(revoked_name))["state"] == "revoked"
+    assert await client.app[keys.TOKENS].flush_usage() == 1  # one batch for every token used
+    assert (await row(name))["last_used_at"] is not None
+    me = await (await client.get("/operator/api/whoami", headers={"X-VX11-Token": created["token"]})).json()
+    assert me["requests_per_minute"] == 600 and me["expires_at"] == created["expires_at"]
+
+
+async def test_last_used_at_is_written_in_the_background(aiohttp_client, settings, admin_headers, db) -> None:
+    import dataclasses
+
+    from tentaculo.app import create_app
+    from tests.conftest import serve
+
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, token_last_used_seconds=0.05)))
+    name, created = await _create(client, admin_headers)
+    assert (await client.get("/operator/api/whoami", headers={"X-VX11-Token": created["token"]})).status == 200
+
+    async def written() -> bool:
+        return await db.fetchval("SELECT last_used_at IS NOT NULL FROM api_tokens WHERE name = $1", name)
+
+    await wait_for(written, timeout=5)
+
+
+async def test_expiry_ends_the_event_streams_the_token_opened(aiohttp_client, settings, admin_headers) -> None:
+    import dataclasses
+
+    from tentaculo.app import create_app
+    from tests.conftest import serve
+    from tests.test_events import EVENTS, SSE
+
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(
+        settings, token_cache_seconds=0.2, redis_prefix=f"{settings.redis_prefix}exp-{uuid.uuid4().hex[:6]}:")))
+    _, created = await _create(client, admin_headers, expires_in=1)
+    resp = await client.get(EVENTS, headers={"X-VX11-Token": created["token"]})
+    assert resp.status == 200
+    sse = SSE(resp)
+    assert await sse.record() == {"retry": "3000"}
+    error = await sse.event(timeout=5)
+    assert error["event"] == "error"
+    problem = error["data"]["data"]
+    assert problem["code"] == "invalid_token" and "expired" in problem["detail"]
+    await sse.ended()

@@ -167,3 +167,26 @@ async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
         import socket
 
         socket.create_connection(("127.0.0.1", int(redis_port[1])), timeout=1).close()
+
+
+async def test_token_create_with_expires_in_and_a_budget(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    env = _env(TENTACULO_DATABASE_URL=database_url)
+    name = f"cli-exp-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    created = _cli("token", "create", name, "--scopes", "read", "--expires-in", "30d",
+                   "--requests-per-minute", "120", env=env)
+    assert created.returncode == 0, created.stderr
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT expires_at, requests_per_minute FROM api_tokens WHERE name = $1", name)
+    finally:
+        await conn.close()
+    assert abs(row["expires_at"] - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=1)
+    assert row["requests_per_minute"] == 120
+    listed = _cli("token", "list", env=env)
+    line = next(x for x in listed.stdout.splitlines() if x.startswith(name))
+    assert "active" in line and row["expires_at"].strftime("%Y-%m-%d") in line and "120" in line
+    for bad in ("30x", "0d", "-5m", "d"):
+        refused = _cli("token", "create", f"{name}-bad", "--expires-in", bad, env=env)
+        assert refused.returncode == 2 and "--expires-in" in refused.stderr, bad

@@ -26,7 +26,8 @@ async def test_ready_checks_each_dependency(gateway: TestClient) -> None:
     body = await resp.json()
     assert resp.status == 200, body
     assert body["status"] == "on"
-    assert set(body["checks"]) == {"postgresql", "redis", "migrations", "audit"}
+    assert set(body["checks"]) == {"postgresql", "redis", "migrations", "audit", "auth_limiter"}
+    assert body["checks"]["auth_limiter"]["status"] == "on"
     for name in ("postgresql", "redis", "migrations"):
         assert body["checks"][name]["status"] == "on"
         assert body["checks"][name]["latency_ms"] >= 0

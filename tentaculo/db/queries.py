@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -42,34 +43,63 @@ async def audit_rows_for(db: Executor, correlation_id: str) -> list[asyncpg.Reco
 
 
 async def insert_token(
-    db: Executor, name: str, token_hash: bytes, scopes: Sequence[str], created_by: str | None
+    db: Executor,
+    name: str,
+    token_hash: bytes,
+    scopes: Sequence[str],
+    created_by: str | None,
+    *,
+    expires_at: datetime | None = None,
+    requests_per_minute: int | None = None,
 ) -> int:
-    """Store a new token's hash; raises UniqueViolationError if an active token has that name."""
+    """Store a new token's hash; raises UniqueViolationError if an active token has that name.
+
+    A token of that name that has expired gives the name up: it is marked revoked at its expiry.
+    """
+    # Its own statement: the unique index would still see the expired row within one statement.
+    await db.execute(
+        "UPDATE api_tokens SET revoked_at = expires_at WHERE name = $1 AND revoked_at IS NULL AND expires_at <= now()",
+        name,
+    )
     return await db.fetchval(
-        "INSERT INTO api_tokens (name, token_hash, scopes, created_by) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO api_tokens (name, token_hash, scopes, created_by, expires_at, requests_per_minute)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         name,
         token_hash,
         list(scopes),
         created_by,
+        expires_at,
+        requests_per_minute,
     )
 
 
 async def find_active_token(db: Executor, token_hash: bytes) -> asyncpg.Record | None:
-    """The active token with this hash, if any."""
+    """The unrevoked token with this hash, if any, expired or not (the caller tells them apart)."""
     return await db.fetchrow(
-        "SELECT id, name, scopes FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", token_hash
+        "SELECT id, name, scopes, expires_at, requests_per_minute FROM api_tokens"
+        " WHERE token_hash = $1 AND (revoked_at IS NULL OR revoked_at = expires_at)",
+        token_hash,
     )
 
 
 async def token_is_active(db: Executor, token_id: int) -> bool:
-    """Whether the token row ``token_id`` exists and is not revoked."""
-    return bool(await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = $1", token_id))
+    """Whether the token row ``token_id`` exists, is not revoked and has not expired."""
+    return bool(await db.fetchval(
+        "SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM api_tokens WHERE id = $1",
+        token_id,
+    ))
 
 
 async def list_tokens(db: Executor) -> list[asyncpg.Record]:
-    """Every token, newest first, without hashes."""
+    """Every token, newest first, without hashes; ``state`` is active, expired or revoked."""
     return await db.fetch(
-        "SELECT name, scopes, created_at, revoked_at, created_by FROM api_tokens ORDER BY created_at DESC, id DESC"
+        """
+        SELECT name, scopes, created_at, revoked_at, created_by, expires_at, last_used_at, requests_per_minute,
+               CASE WHEN revoked_at IS NOT NULL AND (expires_at IS NULL OR revoked_at < expires_at) THEN 'revoked'
+                    WHEN expires_at <= now() THEN 'expired'
+                    ELSE 'active' END AS state
+        FROM api_tokens ORDER BY created_at DESC, id DESC
+        """
     )
 
 
@@ -79,6 +109,11 @@ async def revoke_token(db: Executor, name: str) -> list[int]:
         "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id", name
     )
     return [row["id"] for row in rows]
+
+
+async def touch_tokens(db: Executor, token_ids: Sequence[int]) -> None:
+    """Set ``last_used_at`` of these token rows to now, in one statement."""
+    await db.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = ANY($1::bigint[])", list(token_ids))
 
 
 async def count_active_tokens(db: Executor) -> int:

@@ -171,7 +171,7 @@ async def _stream(
                     if closed.reason == REDIS_LOST:
                         await write(_error_frame(hub, cid, hub.reason or "Redis unreachable"))
                     elif closed.reason == REVOKED:
-                        problem = problem_body("invalid_token", "the token that opened this stream was revoked",
+                        problem = problem_body("invalid_token", "the token that opened this stream was revoked or has expired",
                                                cid, status=401)
                         await write(control_frame(ERROR, problem, source=hub.instance, correlation_id=cid,
                                                   severity="error"))

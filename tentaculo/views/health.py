@@ -56,7 +56,10 @@ def audit_check(app: web.Application) -> dict[str, Any]:
 
 @requires(PUBLIC)
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: PostgreSQL, Redis and the schema, each with its latency and reason."""
+    """Readiness: PostgreSQL, Redis and the schema, each with its latency and reason.
+
+    ``audit`` and ``auth_limiter`` are informative: a limiter counting per instance still limits.
+    """
     app = request.app
     pool = app[keys.DB_POOL]
 
@@ -79,6 +82,9 @@ async def ready(request: web.Request) -> web.Response:
     failing = [name for name, check in checks.items() if check["status"] != "on"]
     body: dict[str, Any] = {"status": "on" if not failing else "error", "checks": checks}
     checks["audit"] = audit_check(app)
+    if checks["redis"]["status"] != "on":
+        app[keys.RATE_COUNTER].redis_unreachable(checks["redis"]["reason"] or "no answer")
+    checks["auth_limiter"] = app[keys.AUTH_LIMITER].readiness()
     if app[keys.LIFECYCLE].draining:
         body.update(status="off", reason="draining: the instance is shutting down")
     elif failing:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -23,6 +25,7 @@ BOOTSTRAP_TOKEN_NAME = "admin"
 def reserved_name(name: str) -> bool:
     """Whether a token made by hand may not take ``name``: it would pass for the bootstrap token."""
     return name.lower() == BOOTSTRAP_TOKEN_NAME
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @requires("read")
@@ -35,6 +38,8 @@ async def whoami(request: web.Request) -> web.Response:
             "scopes": sorted(principal.scopes),
             "correlation_id": request[keys.CORRELATION_ID],
             "instance": request.app[keys.SETTINGS].instance,
+            "expires_at": datetime.fromtimestamp(principal.expires, UTC) if principal.expires is not None else None,
+            "requests_per_minute": principal.requests_per_minute,
         }
     )
 
@@ -63,6 +68,7 @@ async def create_token(request: web.Request) -> web.Response:
             scopes = parse_scopes(",".join(raw_scopes))
         except ValueError as exc:
             errors.append({"field": "scopes", "message": str(exc)})
+    expires_at, requests_per_minute = _token_limits(data, errors)
     if errors or not isinstance(name, str):
         raise ValidationFailed(errors)
     if reserved_name(name):
@@ -70,12 +76,14 @@ async def create_token(request: web.Request) -> web.Response:
     token = new_token()
     try:
         await queries.insert_token(
-            request.app[keys.DB_POOL], name, hash_token(token), sorted(scopes), request[keys.PRINCIPAL].name
+            request.app[keys.DB_POOL], name, hash_token(token), sorted(scopes), request[keys.PRINCIPAL].name,
+            expires_at=expires_at, requests_per_minute=requests_per_minute,
         )
     except asyncpg.UniqueViolationError:
         # The request is well formed; it clashes with what exists, which a revocation can change.
         raise Problem("conflict", f"an active token is named {name!r}; revoke it first", field="name") from None
-    return json_response({"name": name, "scopes": sorted(scopes), "token": token}, status=201,
+    return json_response({"name": name, "scopes": sorted(scopes), "token": token, "expires_at": expires_at,
+                          "requests_per_minute": requests_per_minute}, status=201,
                          headers={"Cache-Control": "no-store"})  # the one answer that holds the secret
 
 
@@ -105,4 +113,63 @@ def _token_view(row: asyncpg.Record) -> dict[str, object]:
         "created_at": row["created_at"],
         "revoked_at": row["revoked_at"],
         "created_by": row["created_by"],
+        "expires_at": row["expires_at"],
+        "last_used_at": row["last_used_at"],
+        "requests_per_minute": row["requests_per_minute"],
+        "state": row["state"],
     }
+
+
+# Longest lifetime and largest budget a token may be given (ten years; a million a minute).
+MAX_EXPIRES_IN = 10 * 365 * 86_400
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+
+
+def _positive_int(value: object, most: int) -> int | None:
+    """``value`` when it is an integer in 1..most (JSON true is not 1), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most:
+        return value
+    return None
+
+
+def _token_limits(data: dict[str, Any], errors: list[dict[str, str]]) -> tuple[datetime | None, int | None]:
+    """``expires_in`` or ``expires_at`` (not both) and ``requests_per_minute`` of a new token; errors named."""
+    expires_at: datetime | None = None
+    if "expires_in" in data and "expires_at" in data:
+        errors.append({"field": "expires_at", "message": "give expires_in or expires_at, not both"})
+    elif data.get("expires_in") is not None:
+        seconds = _positive_int(data["expires_in"], MAX_EXPIRES_IN)
+        if seconds is None:
+            errors.append({"field": "expires_in", "message": f"seconds: an integer from 1 to {MAX_EXPIRES_IN}"})
+        else:
+            expires_at = datetime.now(UTC) + timedelta(seconds=seconds)
+    elif data.get("expires_at") is not None:
+        expires_at = _future_instant(data["expires_at"], errors)
+    requests_per_minute = None
+    if data.get("requests_per_minute") is not None:
+        requests_per_minute = _positive_int(data["requests_per_minute"], MAX_REQUESTS_PER_MINUTE)
+        if requests_per_minute is None:
+            errors.append({"field": "requests_per_minute",
+                           "message": f"an integer from 1 to {MAX_REQUESTS_PER_MINUTE}"})
+    return expires_at, requests_per_minute
+
+
+def _future_instant(value: object, errors: list[dict[str, str]]) -> datetime | None:
+    """An RFC 3339 date-time with an offset, in the future and at most MAX_EXPIRES_IN away."""
+    when = None
+    if isinstance(value, str) and RFC3339.fullmatch(value):
+        try:
+            when = datetime.fromisoformat(value.upper())
+        except ValueError:
+            when = None
+    if when is None or when.tzinfo is None:
+        errors.append({"field": "expires_at", "message": "an RFC 3339 date-time with an offset, e.g. 2030-01-31T12:00:00Z"})
+        return None
+    now = datetime.now(UTC)
+    if when <= now:
+        errors.append({"field": "expires_at", "message": "must be in the future"})
+        return None
+    if when > now + timedelta(seconds=MAX_EXPIRES_IN):
+        errors.append({"field": "expires_at", "message": "at most ten years from now"})
+        return None
+    return when
