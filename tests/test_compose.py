@@ -54,3 +54,15 @@ def test_no_secret_is_written_in_the_repository() -> None:
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=COMPOSE_DIR.parent).stdout
     assert not [f for f in tracked.splitlines() if f.endswith("/.env") or f == ".env"]
     assert (COMPOSE_DIR / ".env.example").exists()
+
+
+def test_compose_gives_more_grace_than_a_stop_takes_and_trusts_only_its_balancer() -> None:
+    from tentaculo.server import shutdown_total
+    from tentaculo.settings import Settings
+
+    stack = yaml.safe_load(COMPOSE_FILE.read_text())
+    gateway = stack["x-gateway"]
+    grace = float(str(gateway["stop_grace_period"]).rstrip("s"))
+    assert grace > shutdown_total(Settings()), "SIGKILL would come before the final flush"
+    lb_address = stack["services"]["lb"]["networks"]["default"]["ipv4_address"]
+    assert gateway["environment"]["TENTACULO_TRUSTED_PROXIES"] == lb_address
