@@ -146,7 +146,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """The PostgreSQL pool; migrations at start-up (retried in the background if PostgreSQL is away)."""
     settings = app[keys.SETTINGS]
     # min_size=0: start even while PostgreSQL is down; the pool connects on first use.
-    pool = await create_pool(settings.database_url or "", min_size=0, max_size=settings.db_pool_max)
+    pool = await create_pool(settings.database_url or "", min_size=0, max_size=settings.db_pool_max,
+                             deadline=settings.db_timeout)
     app[keys.DB_POOL] = pool
     retry: asyncio.Task[None] | None = None
     if settings.migrate_on_start:
@@ -200,7 +201,8 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
 async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     """The token store over the pool; tokens' last_used_at written in batches, last at shutdown."""
     settings = app[keys.SETTINGS]
-    store = TokenStore(app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds)
+    store = TokenStore(app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds,
+                       grace_seconds=settings.token_grace_seconds, deadline=settings.db_timeout)
     app[keys.TOKENS] = store
     writer = asyncio.create_task(_write_token_usage(store, settings.token_last_used_seconds), name="token-usage")
     yield

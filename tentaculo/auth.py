@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import secrets
@@ -14,6 +15,7 @@ import asyncpg
 
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.digest import sha256
+from tentaculo.errors import failure_reason
 
 SCOPES = ("read", "chat", "operate", "admin")
 PUBLIC = "public"
@@ -105,12 +107,20 @@ class TokenExpired(Exception):
 
 @dataclass(slots=True)
 class _Cached:
-    expires: float
+    expires: float  # fresh until then: used without asking PostgreSQL
+    seen: float  # when PostgreSQL last vouched for it: the grace during an outage counts from here
     principal: Principal | None
 
 
 class TokenStore:
-    """Resolves presented tokens to principals: the bootstrap admin token, then PostgreSQL."""
+    """Resolves presented tokens to principals: the bootstrap admin token, then PostgreSQL.
+
+    Every lookup has a deadline (``deadline``, acquiring a connection included). When PostgreSQL
+    cannot answer in time, a token PostgreSQL vouched for within the last ``grace_seconds`` keeps
+    working from memory; the price is that a revocation made meanwhile on another instance (or
+    with the CLI) is not seen until PostgreSQL answers again. Any other token is refused with
+    TokenStoreUnavailable (503 with Retry-After) within the deadline.
+    """
 
     MAX_CACHE = 10_000
 
@@ -120,10 +130,17 @@ class TokenStore:
         *,
         admin_token: str | None,
         cache_seconds: float,
+        grace_seconds: float = 300.0,
+        deadline: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
+        self._grace = grace_seconds
+        self._deadline = deadline
+        # After a lookup missed its deadline, calls within the grace are answered from memory at
+        # once until this time, instead of each waiting out the deadline again.
+        self._unanswered_until = 0.0
         self._wall = wall
         # Token rows that authenticated since the last flush: their last_used_at is written in one
         # batch now and then, never on the request path.
@@ -150,7 +167,8 @@ class TokenStore:
         if cached is not None and now < cached[0]:
             return cached[1]
         try:
-            active = await queries.token_is_active(self._pool, token_id)
+            async with asyncio.timeout(self._deadline):
+                active = await queries.token_is_active(self._pool, token_id)
         except DB_FAILURES as exc:
             if cached is not None:
                 return cached[1]
@@ -193,23 +211,30 @@ class TokenStore:
         # Only well-formed tokens are looked up and cached, so a cache hit above was one too.
         if not TOKEN_SHAPE.match(token):
             return None
+        # Database away or silent: keep honouring what it vouched for a moment ago (the grace)
+        # rather than lock everyone out; an unknown or long-unseen token cannot be vouched for.
+        graced = cached is not None and cached.principal is not None and now - cached.seen <= self._grace
+        if graced and now < self._unanswered_until:
+            return self._usable(cached.principal if cached is not None else None)
         try:
-            row = await queries.find_active_token(self._pool, digest)
+            async with asyncio.timeout(self._deadline):
+                row = await queries.find_active_token(self._pool, digest)
         except DB_FAILURES as exc:
-            # Database away: keep honouring what was valid a moment ago rather than lock everyone out.
-            if cached is not None:
+            self._unanswered_until = self._clock() + self._deadline
+            if graced and cached is not None:
                 return self._usable(cached.principal)
-            raise TokenStoreUnavailable(str(exc)) from exc
+            raise TokenStoreUnavailable(failure_reason(exc)) from exc
         principal = None
         if row is not None:
             expires = row["expires_at"].timestamp() if row["expires_at"] is not None else None
             principal = Principal(row["name"], frozenset(row["scopes"]), row["id"], expires, row["requests_per_minute"])
-        if self._cache_seconds > 0:
+        # Kept even with no cache period: a valid token is what the outage grace vouches for.
+        if self._cache_seconds > 0 or (principal is not None and self._grace > 0):
             if len(self._cache) >= self.MAX_CACHE:
-                self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
+                self._cache = {k: v for k, v in self._cache.items() if now - v.seen <= max(self._grace, 0)}
                 if len(self._cache) >= self.MAX_CACHE:
                     self._cache.clear()
-            self._cache[digest] = _Cached(now + self._cache_seconds, principal)
+            self._cache[digest] = _Cached(now + self._cache_seconds, now, principal)
         return self._usable(principal)
 
     def _usable(self, principal: Principal | None) -> Principal | None:

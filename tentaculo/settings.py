@@ -80,7 +80,9 @@ class Settings:
     body_min_rate: int = 500
     max_connections_per_client: int = 256
     db_pool_max: int = 10
+    db_timeout: float = 2.0
     token_cache_seconds: float = 2.0
+    token_grace_seconds: float = 300.0
     audit_buffer: int = 50_000
     audit_batch: int = 500
     audit_flush_seconds: float = 0.2
@@ -210,7 +212,10 @@ class Settings:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
         if self.audit_flush_seconds <= 0:
             raise SettingsError("TENTACULO_AUDIT_FLUSH_SECONDS", "must be positive")
-        for name in ("token_cache_seconds", "shutdown_timeout", "drain_seconds", "shutdown_flush_seconds"):
+        if not 0 < self.db_timeout <= 60:
+            raise SettingsError("TENTACULO_DB_TIMEOUT", "must be in (0, 60] seconds")
+        for name in ("token_cache_seconds", "token_grace_seconds", "shutdown_timeout", "drain_seconds",
+                     "shutdown_flush_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
         _validate_metrics_and_fs(self)

@@ -16,6 +16,8 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cuts = 0  # a connection accepted before a cut must not outlive it
+        self._flowing = asyncio.Event()  # cleared while silenced: bytes are held, nothing is refused
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
@@ -30,6 +32,7 @@ class CuttableProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cuts = self._cuts
         self._writers.add(writer)
+        await self._flowing.wait()  # a silenced server accepts, then says nothing
         try:
             up_reader, up_writer = await self._open_target()
         except OSError:
@@ -45,6 +48,7 @@ class CuttableProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ConnectionError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -64,10 +68,18 @@ class CuttableProxy:
         self._server = None
 
     async def restore(self) -> None:
-        """Listen again on the same port."""
+        """Listen again on the same port (after a cut), or let bytes flow again (after a silence)."""
+        if not self._flowing.is_set():
+            self._flowing.set()
+            return
         await self.start()
 
+    def silence(self) -> None:
+        """A silent partition: connections stay open and new ones are accepted, but nothing gets through."""
+        self._flowing.clear()
+
     async def close(self) -> None:
+        self._flowing.set()
         if self._server is not None:
             await self.cut()
 

@@ -13,6 +13,7 @@ import asyncpg
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # One lock for every instance of the gateway: those starting together queue here.
 ADVISORY_LOCK_KEY = 7_411_290_530_118
+MIGRATION_TIMEOUT = 600.0
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -79,7 +80,9 @@ async def pending_migrations(conn: asyncpg.Connection, migrations: list[Migratio
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply every pending migration; return the versions applied by this call."""
     migrations = list(_packaged()) if migrations is None else migrations
-    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
+    # Migrations may wait for another instance's lock and run long statements: not bound by the
+    # pool's per-query deadline, which is for calls made while serving.
+    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY, timeout=MIGRATION_TIMEOUT)
     try:
         await conn.execute(_CREATE_HISTORY)
         applied = await applied_versions(conn)
@@ -93,7 +96,7 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                     )
                 continue
             async with conn.transaction():
-                await conn.execute(migration.sql)
+                await conn.execute(migration.sql, timeout=MIGRATION_TIMEOUT)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     migration.version,
