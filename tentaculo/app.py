@@ -87,6 +87,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/operator/api/chat", chat.chat)
     app.router.add_post("/v1/chat/completions", openai_compat.chat_completions)
     app.router.add_get("/v1/models", openai_compat.list_models)
+    app.router.add_get("/v1/models/{model:.+}", openai_compat.get_model)
     app.router.add_get("/operator/api/status", status_views.status)
     app.router.add_get("/operator/api/modules", status_views.modules)
     app.router.add_get("/operator/api/topology", status_views.topology)

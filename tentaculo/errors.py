@@ -16,6 +16,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_token": (401, "Invalid token"),
     "forbidden": (403, "Forbidden"),
     "not_found": (404, "Not found"),
+    "model_not_found": (404, "Model not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "bad_request": (400, "Bad request"),
     "invalid_json": (400, "Invalid JSON"),
@@ -96,9 +97,16 @@ OPENAI_PREFIX = "/v1/"
 
 
 def openai_error(problem: Problem) -> dict[str, Any]:
-    """The ``error`` member OpenAI's SDKs read: message, type, code, param (and attempts, when known)."""
+    """The ``error`` member OpenAI's SDKs read: message, type, code, param (and attempts, when known).
+
+    The SDKs show only ``message``: for a validation failure it names each field and what is wrong
+    with it, since the problem's detail is a summary.
+    """
     errors = problem.extra.get("errors")
-    error: dict[str, Any] = {"message": problem.detail, "type": problem.code, "code": problem.code,
+    message = problem.detail
+    if errors and problem.code == "validation_error":
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    error: dict[str, Any] = {"message": message, "type": problem.code, "code": problem.code,
                              "param": errors[0]["field"] if errors else None}
     if "attempts" in problem.extra:
         error["attempts"] = problem.extra["attempts"]
