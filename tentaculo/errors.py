@@ -25,6 +25,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "Payload too large"),
     "rate_limited": (429, "Too many requests"),
     "feature_disabled": (503, "Feature disabled"),
+    "module_unconfigured": (503, "Module not configured"),
     "provider_unavailable": (503, "Provider unavailable"),
     "upstream_unavailable": (502, "Upstream unavailable"),
     "upstream_timeout": (504, "Upstream timeout"),

@@ -94,6 +94,12 @@ def public_address(address: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def unconfigured_detail(name: str) -> str:
+    """Why module ``name`` cannot be called, and the setting or command that gives it an address."""
+    return (f"module {name!r} has no address: set TENTACULO_SERVICE_{service_key(name).upper()}_URL, "
+            f"or run `tentaculo service set {name} --url http://HOST:PORT`")
+
+
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
