@@ -15,7 +15,7 @@ from typing import TextIO
 import asyncpg
 
 from tentaculo import __version__
-from tentaculo.auth import SCOPES, hash_token, new_token, parse_scopes
+from tentaculo.auth import SCOPES, hash_token, new_token, ordered_scopes, parse_scopes
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.settings import Settings, SettingsError
@@ -179,12 +179,12 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             token = new_token()
             try:
-                await queries.insert_token(conn, args.name, hash_token(token), sorted(scopes), "cli")
+                await queries.insert_token(conn, args.name, hash_token(token), ordered_scopes(scopes), "cli")
             except asyncpg.UniqueViolationError:
                 print(f"tentaculo: an active token named {args.name!r} exists; revoke it first", file=sys.stderr)
                 return 1
             print(token)
-            print(f"created token {args.name!r} with scopes {','.join(sorted(scopes))}; it is not shown again",
+            print(f"created token {args.name!r} with scopes {','.join(ordered_scopes(scopes))}; it is not shown again",
                   file=sys.stderr)
             return 0
         if args.token_command == "list":
@@ -192,11 +192,12 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{'NAME':<24} {'SCOPES':<28} {'CREATED':<20} REVOKED")
             for r in rows:
                 revoked = r["revoked_at"].strftime("%Y-%m-%d %H:%M:%S") if r["revoked_at"] else "-"
-                print(f"{r['name']:<24} {','.join(r['scopes']):<28} "
+                print(f"{r['name']:<24} {','.join(ordered_scopes(r['scopes'])):<28} "
                       f"{r['created_at'].strftime('%Y-%m-%d %H:%M:%S'):<20} {revoked}")
             return 0
         if await queries.revoke_token(conn, args.name):
-            print(f"revoked token {args.name!r}", file=sys.stderr)
+            # On stdout, as create's token is: a script or a terminal sees that it happened.
+            print(f"revoked token {args.name!r}; running gateways refuse it within TENTACULO_TOKEN_CACHE_SECONDS")
             return 0
         print(f"tentaculo: no active token named {args.name!r}", file=sys.stderr)
         return 1

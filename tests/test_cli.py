@@ -48,7 +48,7 @@ def test_bad_setting_is_named_and_exits_2() -> None:
 async def test_token_create_list_revoke(database_url: str) -> None:
     env = _env(TENTACULO_DATABASE_URL=database_url)
     name = f"cli-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    created = _cli("token", "create", name, "--scopes", "read,chat", env=env)
+    created = _cli("token", "create", name, "--scopes", "chat,read", env=env)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert re.fullmatch(r"vx11_[A-Za-z0-9_-]{40,}", token)
@@ -58,14 +58,18 @@ async def test_token_create_list_revoke(database_url: str) -> None:
     principal = await store.authenticate(token)
     assert principal is not None and principal.scopes == frozenset({"read", "chat"})
 
+    assert f"created token {name!r} with scopes read,chat" in created.stderr
     listed = _cli("token", "list", env=env)
     assert name in listed.stdout and token not in listed.stdout
+    [line] = [row for row in listed.stdout.splitlines() if row.startswith(name + " ")]
+    assert line.split()[1] == "read,chat"
 
     duplicate = _cli("token", "create", name, env=env)
     assert duplicate.returncode == 1 and "revoke it first" in duplicate.stderr
 
     revoked = _cli("token", "revoke", name, env=env)
     assert revoked.returncode == 0
+    assert revoked.stdout.startswith(f"revoked token {name!r}")
     assert await store.authenticate(token) is None
     assert _cli("token", "revoke", name, env=env).returncode == 1
     bad_scope = _cli("token", "create", "x", "--scopes", "root", env=env)
