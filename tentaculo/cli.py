@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tentaculo", description="The VX11 gateway.")
     parser.add_argument("--version", action="version", version=f"tentaculo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
+    run = sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
+    run.add_argument("--host", help="address to listen on (default: TENTACULO_HOST, else 127.0.0.1)")
+    run.add_argument("--port", type=_port, help="port to listen on (default: TENTACULO_PORT, else 8000)")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     sub.add_parser("providers", help="list the installed provider plugins and their status (starts each one)")
     smoke = sub.add_parser("smoke", help="call every endpoint of a running gateway; non-zero exit on any failure")
@@ -47,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be 1..65535, got {text!r}")
+    return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tentaculo`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -57,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "smoke":
         return _smoke(settings, args)
+    if args.command == "run":
+        settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     from tentaculo.logging import configure_logging, resolve_log_format
 
     settings = dataclasses.replace(settings, log_format=resolve_log_format(settings.log_format))
@@ -96,9 +110,16 @@ def _databases(settings: Settings, *, need_redis: bool) -> Iterator[Settings]:
         database_url, redis_url = settings.database_url, settings.redis_url
         if not database_url:
             pg = EmbeddedPostgres(settings.state_dir / "postgres")
-            print(f"starting embedded PostgreSQL in {pg.directory}", file=sys.stderr)
-            database_url = pg.start()
-            stack.callback(pg.stop)
+            running = pg.running_dsn()
+            if running and not need_redis:
+                # A running gateway's server: used as it is, and left running.
+                print(f"using the embedded PostgreSQL running in {pg.directory}", file=sys.stderr)
+                database_url = running
+            else:
+                verb = "joining the" if running else "starting"
+                print(f"{verb} embedded PostgreSQL in {pg.directory}", file=sys.stderr)
+                database_url = pg.start()
+                stack.callback(pg.stop)
         if need_redis and not redis_url:
             redis = EmbeddedRedis(settings.state_dir / "redis")
             redis_url = redis.start()
