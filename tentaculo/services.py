@@ -22,7 +22,11 @@ a ``redis(s)://`` one is sent ``PING``. Verdicts, in the contract's enum:
   ``degraded``, or an answer slower than ``TENTACULO_PROBE_SLOW_MS``.
 * ``on``: a timely 2xx (a JSON body's ``status``, when present, says it is fine).
 
-``tentaculo_link`` is this gateway: it reports from the instance's own state and is never probed.
+``tentaculo_link`` is this gateway: it reports from the instance's own state and is never probed;
+its latency and check time are those of the instance's last check of PostgreSQL and Redis.
+``redis`` with no address of its own is the gateway's Redis (``TENTACULO_REDIS_URL``), probed like
+any other (``address_source: "gateway"``): on a fresh install the system's Redis is the gateway's,
+and showing it ``off`` beside the gateway's working Redis told two stories about one server.
 Each module also has a circuit breaker that the reverse proxy drives; an open circuit makes the
 module ``error`` and a half-open one ``degraded``. Every change of a module's effective status
 (or circuit state) is published as a ``service_status`` event by the instance that saw it.
@@ -69,6 +73,7 @@ from tentaculo.tasks import stop_task
 log = structlog.get_logger("tentaculo.services")
 
 GATEWAY = "tentaculo_link"
+SYSTEM_REDIS = "redis"
 MAX_HEALTH_BODY = 64 * 1024
 REASON_MAX = 200
 # What a module's JSON health body may say in "status", and the verdict each means.
@@ -202,11 +207,13 @@ class ServiceRegistry:
         settings: Settings,
         *,
         self_status: Callable[[], tuple[str, str | None]] = lambda: ("on", None),
+        self_check: Callable[[], tuple[float | None, datetime | None]] = lambda: (None, None),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self.settings = settings
         self._self_status = self_status
+        self._self_check = self_check
         self._clock = clock
         self._entries: dict[str, ServiceEntry] = {}
         self.edges: list[Edge] = []
@@ -311,6 +318,8 @@ class ServiceRegistry:
             address, source = row["base_url"], "database"
         elif name == GATEWAY:
             address, source = f"http://{self.settings.host}:{self.settings.port}", "instance"
+        elif name == SYSTEM_REDIS and self.settings.redis_url:
+            address, source = self.settings.redis_url, "gateway"
         else:
             address, source = None, None
         path = row["health_path"] or "/health"
@@ -471,10 +480,18 @@ class ServiceRegistry:
 
     # ----------------------------------------------------------------- views
 
+    def _checked(self, entry: ServiceEntry) -> tuple[float | None, datetime | None]:
+        """(latency in ms, time) of a module's last health check; the gateway's is its own last self-check."""
+        if entry.config.name == GATEWAY:
+            return self._self_check()
+        probe = entry.probe
+        return (probe.latency_ms, probe.checked_at) if probe is not None else (None, None)
+
     def snapshot(self, entry: ServiceEntry) -> dict[str, Any]:
         """One module as ``/operator/api/modules`` shows it (never its credentials)."""
         status, reason = self._effective(entry)
         config, probe = entry.config, entry.probe
+        latency_ms, checked_at = self._checked(entry)
         return {
             "name": config.name,
             "display_name": config.display_name,
@@ -486,8 +503,8 @@ class ServiceRegistry:
             "health_path": config.health_path,
             "status": status,
             "reason": reason,
-            "latency_ms": probe.latency_ms if probe is not None else None,
-            "checked_at": probe.checked_at if probe is not None else None,
+            "latency_ms": latency_ms,
+            "checked_at": checked_at,
             "http_status": probe.http_status if probe is not None else None,
             "changed_at": entry.changed_at,
             "circuit": entry.breaker.snapshot(),
@@ -498,15 +515,16 @@ class ServiceRegistry:
         out = []
         for entry in self.entries():
             status, reason = self._effective(entry)
-            probe = entry.probe
+            latency_ms, checked_at = self._checked(entry)
             out.append({
                 "name": entry.config.name,
                 "role": entry.config.role,
                 "enabled": entry.config.enabled,
+                "address_source": entry.config.address_source,
                 "status": status,
                 "reason": reason,
-                "latency_ms": probe.latency_ms if probe is not None else None,
-                "checked_at": probe.checked_at if probe is not None else None,
+                "latency_ms": latency_ms,
+                "checked_at": checked_at,
                 "circuit": entry.breaker.state,
             })
         return out

@@ -171,10 +171,15 @@ async def test_each_kind_of_module_gets_an_honest_status(aiohttp_client, setting
     assert got["hormiguero"]["status"] == "error" and got["hormiguero"]["reason"] == "unreachable: connection refused"
     assert got["hormiguero"]["latency_ms"] is None
     assert got["spawner"]["status"] == "error" and got["spawner"]["reason"] == "no answer within 0.3 s"
-    assert got["redis"]["status"] == "off" and got["redis"]["reason"] == "not configured"
-    assert got["redis"]["address"] is None and got["redis"]["checked_at"] is None
+    # With no address of its own, the system's Redis is the gateway's: checked, and said to be so.
+    redis = got["redis"]
+    assert (redis["status"], redis["reason"], redis["address_source"]) == ("on", None, "gateway")
+    assert redis["address"] == public_address(settings.redis_url) and redis["latency_ms"] > 0
+    assert redis["checked_at"].endswith("Z")
+    # The gateway's own health comes with the time and latency of its last self-check.
     gateway = got["tentaculo_link"]
-    assert gateway["status"] == "on" and gateway["address_source"] == "instance" and gateway["checked_at"] is None
+    assert gateway["status"] == "on" and gateway["address_source"] == "instance"
+    assert gateway["latency_ms"] > 0 and gateway["checked_at"].endswith("Z")
     assert all(m["circuit"]["state"] == "closed" for m in got.values())
 
 
@@ -331,20 +336,26 @@ async def test_redis_down_makes_events_error_not_off(aiohttp_client, settings, a
     proxy, url = await proxy_redis(settings.redis_url)
     try:
         client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, redis_url=url,
-                                                                            dependency_check_seconds=0.1)))
+                                                                            dependency_check_seconds=0.1,
+                                                                            probe_interval_seconds=0.1)))
         await client.app[keys.EVENTS].wait_online()
         await proxy.cut()
 
         async def events_broken() -> bool:
             body = await (await client.get(STATUS, headers=admin_headers)).json()
             deps, features = body["dependencies"], body["features"]
-            return features["events"]["status"] == "error" and deps["redis"]["status"] == "error"
+            modules = {m["name"]: m for m in body["services"]}
+            return (features["events"]["status"] == "error" and deps["redis"]["status"] == "error"
+                    and modules["redis"]["status"] == "error")
 
         await wait_for(events_broken, timeout=10)
         body = await (await client.get(STATUS, headers=admin_headers)).json()
         events = body["features"]["events"]
         assert events["flag"] == "on" and "event hub is offline" in events["reason"]
         assert body["status"] == "degraded" and body["dependencies"]["events"]["status"] == "error"
+        # The redis module is the gateway's own Redis: its failure is told once, as the dependency's.
+        assert [r for r in body["reasons"] if r.startswith(("redis", "module redis"))] == [
+            f"redis error: {body['dependencies']['redis']['reason']}"]
         features = {f["name"]: f for f in (await (await client.get("/operator/api/features",
                                                                     headers=admin_headers)).json())["features"]}
         assert features["events"]["status"] == "error" and features["events"]["flag"] == "on"
