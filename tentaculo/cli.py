@@ -278,11 +278,29 @@ def _service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     enabled = change.add_mutually_exclusive_group()
     enabled.add_argument("--enabled", dest="enabled", action="store_true", default=None, help="probe and proxy it")
     enabled.add_argument("--disabled", dest="enabled", action="store_false", help="report it off, never call it")
+    edge = ssub.add_parser("edge", help="add or remove an edge of the topology (A depends on or calls B)")
+    esub = edge.add_subparsers(dest="edge_command", required=True)
+    add = esub.add_parser("add", help="add an edge, or change its kind")
+    add.add_argument("source")
+    add.add_argument("target")
+    add.add_argument("--kind", default="http", help="how source reaches target, e.g. http, pubsub (default http)")
+    remove = esub.add_parser("remove", help="remove an edge")
+    remove.add_argument("source")
+    remove.add_argument("target")
+
+
+EDGE_KIND = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 def _service_errors(args: argparse.Namespace) -> list[str]:
     from tentaculo.settings import SERVICE_URL_SCHEMES
 
+    if args.service_command == "edge":
+        errors = [f"{which}: lower-case letters, digits, '-' and '_', at most 64"
+                  for which in ("SOURCE", "TARGET") if not SERVICE_NAME.fullmatch(getattr(args, which.lower()))]
+        if getattr(args, "kind", None) is not None and not EDGE_KIND.fullmatch(args.kind):
+            errors.append("--kind: lower-case letters, digits, '-' and '_', at most 32")
+        return errors
     errors = []
     if not SERVICE_NAME.fullmatch(args.name):
         errors.append("NAME: lower-case letters, digits, '-' and '_', at most 64")
@@ -297,7 +315,7 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
     from tentaculo.services import public_address
     from tentaculo.settings import service_key
 
-    if args.service_command == "set" and (errors := _service_errors(args)):
+    if args.service_command in ("set", "edge") and (errors := _service_errors(args)):
         for error in errors:
             print(f"tentaculo: {error}", file=sys.stderr)
         return 2
@@ -314,7 +332,13 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
                     address += " (from TENTACULO_SERVICE_" + service_key(r["name"]).upper() + "_URL)"
                 print(f"{r['name']:<20} {r['role']:<16} {'yes' if r['enabled'] else 'no':<8} "
                       f"{r['health_path']:<12} {address}")
+            edges = await queries.list_topology_edges(conn)
+            print(f"\nEDGES ({len(edges)}; change with: tentaculo service edge add|remove SOURCE TARGET)")
+            for e in edges:
+                print(f"{e['source']} -> {e['target']} ({e['kind']})")
             return 0
+        if args.service_command == "edge":
+            return await _edge_command(conn, args)
         row, created = await queries.set_service_config(
             conn,
             args.name,
@@ -335,4 +359,24 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.service_urls.get(service_key(row["name"])):
         print(f"note: TENTACULO_SERVICE_{service_key(row['name']).upper()}_URL overrides this address where it is set",
               file=sys.stderr)
+    return 0
+
+
+async def _edge_command(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    where = f"{args.source} -> {args.target}"
+    if args.edge_command == "remove":
+        if not await queries.remove_topology_edge(conn, args.source, args.target):
+            print(f"tentaculo: no edge {where}", file=sys.stderr)
+            return 1
+        print(f"removed edge {where}; running gateways reload it now")
+        return 0
+    try:
+        created = await queries.add_topology_edge(conn, args.source, args.target, args.kind)
+    except asyncpg.ForeignKeyViolationError:
+        known = {r["name"] for r in await queries.list_service_configs(conn)}
+        missing = next(n for n in (args.source, args.target) if n not in known)
+        print(f"tentaculo: no module named {missing!r}; add it with: tentaculo service set {missing} --url ...",
+              file=sys.stderr)
+        return 1
+    print(f"{'added' if created else 'updated'} edge {where} ({args.kind}); running gateways reload it now")
     return 0

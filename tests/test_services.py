@@ -450,13 +450,52 @@ async def test_cli_adds_changes_and_disables_modules_on_a_running_gateway(
 
     code, out, _ = await _cli("service", "list", env=_cli_env(database_url, TENTACULO_SERVICE_SWITCH_URL="http://sw:1"))
     assert code == 0
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    modules_table = out.split("\n\n")[0]
+    lines = {line.split()[0]: line for line in modules_table.splitlines()[1:]}
     assert set(lines) >= SEEDED | {"ledger"}
     assert extra.url in lines["ledger"] and "(from TENTACULO_SERVICE_SWITCH_URL)" in lines["switch"]
     assert " no " in lines["madre"]
 
     code, _, err = await _cli("service", "set", "Bad Name", "--url", "ftp://x", "--health-path", "h", env=env)
     assert code == 2 and "NAME" in err and "--url" in err and "--health-path" in err
+
+
+async def _edges_of(client: Any, headers: dict[str, str]) -> set[tuple[str, str, str]]:
+    body = await (await client.get("/operator/api/topology", headers=headers)).json()
+    return {(e["source"], e["target"], e["kind"]) for e in body["edges"]}
+
+
+async def test_cli_adds_and_removes_topology_edges_on_a_running_gateway(
+    aiohttp_client, settings, admin_headers, database_url, db
+) -> None:
+    client = await serve(aiohttp_client, create_app(probing(settings, {}, services_reload_seconds=3600)))
+    env = _cli_env(database_url)
+    assert ("hermes", "mcp", "grpc") not in await _edges_of(client, admin_headers)
+    try:
+        code, out, err = await _cli("service", "edge", "add", "hermes", "mcp", "--kind", "grpc", env=env)
+        assert code == 0, err
+        assert out.startswith("added edge hermes -> mcp (grpc)")
+
+        async def shown() -> bool:
+            return ("hermes", "mcp", "grpc") in await _edges_of(client, admin_headers)
+
+        await wait_for(shown, timeout=5)
+        code, out, _ = await _cli("service", "list", env=env)
+        assert code == 0 and "hermes -> mcp (grpc)" in out and "tentaculo_link -> madre (http)" in out
+
+        code, out, err = await _cli("service", "edge", "remove", "hermes", "mcp", env=env)
+        assert code == 0 and out.startswith("removed edge hermes -> mcp"), err
+
+        async def gone() -> bool:
+            return ("hermes", "mcp", "grpc") not in await _edges_of(client, admin_headers)
+
+        await wait_for(gone, timeout=5)
+        code, _, err = await _cli("service", "edge", "remove", "hermes", "mcp", env=env)
+        assert code == 1 and "no edge hermes -> mcp" in err
+        code, _, err = await _cli("service", "edge", "add", "hermes", "no-such-module", env=env)
+        assert code == 1 and "no module named 'no-such-module'" in err and "tentaculo service set" in err
+    finally:
+        await db.execute("DELETE FROM topology_edges WHERE source = 'hermes' AND target = 'mcp'")
 
 
 async def _module_is(client: Any, headers: dict[str, str], name: str, status: str) -> bool:
