@@ -310,8 +310,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     def own_status() -> tuple[str, str | None]:
         return ("off", "draining: the instance is shutting down") if lifecycle.draining else ("on", None)
 
+    dependencies = app[keys.DEPENDENCIES]
     registry = ServiceRegistry(app[keys.DB_POOL], settings, self_status=own_status,
-                               self_check=app[keys.DEPENDENCIES].last_check)
+                               self_check=dependencies.last_check, redis_check=dependencies.redis_check)
     registry.on_status_change.append(lambda change: publish_service_status(hub, change))
     prober = ServiceProber(
         registry,

@@ -102,6 +102,10 @@ class DependencyMonitor:
             return DependencyCheck("on", None, latency, now)
         return DependencyCheck("error", reason[:300], None, now)
 
+    def redis_check(self) -> DependencyCheck:
+        """The last check of the gateway's Redis (what the ``redis`` module shows when it is that Redis)."""
+        return self.results["redis"]
+
     def last_check(self) -> tuple[float | None, datetime | None]:
         """(latency in ms, time) of the gateway's own last health check, as ``tentaculo_link`` shows it.
 

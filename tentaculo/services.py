@@ -24,9 +24,10 @@ a ``redis(s)://`` one is sent ``PING``. Verdicts, in the contract's enum:
 
 ``tentaculo_link`` is this gateway: it reports from the instance's own state and is never probed;
 its latency and check time are those of the instance's last check of PostgreSQL and Redis.
-``redis`` with no address of its own is the gateway's Redis (``TENTACULO_REDIS_URL``), probed like
-any other (``address_source: "gateway"``): on a fresh install the system's Redis is the gateway's,
-and showing it ``off`` beside the gateway's working Redis told two stories about one server.
+``redis`` with no address of its own is the gateway's Redis (``TENTACULO_REDIS_URL``,
+``address_source: "gateway"``): it is not probed again, it shows the instance's own check of that
+Redis. On a fresh install the system's Redis is the gateway's, and showing it ``off`` beside the
+gateway's working Redis told two stories about one server.
 Each module also has a circuit breaker that the reverse proxy drives; an open circuit makes the
 module ``error`` and a half-open one ``degraded``. Every change of a module's effective status
 (or circuit state) is published as a ``service_status`` event by the instance that saw it.
@@ -64,6 +65,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.dependencies import NOT_CHECKED, DependencyCheck
 from tentaculo.errors import connect_reason, failure_reason
 from tentaculo.events import STATUS_SEVERITY
 from tentaculo.providers import CircuitBreaker
@@ -178,7 +180,7 @@ class ServiceEntry:
     def probed(self) -> bool:
         """Whether the prober checks this module."""
         c = self.config
-        return c.enabled and c.address is not None and c.name != GATEWAY
+        return c.enabled and c.address is not None and c.name != GATEWAY and c.address_source != "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +210,14 @@ class ServiceRegistry:
         *,
         self_status: Callable[[], tuple[str, str | None]] = lambda: ("on", None),
         self_check: Callable[[], tuple[float | None, datetime | None]] = lambda: (None, None),
+        redis_check: Callable[[], DependencyCheck] = lambda: NOT_CHECKED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self.settings = settings
         self._self_status = self_status
         self._self_check = self_check
+        self._redis_check = redis_check
         self._clock = clock
         self._entries: dict[str, ServiceEntry] = {}
         self.edges: list[Edge] = []
@@ -395,6 +399,9 @@ class ServiceRegistry:
             return "off", "disabled in service_configs"
         if config.name == GATEWAY:
             return self._self_status()
+        if config.address_source == "gateway":
+            check = self._redis_check()
+            return check.status, check.reason
         if config.address is None:
             return "off", "not configured"
         state = entry.breaker.state
@@ -484,6 +491,9 @@ class ServiceRegistry:
         """(latency in ms, time) of a module's last health check; the gateway's is its own last self-check."""
         if entry.config.name == GATEWAY:
             return self._self_check()
+        if entry.config.address_source == "gateway":
+            check = self._redis_check()
+            return check.latency_ms, check.checked_at
         probe = entry.probe
         return (probe.latency_ms, probe.checked_at) if probe is not None else (None, None)
 
