@@ -18,8 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-run: $(STAMP) ## run the gateway on 127.0.0.1:8000 (embedded PostgreSQL/Redis unless configured)
-	$(BIN)/tentaculo run
+run: $(STAMP) ## run the gateway on 127.0.0.1:8000 (HOST=..., PORT=...; embedded PostgreSQL/Redis unless configured)
+	$(BIN)/tentaculo run $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) ## run the test suite against real PostgreSQL and Redis (embedded when none is given) and Chromium
 	@$(BIN)/python -m tests.browser
@@ -52,8 +52,8 @@ down: ## stop the compose stack (volumes are kept)
 logs: ## follow the compose stack's logs
 	$(COMPOSE) $(COMPOSE_ARGS) logs -f --tail=100
 
-smoke: $(STAMP) ## call every endpoint of a running gateway (URL=..., token from TENTACULO_ADMIN_TOKEN or .tentaculo/admin-token)
-	$(BIN)/tentaculo smoke --url $(or $(URL),http://127.0.0.1:8000)
+smoke: $(STAMP) ## call every endpoint of a running gateway (URL=... or PORT=..., token from TENTACULO_ADMIN_TOKEN or .tentaculo/admin-token)
+	$(BIN)/tentaculo smoke --url $(or $(URL),http://127.0.0.1:$(or $(PORT),8000))
 
 clean: ## remove the virtual env and local state (embedded databases, admin token)
 	rm -rf $(VENV) .tentaculo

@@ -51,26 +51,29 @@ class LocalProvider:
         """Ask the server which models it has; unreachable is ``error``, not a start-up failure."""
         await self._discover()
 
-    async def _discover(self) -> None:
+    async def _discover(self) -> ProviderError | None:
+        """Ask the server for its models; the error that left no model to use, if any."""
         try:
             listed = await self._client.list_models(self._probe_timeout)
         except ProviderError as exc:
             self.status, self.reason = "error", str(exc)
-            return
+            return exc
         self.models = models_or([self._configured], listed)
         self.default_model = self._configured or (self.models[0] if self.models else None)
         if self.default_model is None:
             self.status, self.reason = "error", "the server lists no model; set TENTACULO_LOCAL_MODEL"
-        else:
-            self.status, self.reason = "on", None
+            return ProviderUnavailable(f"local: {self.reason}")
+        self.status, self.reason = "on", None
+        return None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         model = request.model or self.default_model
         if model is None:
-            await self._discover()
+            # The discovery's own error already names the provider: raised as it is.
+            error = await self._discover()
             model = self.default_model
             if model is None:
-                raise ProviderUnavailable(f"local: {self.reason}")
+                raise error or ProviderUnavailable("local: no model to use; set TENTACULO_LOCAL_MODEL")
         answered = False
         try:
             async for chunk in self._client.stream(request, model):

@@ -94,6 +94,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/operator/api/chat", chat.chat)
     app.router.add_post("/v1/chat/completions", openai_compat.chat_completions)
     app.router.add_get("/v1/models", openai_compat.list_models)
+    app.router.add_get("/v1/models/{model:.+}", openai_compat.get_model)
     app.router.add_get("/operator/api/status", status_views.status)
     app.router.add_get("/operator/api/modules", status_views.modules)
     app.router.add_get("/operator/api/topology", status_views.topology)
@@ -352,7 +353,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     def own_status() -> tuple[str, str | None]:
         return ("off", "draining: the instance is shutting down") if lifecycle.draining else ("on", None)
 
-    registry = ServiceRegistry(app[keys.DB_POOL], settings, self_status=own_status)
+    dependencies = app[keys.DEPENDENCIES]
+    registry = ServiceRegistry(app[keys.DB_POOL], settings, self_status=own_status,
+                               self_check=dependencies.last_check, redis_check=dependencies.redis_check)
     registry.on_status_change.append(lambda change: publish_service_status(hub, change))
     prober = ServiceProber(
         registry,

@@ -7,7 +7,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,6 +56,12 @@ def hash_token(token: str) -> bytes:
 def new_token() -> str:
     """A fresh random token (256 bits)."""
     return "vx11_" + secrets.token_urlsafe(32)
+
+
+def ordered_scopes(scopes: Iterable[str]) -> list[str]:
+    """``scopes`` in the one order every answer and listing uses: read, chat, operate, admin."""
+    held = set(scopes)
+    return [s for s in SCOPES if s in held] + sorted(held - set(SCOPES))
 
 
 def parse_scopes(text: str) -> frozenset[str]:

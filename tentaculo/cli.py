@@ -16,7 +16,7 @@ from typing import TextIO
 import asyncpg
 
 from tentaculo import __version__
-from tentaculo.auth import SCOPES, hash_token, new_token, parse_scopes
+from tentaculo.auth import SCOPES, hash_token, new_token, ordered_scopes, parse_scopes
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.settings import Settings, SettingsError
@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tentaculo", description="The VX11 gateway.")
     parser.add_argument("--version", action="version", version=f"tentaculo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
+    run = sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
+    run.add_argument("--host", help="address to listen on (default: TENTACULO_HOST, else 127.0.0.1)")
+    run.add_argument("--port", type=_port, help="port to listen on (default: TENTACULO_PORT, else 8000)")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     sub.add_parser("providers", help="list the installed provider plugins and their status (starts each one)")
     smoke = sub.add_parser("smoke", help="call every endpoint of a running gateway; non-zero exit on any failure")
@@ -56,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be 1..65535, got {text!r}")
+    return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tentaculo`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -66,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "smoke":
         return _smoke(settings, args)
+    if args.command == "run":
+        settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     from tentaculo.logging import configure_logging, resolve_log_format
 
     settings = dataclasses.replace(settings, log_format=resolve_log_format(settings.log_format))
@@ -105,9 +119,16 @@ def _databases(settings: Settings, *, need_redis: bool) -> Iterator[Settings]:
         database_url, redis_url = settings.database_url, settings.redis_url
         if not database_url:
             pg = EmbeddedPostgres(settings.state_dir / "postgres")
-            print(f"starting embedded PostgreSQL in {pg.directory}", file=sys.stderr)
-            database_url = pg.start()
-            stack.callback(pg.stop)
+            running = pg.running_dsn()
+            if running and not need_redis:
+                # A running gateway's server: used as it is, and left running.
+                print(f"using the embedded PostgreSQL running in {pg.directory}", file=sys.stderr)
+                database_url = running
+            else:
+                verb = "joining the" if running else "starting"
+                print(f"{verb} embedded PostgreSQL in {pg.directory}", file=sys.stderr)
+                database_url = pg.start()
+                stack.callback(pg.stop)
         if need_redis and not redis_url:
             redis = EmbeddedRedis(settings.state_dir / "redis")
             redis_url = redis.start()
@@ -148,7 +169,11 @@ async def _bootstrap_admin(settings: Settings) -> None:
     print(
         "\nFirst admin token (every scope). It is shown once here and kept in "
         f"{path.resolve()} (mode 600):\n\n    {token}\n\n"
-        f"Try: curl -H 'X-VX11-Token: {token}' http://{settings.host}:{settings.port}/operator/api/whoami\n",
+        f"Try: curl -H 'X-VX11-Token: {token}' http://{settings.host}:{settings.port}/operator/api/whoami\n"
+        "\nChat answers once a provider is configured: set DEEPSEEK_API_KEY or TENTACULO_LOCAL_BASE_URL\n"
+        "(a local OpenAI-compatible server). Until then, name the built-in test provider:\n"
+        f"    curl -H 'X-VX11-Token: {token}' -d '{{\"message\":\"hello\",\"provider\":\"mock\"}}' "
+        f"http://{settings.host}:{settings.port}/operator/api/chat\n",
         flush=True,
     )
 
@@ -194,14 +219,14 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             token = new_token()
             try:
-                await queries.insert_token(conn, args.name, hash_token(token), sorted(scopes), "cli",
+                await queries.insert_token(conn, args.name, hash_token(token), ordered_scopes(scopes), "cli",
                                            expires_at=expires_at, requests_per_minute=requests_per_minute)
             except asyncpg.UniqueViolationError:
                 print(f"tentaculo: an active token named {args.name!r} exists; revoke it first", file=sys.stderr)
                 return 1
             print(token)
             until = f", expiring {_when(expires_at)}" if expires_at else ""
-            print(f"created token {args.name!r} with scopes {','.join(sorted(scopes))}{until}; it is not shown again",
+            print(f"created token {args.name!r} with scopes {','.join(ordered_scopes(scopes))}{until}; it is not shown again",
                   file=sys.stderr)
             return 0
         if args.token_command == "list":
@@ -209,12 +234,13 @@ async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{'NAME':<24} {'SCOPES':<28} {'STATE':<8} {'CREATED':<20} {'EXPIRES':<20} {'LAST USED':<20} "
                   f"{'RPM':<8} REVOKED")
             for r in rows:
-                print(f"{r['name']:<24} {','.join(r['scopes']):<28} {r['state']:<8} {_when(r['created_at']):<20} "
+                print(f"{r['name']:<24} {','.join(ordered_scopes(r['scopes'])):<28} {r['state']:<8} {_when(r['created_at']):<20} "
                       f"{_when(r['expires_at']):<20} {_when(r['last_used_at']):<20} "
                       f"{r['requests_per_minute'] or '-'!s:<8} {_when(r['revoked_at'])}")
             return 0
         if await queries.revoke_token(conn, args.name):
-            print(f"revoked token {args.name!r}", file=sys.stderr)
+            # On stdout, as create's token is: a script or a terminal sees that it happened.
+            print(f"revoked token {args.name!r}; running gateways refuse it within TENTACULO_TOKEN_CACHE_SECONDS")
             return 0
         print(f"tentaculo: no active token named {args.name!r}", file=sys.stderr)
         return 1
@@ -301,11 +327,29 @@ def _service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     enabled = change.add_mutually_exclusive_group()
     enabled.add_argument("--enabled", dest="enabled", action="store_true", default=None, help="probe and proxy it")
     enabled.add_argument("--disabled", dest="enabled", action="store_false", help="report it off, never call it")
+    edge = ssub.add_parser("edge", help="add or remove an edge of the topology (A depends on or calls B)")
+    esub = edge.add_subparsers(dest="edge_command", required=True)
+    add = esub.add_parser("add", help="add an edge, or change its kind")
+    add.add_argument("source")
+    add.add_argument("target")
+    add.add_argument("--kind", default="http", help="how source reaches target, e.g. http, pubsub (default http)")
+    remove = esub.add_parser("remove", help="remove an edge")
+    remove.add_argument("source")
+    remove.add_argument("target")
+
+
+EDGE_KIND = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 def _service_errors(args: argparse.Namespace) -> list[str]:
     from tentaculo.settings import SERVICE_URL_SCHEMES
 
+    if args.service_command == "edge":
+        errors = [f"{which}: lower-case letters, digits, '-' and '_', at most 64"
+                  for which in ("SOURCE", "TARGET") if not SERVICE_NAME.fullmatch(getattr(args, which.lower()))]
+        if getattr(args, "kind", None) is not None and not EDGE_KIND.fullmatch(args.kind):
+            errors.append("--kind: lower-case letters, digits, '-' and '_', at most 32")
+        return errors
     errors = []
     if not SERVICE_NAME.fullmatch(args.name):
         errors.append("NAME: lower-case letters, digits, '-' and '_', at most 64")
@@ -320,7 +364,7 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
     from tentaculo.services import public_address
     from tentaculo.settings import service_key
 
-    if args.service_command == "set" and (errors := _service_errors(args)):
+    if args.service_command in ("set", "edge") and (errors := _service_errors(args)):
         for error in errors:
             print(f"tentaculo: {error}", file=sys.stderr)
         return 2
@@ -337,7 +381,13 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
                     address += " (from TENTACULO_SERVICE_" + service_key(r["name"]).upper() + "_URL)"
                 print(f"{r['name']:<20} {r['role']:<16} {'yes' if r['enabled'] else 'no':<8} "
                       f"{r['health_path']:<12} {address}")
+            edges = await queries.list_topology_edges(conn)
+            print(f"\nEDGES ({len(edges)}; change with: tentaculo service edge add|remove SOURCE TARGET)")
+            for e in edges:
+                print(f"{e['source']} -> {e['target']} ({e['kind']})")
             return 0
+        if args.service_command == "edge":
+            return await _edge_command(conn, args)
         row, created = await queries.set_service_config(
             conn,
             args.name,
@@ -358,4 +408,24 @@ async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
     if settings.service_urls.get(service_key(row["name"])):
         print(f"note: TENTACULO_SERVICE_{service_key(row['name']).upper()}_URL overrides this address where it is set",
               file=sys.stderr)
+    return 0
+
+
+async def _edge_command(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    where = f"{args.source} -> {args.target}"
+    if args.edge_command == "remove":
+        if not await queries.remove_topology_edge(conn, args.source, args.target):
+            print(f"tentaculo: no edge {where}", file=sys.stderr)
+            return 1
+        print(f"removed edge {where}; running gateways reload it now")
+        return 0
+    try:
+        created = await queries.add_topology_edge(conn, args.source, args.target, args.kind)
+    except asyncpg.ForeignKeyViolationError:
+        known = {r["name"] for r in await queries.list_service_configs(conn)}
+        missing = next(n for n in (args.source, args.target) if n not in known)
+        print(f"tentaculo: no module named {missing!r}; add it with: tentaculo service set {missing} --url ...",
+              file=sys.stderr)
+        return 1
+    print(f"{'added' if created else 'updated'} edge {where} ({args.kind}); running gateways reload it now")
     return 0

@@ -102,5 +102,21 @@ class DependencyMonitor:
             return DependencyCheck("on", None, latency, now)
         return DependencyCheck("error", reason[:300], None, now)
 
+    def redis_check(self) -> DependencyCheck:
+        """The last check of the gateway's Redis (what the ``redis`` module shows when it is that Redis)."""
+        return self.results["redis"]
+
+    def last_check(self) -> tuple[float | None, datetime | None]:
+        """(latency in ms, time) of the gateway's own last health check, as ``tentaculo_link`` shows it.
+
+        The gateway is healthy when its dependencies answer, so its check is theirs: it waits on the
+        slowest of them, and has no latency while one does not answer.
+        """
+        checks = list(self.results.values())
+        times = [c.checked_at for c in checks if c.checked_at is not None]
+        latencies = [c.latency_ms for c in checks]
+        slowest = None if None in latencies else max((x for x in latencies if x is not None), default=None)
+        return slowest, max(times, default=None)
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {name: check.as_dict() for name, check in self.results.items()}

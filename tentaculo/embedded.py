@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pgserver import PostgresServer
@@ -26,14 +26,27 @@ class EmbeddedPostgres:
         self.directory = directory.resolve()
         self._server: PostgresServer | None = None
 
+    def running_dsn(self) -> str | None:
+        """The DSN of the ``tentaculo`` database when a server already runs on this directory, else None.
+
+        PostgreSQL's ``postmaster.pid`` names the running server's process and socket; a client
+        that finds it connects there without becoming one of the server's holders, so it never
+        stops (or waits on) the server a running gateway started.
+        """
+        _import_pgserver()
+        from pgserver.utils import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.directory)
+        except (OSError, ValueError, AssertionError):  # a file being written by a server starting up
+            return None
+        if info is None or not info.is_running() or info.status != "ready":
+            return None
+        return info.get_uri(database=EMBEDDED_DATABASE)
+
     def start(self) -> str:
         """Start (or join) the server and return the DSN of the ``tentaculo`` database."""
-        import warnings
-
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver then uses /tmp, which is fine.
-            warnings.simplefilter("ignore")
-            import pgserver  # imported here: only the zero-configuration path needs it
+        pgserver = _import_pgserver()
 
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server = server = pgserver.get_server(self.directory, cleanup_mode="stop")
@@ -52,6 +65,16 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+def _import_pgserver() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver then uses /tmp, which is fine.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported here: only the zero-configuration path needs it
+    return pgserver
 
 
 def free_port(host: str = "127.0.0.1") -> int:

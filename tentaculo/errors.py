@@ -16,6 +16,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_token": (401, "Invalid token"),
     "forbidden": (403, "Forbidden"),
     "not_found": (404, "Not found"),
+    "model_not_found": (404, "Model not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "bad_request": (400, "Bad request"),
     "conflict": (409, "Conflict"),
@@ -25,6 +26,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "Payload too large"),
     "rate_limited": (429, "Too many requests"),
     "feature_disabled": (503, "Feature disabled"),
+    "module_unconfigured": (503, "Module not configured"),
     "provider_unavailable": (503, "Provider unavailable"),
     "shutting_down": (503, "Shutting down"),
     "upstream_unavailable": (502, "Upstream unavailable"),
@@ -98,9 +100,16 @@ OPENAI_PREFIX = "/v1/"
 
 
 def openai_error(problem: Problem) -> dict[str, Any]:
-    """The ``error`` member OpenAI's SDKs read: message, type, code, param (and attempts, when known)."""
+    """The ``error`` member OpenAI's SDKs read: message, type, code, param (and attempts, when known).
+
+    The SDKs show only ``message``: for a validation failure it names each field and what is wrong
+    with it, since the problem's detail is a summary.
+    """
     errors = problem.extra.get("errors")
-    error: dict[str, Any] = {"message": problem.detail, "type": problem.code, "code": problem.code,
+    message = problem.detail
+    if errors and problem.code == "validation_error":
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    error: dict[str, Any] = {"message": message, "type": problem.code, "code": problem.code,
                              "param": errors[0]["field"] if errors else None}
     if "attempts" in problem.extra:
         error["attempts"] = problem.extra["attempts"]

@@ -593,14 +593,18 @@ class ProviderRegistry:
         """Every registered provider as ``/operator/api/providers`` shows it."""
         return [self._slots[n].snapshot(self.chain) for n in self.names()]
 
-    def models(self) -> list[tuple[str, str]]:
-        """(model, provider) pairs of providers not ``off``, chain order first."""
-        pairs = []
+    def catalogue(self) -> list[tuple[str, str]]:
+        """(id, owner) of every name a client may ask for: ``auto``, each provider, each model it lists.
+
+        A provider's status does not change which names exist: a model of a provider that is off
+        or failing is still a model, and a chat with it answers 503 saying why.
+        """
+        seen: dict[str, str] = {"auto": "tentaculo"}
         for name in self.names():
-            slot = self._slots[name]
-            if slot.provider is not None and slot.provider.status != "off":
-                pairs += [(m, name) for m in slot.models]
-        return pairs
+            seen.setdefault(name, name)
+            for model in self._slots[name].models:
+                seen.setdefault(model, name)
+        return list(seen.items())
 
     # ----------------------------------------------------------------- hooks
 

@@ -22,7 +22,12 @@ a ``redis(s)://`` one is sent ``PING``. Verdicts, in the contract's enum:
   ``degraded``, or an answer slower than ``TENTACULO_PROBE_SLOW_MS``.
 * ``on``: a timely 2xx (a JSON body's ``status``, when present, says it is fine).
 
-``tentaculo_link`` is this gateway: it reports from the instance's own state and is never probed.
+``tentaculo_link`` is this gateway: it reports from the instance's own state and is never probed;
+its latency and check time are those of the instance's last check of PostgreSQL and Redis.
+``redis`` with no address of its own is the gateway's Redis (``TENTACULO_REDIS_URL``,
+``address_source: "gateway"``): it is not probed again, it shows the instance's own check of that
+Redis. On a fresh install the system's Redis is the gateway's, and showing it ``off`` beside the
+gateway's working Redis told two stories about one server.
 Each module also has a circuit breaker that the reverse proxy drives; an open circuit makes the
 module ``error`` and a half-open one ``degraded``. Every change of a module's effective status
 (or circuit state) is published as a ``service_status`` event by the instance that saw it.
@@ -60,6 +65,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.dependencies import NOT_CHECKED, DependencyCheck
 from tentaculo.errors import connect_reason, failure_reason
 from tentaculo.events import STATUS_SEVERITY
 from tentaculo.providers import CircuitBreaker
@@ -69,6 +75,7 @@ from tentaculo.tasks import stop_task
 log = structlog.get_logger("tentaculo.services")
 
 GATEWAY = "tentaculo_link"
+SYSTEM_REDIS = "redis"
 MAX_HEALTH_BODY = 64 * 1024
 REASON_MAX = 200
 # What a module's JSON health body may say in "status", and the verdict each means.
@@ -92,6 +99,12 @@ def public_address(address: str | None) -> str | None:
         port = None
     netloc = f"{host}:{port}" if port is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def unconfigured_detail(name: str) -> str:
+    """Why module ``name`` cannot be called, and the setting or command that gives it an address."""
+    return (f"module {name!r} has no address: set TENTACULO_SERVICE_{service_key(name).upper()}_URL, "
+            f"or run `tentaculo service set {name} --url http://HOST:PORT`")
 
 
 def _short(text: str) -> str:
@@ -167,7 +180,7 @@ class ServiceEntry:
     def probed(self) -> bool:
         """Whether the prober checks this module."""
         c = self.config
-        return c.enabled and c.address is not None and c.name != GATEWAY
+        return c.enabled and c.address is not None and c.name != GATEWAY and c.address_source != "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +209,15 @@ class ServiceRegistry:
         settings: Settings,
         *,
         self_status: Callable[[], tuple[str, str | None]] = lambda: ("on", None),
+        self_check: Callable[[], tuple[float | None, datetime | None]] = lambda: (None, None),
+        redis_check: Callable[[], DependencyCheck] = lambda: NOT_CHECKED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self.settings = settings
         self._self_status = self_status
+        self._self_check = self_check
+        self._redis_check = redis_check
         self._clock = clock
         self._entries: dict[str, ServiceEntry] = {}
         self.edges: list[Edge] = []
@@ -305,6 +322,8 @@ class ServiceRegistry:
             address, source = row["base_url"], "database"
         elif name == GATEWAY:
             address, source = f"http://{self.settings.host}:{self.settings.port}", "instance"
+        elif name == SYSTEM_REDIS and self.settings.redis_url:
+            address, source = self.settings.redis_url, "gateway"
         else:
             address, source = None, None
         path = row["health_path"] or "/health"
@@ -380,6 +399,9 @@ class ServiceRegistry:
             return "off", "disabled in service_configs"
         if config.name == GATEWAY:
             return self._self_status()
+        if config.address_source == "gateway":
+            check = self._redis_check()
+            return check.status, check.reason
         if config.address is None:
             return "off", "not configured"
         state = entry.breaker.state
@@ -465,10 +487,21 @@ class ServiceRegistry:
 
     # ----------------------------------------------------------------- views
 
+    def _checked(self, entry: ServiceEntry) -> tuple[float | None, datetime | None]:
+        """(latency in ms, time) of a module's last health check; the gateway's is its own last self-check."""
+        if entry.config.name == GATEWAY:
+            return self._self_check()
+        if entry.config.address_source == "gateway":
+            check = self._redis_check()
+            return check.latency_ms, check.checked_at
+        probe = entry.probe
+        return (probe.latency_ms, probe.checked_at) if probe is not None else (None, None)
+
     def snapshot(self, entry: ServiceEntry) -> dict[str, Any]:
         """One module as ``/operator/api/modules`` shows it (never its credentials)."""
         status, reason = self._effective(entry)
         config, probe = entry.config, entry.probe
+        latency_ms, checked_at = self._checked(entry)
         return {
             "name": config.name,
             "display_name": config.display_name,
@@ -480,8 +513,8 @@ class ServiceRegistry:
             "health_path": config.health_path,
             "status": status,
             "reason": reason,
-            "latency_ms": probe.latency_ms if probe is not None else None,
-            "checked_at": probe.checked_at if probe is not None else None,
+            "latency_ms": latency_ms,
+            "checked_at": checked_at,
             "http_status": probe.http_status if probe is not None else None,
             "changed_at": entry.changed_at,
             "circuit": entry.breaker.snapshot(),
@@ -492,15 +525,16 @@ class ServiceRegistry:
         out = []
         for entry in self.entries():
             status, reason = self._effective(entry)
-            probe = entry.probe
+            latency_ms, checked_at = self._checked(entry)
             out.append({
                 "name": entry.config.name,
                 "role": entry.config.role,
                 "enabled": entry.config.enabled,
+                "address_source": entry.config.address_source,
                 "status": status,
                 "reason": reason,
-                "latency_ms": probe.latency_ms if probe is not None else None,
-                "checked_at": probe.checked_at if probe is not None else None,
+                "latency_ms": latency_ms,
+                "checked_at": checked_at,
                 "circuit": entry.breaker.state,
             })
         return out

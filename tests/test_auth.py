@@ -292,3 +292,23 @@ async def test_expiry_ends_the_event_streams_the_token_opened(aiohttp_client, se
     problem = error["data"]["data"]
     assert problem["code"] == "invalid_token" and "expired" in problem["detail"]
     await sse.ended()
+
+
+async def test_scopes_read_in_one_order_everywhere(gateway, admin_headers, make_token) -> None:
+    """read, chat, operate, admin: in whoami, the token list and a creation's answer alike."""
+    name = f"ordered-{uuid.uuid4().hex[:6]}"
+    created = await gateway.post("/operator/api/tokens", json={"name": name, "scopes": ["admin", "chat", "read"]},
+                                 headers=admin_headers)
+    body = await created.json()
+    assert body["scopes"] == ["read", "chat", "admin"]
+    whoami = await (await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": body["token"]})).json()
+    assert whoami["scopes"] == ["read", "chat", "admin"]
+    # Rows stored in another order (as earlier versions wrote them) are listed in the same one.
+    old = f"old-{uuid.uuid4().hex[:6]}"
+    await make_token("operate", "chat", "admin", "read", name=old)
+    listing = (await (await gateway.get("/operator/api/tokens", headers=admin_headers)).json())["tokens"]
+    scopes = {t["name"]: t["scopes"] for t in listing if t["revoked_at"] is None}
+    assert scopes[name] == ["read", "chat", "admin"]
+    assert scopes[old] == ["read", "chat", "operate", "admin"]
+    admin = await (await gateway.get("/operator/api/whoami", headers=admin_headers)).json()
+    assert admin["scopes"] == ["read", "chat", "operate", "admin"]

@@ -313,3 +313,21 @@ async def test_chat_listeners_get_metadata_not_text(aiohttp_client, settings, ad
     [info] = seen
     assert info["message_id"] == body["message_id"] and info["status"] == "ok" and info["provider"] == "mock"
     assert "secret plan" not in json.dumps(info) and body["content"] not in json.dumps(info)
+
+
+async def test_fresh_install_chain_failure_names_each_provider_once_and_says_what_to_do(
+        aiohttp_client, settings, admin_headers, unused_tcp_port) -> None:
+    # A fresh install: deepseek has no key, local has no server and no model configured.
+    gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "deepseek", "local"),
+                            provider_chain=("deepseek", "local"), provider_retries=1, deepseek_api_key=None,
+                            local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", local_model=None)
+    resp = await gw.post(CHAT, json={"message": "hello"}, headers=admin_headers)
+    assert resp.status == 503
+    problem = await resp.json()
+    detail = problem["detail"]
+    assert "(tried: deepseek, local)" in detail
+    assert detail.count("cannot connect") == 1 and "local: local:" not in detail
+    assert "no API key" in detail
+    assert '"provider": "mock"' in detail
+    assert "DEEPSEEK_API_KEY" in detail and "TENTACULO_LOCAL_BASE_URL" in detail
+    assert all("local: local:" not in (a["error"] or "") for a in problem["attempts"])

@@ -48,7 +48,7 @@ def test_bad_setting_is_named_and_exits_2() -> None:
 async def test_token_create_list_revoke(database_url: str) -> None:
     env = _env(TENTACULO_DATABASE_URL=database_url)
     name = f"cli-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    created = _cli("token", "create", name, "--scopes", "read,chat", env=env)
+    created = _cli("token", "create", name, "--scopes", "chat,read", env=env)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert re.fullmatch(r"vx11_[A-Za-z0-9_-]{40,}", token)
@@ -58,14 +58,18 @@ async def test_token_create_list_revoke(database_url: str) -> None:
     principal = await store.authenticate(token)
     assert principal is not None and principal.scopes == frozenset({"read", "chat"})
 
+    assert f"created token {name!r} with scopes read,chat" in created.stderr
     listed = _cli("token", "list", env=env)
     assert name in listed.stdout and token not in listed.stdout
+    [line] = [row for row in listed.stdout.splitlines() if row.startswith(name + " ")]
+    assert line.split()[1] == "read,chat"
 
     duplicate = _cli("token", "create", name, env=env)
     assert duplicate.returncode == 1 and "revoke it first" in duplicate.stderr
 
     revoked = _cli("token", "revoke", name, env=env)
     assert revoked.returncode == 0
+    assert revoked.stdout.startswith(f"revoked token {name!r}")
     assert await store.authenticate(token) is None
     assert _cli("token", "revoke", name, env=env).returncode == 1
     bad_scope = _cli("token", "create", "x", "--scopes", "root", env=env)
@@ -116,8 +120,8 @@ async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     state = tmp_path / "state"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tentaculo", "run"],
-        env=_env(TENTACULO_PORT=str(port), TENTACULO_STATE_DIR=str(state), TENTACULO_LOG_FORMAT="json"),
+        [sys.executable, "-m", "tentaculo", "run", "--host", "127.0.0.1", "--port", str(port)],
+        env=_env(TENTACULO_STATE_DIR=str(state), TENTACULO_LOG_FORMAT="json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -133,6 +137,12 @@ async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
             match = re.search(r"^\s+(vx11_\S+)$", line)
             if match:
                 token = match[1]
+        first_run = ""
+        while token is not None and "/operator/api/chat" not in first_run and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            first_run += line
         if token is None:
             proc.kill()
             _, err = proc.communicate(timeout=10)
@@ -155,11 +165,26 @@ async def test_zero_config_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
             async with http.get(f"{base}/operator/api/whoami", headers={"X-VX11-Token": token}) as resp:
                 assert resp.status == 200
                 assert (await resp.json())["name"] == "admin"
+        # The token command finds the running gateway's PostgreSQL and leaves it running.
+        env = _env(TENTACULO_STATE_DIR=str(state))
+        created = await asyncio.to_thread(_cli, "token", "create", "ops", "--scopes", "read", env=env)
+        assert created.returncode == 0, created.stderr
+        assert "starting embedded PostgreSQL" not in created.stderr
+        assert "using the embedded PostgreSQL running in" in created.stderr
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/operator/api/whoami",
+                                headers={"X-VX11-Token": created.stdout.strip()}) as resp:
+                assert resp.status == 200 and (await resp.json())["name"] == "ops"
     finally:
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr[-2000:]
     assert token not in stderr
+    # The first run says how to get a first chat answer before any provider is configured.
+    assert '"provider":"mock"' in first_run and "DEEPSEEK_API_KEY" in first_run
+    assert "TENTACULO_LOCAL_BASE_URL" in first_run
+    assert '"event":"shutting_down"' in stderr
+    assert stderr.rstrip().endswith("tentaculo stopped")
     assert not (state / "postgres" / "postmaster.pid").exists(), "embedded PostgreSQL still running"
     redis_port = re.search(r"embedded Redis at redis://127.0.0.1:(\d+)", stderr)
     assert redis_port

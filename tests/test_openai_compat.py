@@ -105,14 +105,55 @@ async def test_refusals_before_the_handler_carry_the_openai_error_too(gw, client
     assert "error" not in await elsewhere.json()
 
 
-async def test_unknown_model_and_bad_input(client) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+async def test_unknown_model_is_404_model_not_found_listing_the_models(client) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
         await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    assert "no provider serves model 'gpt-4o'" in caught.value.message
-    assert caught.value.body["code"] == "validation_error"
+    assert caught.value.status_code == 404
+    assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
+    assert caught.value.message.endswith(
+        " - the model 'gpt-4o' does not exist; models: auto, mock, mock-reasoner (GET /v1/models)")
+    with pytest.raises(openai.NotFoundError) as retrieved:
+        await client.models.retrieve("gpt-4o")
+    assert retrieved.value.body["code"] == "model_not_found"
+
+
+async def test_models_retrieve(client) -> None:
+    model = await client.models.retrieve("mock-reasoner")
+    assert (model.id, model.object, model.owned_by) == ("mock-reasoner", "model", "mock")
+    assert (await client.models.retrieve("auto")).owned_by == "tentaculo"
+
+
+async def test_unsupported_parameters_say_which_and_why(client) -> None:
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        await client.chat.completions.create(model="mock", messages=hi, n=2)
+    assert caught.value.message.endswith(" - n: only 1 is supported")
+    assert caught.value.body["param"] == "n"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        await client.chat.completions.create(model="mock", messages=hi, tools=[tool])
+    assert caught.value.message.endswith(" - tools: not supported by this gateway")
+    assert caught.value.body["param"] == "tools"
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         await client.chat.completions.create(model="mock", messages=[])
     assert caught.value.body["param"] == "messages"
+    assert caught.value.message.endswith(" - messages: must hold at least one message")
+
+
+async def test_a_providers_state_does_not_change_which_models_exist(aiohttp_client, settings, make_token) -> None:
+    # deepseek without a key is off: its names still exist, and chatting with them says why it cannot answer.
+    gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "deepseek"), deepseek_api_key=None)
+    token = await make_token("chat")
+    async with AsyncOpenAI(api_key=token, base_url=str(gw.make_url("/v1")), max_retries=0) as c:
+        ids = [m.id async for m in c.models.list()]
+        assert ids == ["auto", "mock", "mock-reasoner", "deepseek", "deepseek-chat", "deepseek-reasoner"]
+        assert (await c.models.retrieve("deepseek-chat")).owned_by == "deepseek"
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+        assert unknown.value.message.endswith(f"models: {', '.join(ids)} (GET /v1/models)")
+        with pytest.raises(openai.InternalServerError) as off:
+            await c.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "hi"}])
+        assert off.value.body["code"] == "provider_unavailable" and "no API key" in off.value.message
 
 
 async def test_failure_mid_stream_raises_in_the_sdk(client) -> None:

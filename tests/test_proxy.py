@@ -264,17 +264,19 @@ async def test_unknown_module_is_not_found(start_gateway, admin_headers) -> None
     assert problem["correlation_id"] == "proxy-404"
 
 
-async def test_module_without_address_is_feature_disabled(start_gateway, admin_headers) -> None:
-    gw = await start_gateway()
+async def test_module_without_address_is_module_unconfigured(start_gateway, admin_headers) -> None:
+    gw = await start_gateway(service_urls={})
     registry = gw.app[keys.SERVICES]
-    unconfigured = [e.name for e in registry.entries() if e.enabled and e.address is None]
-    assert unconfigured, "the seed has modules with no address"
-    resp = await gw.get(url(f"{unconfigured[0]}/x"), headers=admin_headers)
+    assert any(e.name == "madre" and e.enabled and e.address is None for e in registry.entries()), \
+        "the seed has madre with no address"
+    resp = await gw.get(url("madre/api/status"), headers={**admin_headers, "X-Correlation-ID": "proxy-unset"})
     assert resp.status == 503
     problem = await resp.json()
-    assert problem["code"] == "feature_disabled"
-    assert problem["feature"] == "proxy"
-    assert "not configured" in problem["detail"]
+    assert (problem["code"], problem["service"], problem["correlation_id"]) == ("module_unconfigured", "madre",
+                                                                                  "proxy-unset")
+    assert "feature" not in problem
+    assert "TENTACULO_SERVICE_MADRE_URL" in problem["detail"]
+    assert "tentaculo service set madre --url" in problem["detail"]
 
 
 async def test_disabled_module_is_feature_disabled(start_gateway, module, admin_headers, db) -> None:

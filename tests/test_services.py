@@ -171,10 +171,15 @@ async def test_each_kind_of_module_gets_an_honest_status(aiohttp_client, setting
     assert got["hormiguero"]["status"] == "error" and got["hormiguero"]["reason"] == "unreachable: connection refused"
     assert got["hormiguero"]["latency_ms"] is None
     assert got["spawner"]["status"] == "error" and got["spawner"]["reason"] == "no answer within 0.3 s"
-    assert got["redis"]["status"] == "off" and got["redis"]["reason"] == "not configured"
-    assert got["redis"]["address"] is None and got["redis"]["checked_at"] is None
+    # With no address of its own, the system's Redis is the gateway's: checked, and said to be so.
+    redis = got["redis"]
+    assert (redis["status"], redis["reason"], redis["address_source"]) == ("on", None, "gateway")
+    assert redis["address"] == public_address(settings.redis_url) and redis["latency_ms"] > 0
+    assert redis["checked_at"].endswith("Z")
+    # The gateway's own health comes with the time and latency of its last self-check.
     gateway = got["tentaculo_link"]
-    assert gateway["status"] == "on" and gateway["address_source"] == "instance" and gateway["checked_at"] is None
+    assert gateway["status"] == "on" and gateway["address_source"] == "instance"
+    assert gateway["latency_ms"] > 0 and gateway["checked_at"].endswith("Z")
     assert all(m["circuit"]["state"] == "closed" for m in got.values())
 
 
@@ -331,20 +336,26 @@ async def test_redis_down_makes_events_error_not_off(aiohttp_client, settings, a
     proxy, url = await proxy_redis(settings.redis_url)
     try:
         client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, redis_url=url,
-                                                                            dependency_check_seconds=0.1)))
+                                                                            dependency_check_seconds=0.1,
+                                                                            probe_interval_seconds=0.1)))
         await client.app[keys.EVENTS].wait_online()
         await proxy.cut()
 
         async def events_broken() -> bool:
             body = await (await client.get(STATUS, headers=admin_headers)).json()
             deps, features = body["dependencies"], body["features"]
-            return features["events"]["status"] == "error" and deps["redis"]["status"] == "error"
+            modules = {m["name"]: m for m in body["services"]}
+            return (features["events"]["status"] == "error" and deps["redis"]["status"] == "error"
+                    and modules["redis"]["status"] == "error")
 
         await wait_for(events_broken, timeout=10)
         body = await (await client.get(STATUS, headers=admin_headers)).json()
         events = body["features"]["events"]
         assert events["flag"] == "on" and "event hub is offline" in events["reason"]
         assert body["status"] == "degraded" and body["dependencies"]["events"]["status"] == "error"
+        # The redis module is the gateway's own Redis: its failure is told once, as the dependency's.
+        assert [r for r in body["reasons"] if r.startswith(("redis", "module redis"))] == [
+            f"redis error: {body['dependencies']['redis']['reason']}"]
         features = {f["name"]: f for f in (await (await client.get("/operator/api/features",
                                                                     headers=admin_headers)).json())["features"]}
         assert features["events"]["status"] == "error" and features["events"]["flag"] == "on"
@@ -439,13 +450,52 @@ async def test_cli_adds_changes_and_disables_modules_on_a_running_gateway(
 
     code, out, _ = await _cli("service", "list", env=_cli_env(database_url, TENTACULO_SERVICE_SWITCH_URL="http://sw:1"))
     assert code == 0
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    modules_table = out.split("\n\n")[0]
+    lines = {line.split()[0]: line for line in modules_table.splitlines()[1:]}
     assert set(lines) >= SEEDED | {"ledger"}
     assert extra.url in lines["ledger"] and "(from TENTACULO_SERVICE_SWITCH_URL)" in lines["switch"]
     assert " no " in lines["madre"]
 
     code, _, err = await _cli("service", "set", "Bad Name", "--url", "ftp://x", "--health-path", "h", env=env)
     assert code == 2 and "NAME" in err and "--url" in err and "--health-path" in err
+
+
+async def _edges_of(client: Any, headers: dict[str, str]) -> set[tuple[str, str, str]]:
+    body = await (await client.get("/operator/api/topology", headers=headers)).json()
+    return {(e["source"], e["target"], e["kind"]) for e in body["edges"]}
+
+
+async def test_cli_adds_and_removes_topology_edges_on_a_running_gateway(
+    aiohttp_client, settings, admin_headers, database_url, db
+) -> None:
+    client = await serve(aiohttp_client, create_app(probing(settings, {}, services_reload_seconds=3600)))
+    env = _cli_env(database_url)
+    assert ("hermes", "mcp", "grpc") not in await _edges_of(client, admin_headers)
+    try:
+        code, out, err = await _cli("service", "edge", "add", "hermes", "mcp", "--kind", "grpc", env=env)
+        assert code == 0, err
+        assert out.startswith("added edge hermes -> mcp (grpc)")
+
+        async def shown() -> bool:
+            return ("hermes", "mcp", "grpc") in await _edges_of(client, admin_headers)
+
+        await wait_for(shown, timeout=5)
+        code, out, _ = await _cli("service", "list", env=env)
+        assert code == 0 and "hermes -> mcp (grpc)" in out and "tentaculo_link -> madre (http)" in out
+
+        code, out, err = await _cli("service", "edge", "remove", "hermes", "mcp", env=env)
+        assert code == 0 and out.startswith("removed edge hermes -> mcp"), err
+
+        async def gone() -> bool:
+            return ("hermes", "mcp", "grpc") not in await _edges_of(client, admin_headers)
+
+        await wait_for(gone, timeout=5)
+        code, _, err = await _cli("service", "edge", "remove", "hermes", "mcp", env=env)
+        assert code == 1 and "no edge hermes -> mcp" in err
+        code, _, err = await _cli("service", "edge", "add", "hermes", "no-such-module", env=env)
+        assert code == 1 and "no module named 'no-such-module'" in err and "tentaculo service set" in err
+    finally:
+        await db.execute("DELETE FROM topology_edges WHERE source = 'hermes' AND target = 'mcp'")
 
 
 async def _module_is(client: Any, headers: dict[str, str], name: str, status: str) -> bool:

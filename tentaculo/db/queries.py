@@ -357,6 +357,34 @@ async def set_service_config(
     return row, bool(row["created"])
 
 
+async def add_topology_edge(conn: asyncpg.Connection, source: str, target: str, kind: str) -> bool:
+    """Add an edge (or change its kind) and tell running instances; True when it is new.
+
+    Raises ForeignKeyViolationError when either module does not exist.
+    """
+    async with conn.transaction():
+        created = await conn.fetchval(
+            """
+            INSERT INTO topology_edges (source, target, kind) VALUES ($1, $2, $3)
+            ON CONFLICT (source, target) DO UPDATE SET kind = EXCLUDED.kind
+            RETURNING (xmax = 0)
+            """,
+            source, target, kind,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", SERVICE_CONFIGS_CHANNEL, source)
+    return bool(created)
+
+
+async def remove_topology_edge(conn: asyncpg.Connection, source: str, target: str) -> bool:
+    """Remove an edge and tell running instances; False when there was none."""
+    async with conn.transaction():
+        status = await conn.execute("DELETE FROM topology_edges WHERE source = $1 AND target = $2", source, target)
+        removed = status.split()[-1] != "0"
+        if removed:
+            await conn.execute("SELECT pg_notify($1, $2)", SERVICE_CONFIGS_CHANNEL, source)
+    return removed
+
+
 async def list_feature_flags(db: Executor) -> list[asyncpg.Record]:
     """Every feature flag as stored."""
     return await db.fetch(

@@ -207,6 +207,32 @@ def parse_chat(data: dict[str, Any], registry: ProviderRegistry, settings: Setti
     return ChatSpec(request, provider, stream, session_id)
 
 
+def chain_failure(attempts: Sequence[Attempt]) -> str:
+    """What every provider tried said, each provider and each of its reasons named once.
+
+    Retries repeat a provider with the same reason, and a provider's message often starts with its
+    own name: both would make the sentence stutter.
+    """
+    reasons: dict[str, list[str]] = {}
+    for attempt in attempts:
+        said = reasons.setdefault(attempt.provider, [])
+        if attempt.error:
+            kind, _, message = attempt.error.partition(": ")
+            message = message.removeprefix(f"{attempt.provider}: ")
+            reason = f"{kind}: {message}" if message else kind
+            if reason not in said:
+                said.append(reason)
+    tried = ", ".join(reasons) or "none"
+    why = "; ".join(f"{name}: {', '.join(said)}" for name, said in reasons.items() if said)
+    return f"no provider could answer (tried: {tried})" + (f": {why}" if why else "")
+
+
+def first_steps(name_mock: str) -> str:
+    """What a newcomer whose chain has nothing configured yet can do about it."""
+    return (f". To try the gateway without a model, name {name_mock}; for real answers set "
+            "DEEPSEEK_API_KEY or TENTACULO_LOCAL_BASE_URL (a local OpenAI-compatible server)")
+
+
 def wants_sse(request: web.Request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
 
@@ -274,9 +300,11 @@ class ChatTurn:
             stream = await self.registry.open(self.spec.request, self.spec.provider)
         except AllProvidersFailed as exc:
             self.attempts = exc.attempts
-            tried = ", ".join(a.provider for a in exc.attempts) or "none"
-            self.error = f"no provider could answer (tried: {tried})"
-            raise Problem("provider_unavailable", self.error, attempts=self.attempts_view()) from None
+            self.error = chain_failure(exc.attempts)
+            detail = self.error
+            if self.spec.provider == "auto" and "mock" in self.registry:
+                detail += first_steps('"model": "mock"' if self.route[0].startswith("/v1/") else '"provider": "mock"')
+            raise Problem("provider_unavailable", detail, attempts=self.attempts_view()) from None
         self.stream = stream
         self.opened = time.perf_counter()
         self.attempts = stream.attempts

@@ -3,7 +3,8 @@
 
 ``model`` picks the provider: ``"auto"`` walks the chain; a provider name (``"deepseek"``) uses
 that provider's default model; ``"provider/model"`` names both; a bare model id
-(``"deepseek-reasoner"``) goes to the first provider serving it. Errors are problem+json with an
+(``"deepseek-reasoner"``) goes to the first provider serving it. ``GET /v1/models``,
+``GET /v1/models/{id}`` and an unknown model's 404 all read the registry's one catalogue. Errors are problem+json with an
 extra ``error`` member in OpenAI's shape, which the SDKs read (added by the error middleware to
 every problem under ``/v1/``).
 """
@@ -22,7 +23,7 @@ from aiohttp_sse import sse_response
 
 from tentaculo import keys
 from tentaculo.auth import requires
-from tentaculo.errors import ValidationFailed, openai_error
+from tentaculo.errors import Problem, ValidationFailed, openai_error
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response, read_json_object
 from tentaculo.providers import ChatRequest, ChatStream, Message, ProviderError, ProviderRegistry
@@ -34,7 +35,6 @@ from tentaculo.views.chat import (
     check_options,
     cut_at_shutdown,
     stopped_by_server,
-    unknown_provider,
 )
 
 # Parameters the gateway cannot honour: refused rather than silently ignored.
@@ -50,10 +50,17 @@ def resolve_model(model: str, registry: ProviderRegistry) -> tuple[str, str | No
     name, sep, rest = model.partition("/")
     if sep and name in registry and rest:
         return name, rest
-    for served, provider in registry.models():
+    for served, provider in registry.catalogue():
         if served == model:
             return provider, model
     return None
+
+
+def model_not_found(model: str, registry: ProviderRegistry) -> Problem:
+    """404 ``model_not_found``, as OpenAI answers, listing the models that do exist."""
+    ids = ", ".join(m for m, _ in registry.catalogue())
+    detail = f"the model {model!r} does not exist; models: {ids} (GET /v1/models)"
+    return Problem("model_not_found", detail, errors=[{"field": "model", "message": detail}])
 
 
 def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: web.Request) -> tuple[ChatSpec, bool]:
@@ -68,10 +75,10 @@ def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: 
         messages = check_messages(raw, settings, errors, role_aliases=ROLE_ALIASES)
     for name in UNSUPPORTED:
         if data.get(name) not in (None, False, [], "none"):
-            errors.append({"field": name, "message": "is not supported by this gateway"})
+            errors.append({"field": name, "message": "not supported by this gateway"})
     n = data.get("n", 1)
     if n != 1:
-        errors.append({"field": "n", "message": "only n=1 is supported"})
+        errors.append({"field": "n", "message": "only 1 is supported"})
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         errors.append({"field": "stream", "message": "must be true or false"})
@@ -90,9 +97,7 @@ def parse_completion(data: dict[str, Any], registry: ProviderRegistry, request: 
             if errors:
                 errors.append({"field": "model", "message": f"unknown model {model!r}"})
             else:
-                problem = unknown_provider(model, registry, field="model")
-                problem.detail = f"no provider serves model {model!r}; see GET /v1/models"
-                raise problem
+                raise model_not_found(model, registry)
         else:
             provider, chosen = resolved
     if errors:
@@ -195,18 +200,25 @@ async def _relay(request: web.Request, turn: ChatTurn, stream: ChatStream, inclu
     return sse
 
 
+def _model(model_id: str, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+
+
 @requires("chat")
 @feature("chat")
 async def list_models(request: web.Request) -> web.Response:
-    """Models in OpenAI's list shape: ``auto``, each usable provider, and each model it serves."""
+    """Models in OpenAI's list shape: ``auto``, each provider, and each model it serves."""
+    catalogue = request.app[keys.PROVIDERS].catalogue()
+    return json_response({"object": "list", "data": [_model(m, owner) for m, owner in catalogue]})
+
+
+@requires("chat")
+@feature("chat")
+async def get_model(request: web.Request) -> web.Response:
+    """One model of the catalogue (what ``client.models.retrieve`` asks for)."""
     registry = request.app[keys.PROVIDERS]
-    seen: dict[str, str] = {"auto": "tentaculo"}
-    for name in registry.names():
-        slot = registry.get(name)
-        if slot is not None and slot.provider is not None and slot.provider.status != "off":
-            seen.setdefault(name, name)
-    for model, provider in registry.models():
-        seen.setdefault(model, provider)
-    return json_response({"object": "list",
-                          "data": [{"id": m, "object": "model", "created": 0, "owned_by": owner}
-                                   for m, owner in seen.items()]})
+    wanted = request.match_info["model"]
+    for model_id, owner in registry.catalogue():
+        if model_id == wanted:
+            return json_response(_model(model_id, owner))
+    raise model_not_found(wanted, registry)

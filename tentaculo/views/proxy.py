@@ -43,7 +43,7 @@ from tentaculo.proxy import (
     pump_websockets,
     upstream_headers,
 )
-from tentaculo.services import GATEWAY, ServiceRegistry
+from tentaculo.services import GATEWAY, ServiceRegistry, unconfigured_detail
 from tentaculo.settings import AllowRule, ModuleTimeouts, service_key, under_prefixes
 
 log = structlog.get_logger("tentaculo.proxy")
@@ -114,6 +114,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise Problem("not_found", f"cannot proxy to {shown!r}: {why}")
     request[keys.SERVICE] = entry.name
     address = entry.address
+    if entry.enabled and address is None:
+        raise Problem("module_unconfigured", unconfigured_detail(name), service=name)
     if not entry.enabled or address is None:
         _, reason = registry.status_of(name)
         raise Problem("feature_disabled", f"module {name!r} is off: {reason}", feature="proxy", service=name)

@@ -56,7 +56,8 @@ def overall(
         if dep["status"] in _TROUBLE:
             reasons.append(f"{name} {dep['status']}: {dep['reason']}")
     for svc in services:
-        if svc["enabled"] and svc["status"] in _TROUBLE:
+        # The gateway's own Redis standing in for the system's is told once, as the dependency.
+        if svc["enabled"] and svc["status"] in _TROUBLE and svc.get("address_source") != "gateway":
             reasons.append(f"module {svc['name']} {svc['status']}: {svc['reason']}")
     for name, feat in features.items():
         if feat["status"] in _TROUBLE:

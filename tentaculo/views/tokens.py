@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from tentaculo import keys
-from tentaculo.auth import hash_token, new_token, parse_scopes, requires
+from tentaculo.auth import hash_token, new_token, ordered_scopes, parse_scopes, requires
 from tentaculo.db import queries
 from tentaculo.errors import Problem, ValidationFailed
 from tentaculo.jsonio import json_response, read_json_object
@@ -35,7 +35,7 @@ async def whoami(request: web.Request) -> web.Response:
     return json_response(
         {
             "name": principal.name,
-            "scopes": sorted(principal.scopes),
+            "scopes": ordered_scopes(principal.scopes),
             "correlation_id": request[keys.CORRELATION_ID],
             "instance": request.app[keys.SETTINGS].instance,
             "expires_at": datetime.fromtimestamp(principal.expires, UTC) if principal.expires is not None else None,
@@ -76,13 +76,13 @@ async def create_token(request: web.Request) -> web.Response:
     token = new_token()
     try:
         await queries.insert_token(
-            request.app[keys.DB_POOL], name, hash_token(token), sorted(scopes), request[keys.PRINCIPAL].name,
+            request.app[keys.DB_POOL], name, hash_token(token), ordered_scopes(scopes), request[keys.PRINCIPAL].name,
             expires_at=expires_at, requests_per_minute=requests_per_minute,
         )
     except asyncpg.UniqueViolationError:
         # The request is well formed; it clashes with what exists, which a revocation can change.
         raise Problem("conflict", f"an active token is named {name!r}; revoke it first", field="name") from None
-    return json_response({"name": name, "scopes": sorted(scopes), "token": token, "expires_at": expires_at,
+    return json_response({"name": name, "scopes": ordered_scopes(scopes), "token": token, "expires_at": expires_at,
                           "requests_per_minute": requests_per_minute}, status=201,
                          headers={"Cache-Control": "no-store"})  # the one answer that holds the secret
 
@@ -109,7 +109,7 @@ async def _revoke(app: web.Application, name: str) -> bool:
 def _token_view(row: asyncpg.Record) -> dict[str, object]:
     return {
         "name": row["name"],
-        "scopes": list(row["scopes"]),
+        "scopes": ordered_scopes(row["scopes"]),
         "created_at": row["created_at"],
         "revoked_at": row["revoked_at"],
         "created_by": row["created_by"],
