@@ -1,0 +1,125 @@
+"""The console's metrics, chat, trace, files and admin views, driven in Chromium.
+
+Each test signs in at ``/operator/`` and opens its view from the nav (``open_view``): through the
+real console shell once it is part of the package, through ``tests/console_harness`` before
+(``tests/console_helpers.py`` says how it picks). Pages are served with the console's CSP, so a
+view or library that needs inline script or style fails here too.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from playwright.async_api import expect
+
+from tentaculo.settings import Settings
+from tests.conftest import ADMIN_TOKEN, AppClient, wait_for
+from tests.console_helpers import VIEWPORT, console_gateway, open_view, screenshot
+
+pytestmark = pytest.mark.slow
+
+# The mock streams one word per chunk; this delay makes its dozen words take over a second.
+SLOW_MOCK = {"providers": ("mock",), "provider_chain": ("mock",), "mock_delay_ms": 120}
+
+
+async def new_page(browser: Any, width: int = VIEWPORT["width"], height: int = VIEWPORT["height"]) -> Any:
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+    PAGE_ERRORS[id(page)] = errors
+    return page
+
+
+PAGE_ERRORS: dict[int, list[str]] = {}
+
+
+def no_js_errors(page: Any) -> None:
+    """Nothing the view ran threw, and nothing it (or uPlot) did was refused by the CSP."""
+    assert PAGE_ERRORS.get(id(page)) == []
+
+
+async def text_length(locator: Any) -> int:
+    return len(await locator.text_content() or "")
+
+
+async def test_chat_streams_progressively_and_stop_ends_it(
+    aiohttp_client: AppClient, settings: Settings, browser: Any, db: asyncpg.Connection
+) -> None:
+    client = await console_gateway(aiohttp_client, settings, **SLOW_MOCK)
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "chat")
+    await page.get_by_test_id("chat-provider").select_option("mock")
+    output = page.get_by_test_id("chat-output")
+
+    # A whole answer: it grows chunk by chunk, then the done state and the trace link show.
+    await page.get_by_test_id("chat-input").fill("hello there")
+    await page.get_by_test_id("chat-input").press("Enter")
+    await expect(output).to_contain_text("Mock answer")
+    first = await text_length(output)
+    await expect(output).not_to_have_text(await output.text_content() or "")
+    assert await text_length(output) > first
+    await expect(page.get_by_test_id("chat-state")).to_contain_text("Done (stop)")
+    await expect(output).to_have_text(re.compile(r"\.$"))
+    await expect(page.get_by_test_id("chat-correlation")).to_be_visible()
+    await screenshot(page, "chat")
+
+    # A second one, stopped part way: the stream ends, the output stops growing, the stop state shows.
+    await page.get_by_test_id("chat-input").fill("tell me more")
+    await page.get_by_test_id("chat-send").click()
+    await expect(page.get_by_test_id("chat-stop")).to_be_enabled()
+    await expect(output).to_contain_text("Mock answer")
+    await page.get_by_test_id("chat-stop").click()
+    await expect(page.get_by_test_id("chat-state")).to_contain_text("Stopped")
+    await expect(page.get_by_test_id("chat-stop")).to_be_disabled()
+    stopped = await output.text_content()
+    cid = await page.get_by_test_id("chat-correlation").text_content()
+
+    async def cancelled() -> bool:
+        status = await db.fetchval("SELECT status FROM copilot_actions_log WHERE correlation_id = $1", cid)
+        return bool(status == "cancelled")
+
+    await wait_for(cancelled)  # the gateway saw the client leave: nothing more can arrive
+    assert await output.text_content() == stopped
+    assert not (stopped or "").endswith(".")
+    no_js_errors(page)
+
+
+async def test_chat_shows_a_provider_failure_plainly(
+    aiohttp_client: AppClient, settings: Settings, browser: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings, providers=("mock", "deepseek"),
+                                   provider_chain=("mock",), deepseek_api_key=None)
+    async with client.get("/operator/api/providers", headers={"X-VX11-Token": ADMIN_TOKEN}) as resp:
+        [deepseek] = [p for p in (await resp.json())["providers"] if p["name"] == "deepseek"]
+    assert deepseek["status"] == "off" and deepseek["reason"]
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "chat")
+    # The picker says before sending that deepseek is off, and why.
+    await page.get_by_test_id("chat-provider").select_option("deepseek")
+    await expect(page.get_by_test_id("chat-provider-status")).to_contain_text(deepseek["reason"])
+    await page.get_by_test_id("chat-input").fill("hello")
+    await page.get_by_test_id("chat-send").click()
+    error = page.get_by_test_id("chat-error")
+    await expect(error).to_be_visible()
+    await expect(error).to_contain_text("deepseek")
+    await expect(error).to_contain_text(deepseek["reason"])
+    await expect(page.get_by_test_id("chat-output")).to_have_text("")
+    await expect(page.get_by_test_id("chat-send")).to_be_enabled()
+    no_js_errors(page)
+
+
+async def test_chat_is_disabled_with_the_reason_without_the_chat_scope(
+    aiohttp_client: AppClient, settings: Settings, browser: Any, make_token: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings, providers=("mock",), provider_chain=("mock",))
+    page = await new_page(browser)
+    await open_view(page, client, await make_token("read"), "chat")
+    await expect(page.get_by_test_id("chat-send")).to_be_disabled()
+    await expect(page.get_by_test_id("chat-input")).to_be_disabled()
+    await expect(page.get_by_test_id("chat-scope")).to_contain_text("needs the chat scope")
