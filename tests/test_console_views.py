@@ -9,7 +9,6 @@ view or library that needs inline script or style fails here too.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import asyncpg
@@ -123,3 +122,38 @@ async def test_chat_is_disabled_with_the_reason_without_the_chat_scope(
     await expect(page.get_by_test_id("chat-send")).to_be_disabled()
     await expect(page.get_by_test_id("chat-input")).to_be_disabled()
     await expect(page.get_by_test_id("chat-scope")).to_contain_text("needs the chat scope")
+
+
+async def test_metrics_draws_charts_after_traffic_and_follows_the_metrics_event(
+    aiohttp_client: AppClient, settings: Settings, browser: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings, providers=("mock",), provider_chain=("mock",),
+                                   metrics_flush_seconds=1, metrics_event_seconds=1)
+    headers = {"X-VX11-Token": ADMIN_TOKEN}
+    for _ in range(3):
+        async with client.post("/operator/api/chat", json={"message": "hi", "provider": "mock"}, headers=headers) as r:
+            assert r.status == 200
+    async with client.get("/operator/api/trace/not-a-real-id", headers=headers) as r:
+        assert r.status == 200
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "metrics")
+    charts = page.get_by_test_id("metrics-chart")
+    await expect(charts.first.locator("canvas")).to_be_visible()
+    await expect(page.locator("[data-testid=metrics-chart][data-chart=route-latency] canvas")).to_be_visible()
+    await expect(page.locator("[data-testid=metrics-chart][data-chart=provider-rate] canvas")).to_be_visible()
+    routes = page.get_by_test_id("metrics-routes")
+    await expect(routes).to_contain_text("/operator/api/chat")
+    await expect(page.get_by_test_id("metrics-providers")).to_contain_text("mock")
+
+    # A route first used after the page opened shows up with the next metrics event, no reload.
+    await expect(routes).not_to_contain_text("/operator/api/fs/list")
+    async with client.get("/operator/api/fs/list", headers=headers) as r:
+        assert r.status == 200
+    await expect(routes).to_contain_text("/operator/api/fs/list", timeout=15_000)
+
+    # The window picker asks again for the chosen window.
+    async with page.expect_response(lambda r: "/operator/api/metrics?window=1h" in r.url):
+        await page.get_by_test_id("metrics-window").select_option("1h")
+    await expect(charts.first.locator("canvas")).to_be_visible()
+    await screenshot(page, "metrics")
+    no_js_errors(page)
