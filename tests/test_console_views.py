@@ -9,6 +9,7 @@ view or library that needs inline script or style fails here too.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import asyncpg
@@ -156,4 +157,87 @@ async def test_metrics_draws_charts_after_traffic_and_follows_the_metrics_event(
         await page.get_by_test_id("metrics-window").select_option("1h")
     await expect(charts.first.locator("canvas")).to_be_visible()
     await screenshot(page, "metrics")
+    no_js_errors(page)
+
+
+async def test_feature_turned_off_shows_at_once_on_another_open_console(
+    aiohttp_client: AppClient, settings: Settings, browser: Any, make_token: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings)
+    headers = {"X-VX11-Token": ADMIN_TOKEN}
+    admin = await new_page(browser)
+    other = await new_page(browser)  # another browser context: its own session, its own event stream
+    await open_view(admin, client, ADMIN_TOKEN, "admin")
+    async with other.expect_response(lambda r: "/operator/api/events?" in r.url and r.status == 200):
+        await open_view(other, client, await make_token("read"), "admin")
+    mine = admin.locator("[data-testid=feature-toggle][data-name=metrics]")
+    theirs = other.locator("[data-testid=feature-toggle][data-name=metrics]")
+    await expect(mine).to_be_checked()
+    await expect(theirs).to_be_checked()
+    await expect(theirs).to_be_disabled()  # a read token sees the flags, and why it cannot change them
+    await expect(other.get_by_test_id("feature-scope")).to_contain_text("needs the admin scope")
+    await expect(other.get_by_test_id("token-create")).to_be_disabled()
+    try:
+        # Turning off without a reason is refused in the page; with one, it goes through.
+        await mine.click()
+        await expect(admin.get_by_test_id("feature-error")).to_contain_text("Say why metrics")
+        await expect(mine).to_be_checked()
+        await admin.locator("[data-testid=feature-reason][data-name=metrics]").fill("disk maintenance")
+        await mine.uncheck()
+        await expect(mine).not_to_be_checked()
+        row = other.locator("[data-testid=feature-row][data-name=metrics]")
+        await expect(theirs).not_to_be_checked()
+        await expect(row).to_contain_text("disk maintenance")
+        await expect(row.locator(".badge")).to_have_text("off")
+        async with client.get("/operator/api/metrics", headers=headers) as resp:
+            assert resp.status == 503
+        # And back on, seen the same way.
+        await admin.locator("[data-testid=feature-reason][data-name=metrics]").fill("done")
+        await mine.check()
+        await expect(theirs).to_be_checked()
+        await expect(row.locator(".badge")).to_have_text("on")
+    finally:
+        async with client.put("/operator/api/features/metrics", json={"status": "on"}, headers=headers) as resp:
+            assert resp.status == 200
+    no_js_errors(admin)
+    no_js_errors(other)
+
+
+async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
+    aiohttp_client: AppClient, settings: Settings, browser: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings)
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "admin")
+    name = f"ops-{uuid.uuid4().hex[:6]}"
+    await page.get_by_test_id("token-name").fill(name)
+    await page.get_by_test_id("token-scope-chat").check()
+    await page.get_by_test_id("token-create").click()
+    secret_box = page.get_by_test_id("token-secret")
+    await expect(secret_box).to_be_visible()
+    await expect(page.get_by_test_id("token-warning")).to_contain_text("shown only this once")
+    secret = await secret_box.input_value()
+    assert secret.startswith("vx11_")
+    row = page.locator(f"[data-testid=token-row][data-name='{name}']")
+    await expect(row).to_contain_text("chat, read")
+    await screenshot(page, "admin")
+    async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
+        assert resp.status == 200 and (await resp.json())["scopes"] == ["chat", "read"]
+
+    # Gone once the operator leaves the view: the list never holds secrets.
+    await page.get_by_test_id("nav-chat").click()
+    await page.get_by_test_id("nav-admin").click()
+    await expect(row).to_be_visible()
+    assert secret not in await page.content()
+    await expect(page.get_by_test_id("token-secret")).to_have_count(0)
+
+    # Revoke asks first; cancelling keeps it, confirming removes it and the secret stops working.
+    await row.get_by_test_id("token-revoke").click()
+    await row.get_by_role("button", name="Cancel").click()
+    await expect(row.get_by_test_id("token-revoke")).to_be_visible()
+    await row.get_by_test_id("token-revoke").click()
+    await row.get_by_test_id("token-revoke-confirm").click()
+    await expect(row).to_have_count(0)
+    async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
+        assert resp.status == 401
     no_js_errors(page)
