@@ -241,3 +241,50 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
         assert resp.status == 401
     no_js_errors(page)
+
+
+async def test_files_lists_a_root_with_breadcrumbs_and_says_when_truncated(
+    aiohttp_client: AppClient, settings: Settings, browser: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "2024").mkdir()
+    (tmp_path / "2024" / "gateway.log").write_text("x" * 2048)
+    (tmp_path / "README.txt").write_text("hello")
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(5):
+        (many / f"part-{i}.log").write_text("")
+    client = await console_gateway(aiohttp_client, settings, fs_roots={"logs": tmp_path}, fs_list_max=3)
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "files")
+    entries = page.get_by_test_id("file-entry")
+    await expect(entries).to_have_count(1)
+    await page.get_by_role("link", name="logs/").click()
+
+    await expect(page).to_have_url(re.compile(r"/operator/files/logs$"))
+    await expect(entries).to_have_count(3)
+    readme = page.locator("[data-testid=file-entry][data-name='README.txt']")
+    await expect(readme).to_contain_text("file")
+    await expect(readme).to_contain_text("5 B")
+    await expect(page.get_by_test_id("files-truncated")).to_be_hidden()
+    await screenshot(page, "files")
+    await page.get_by_role("link", name="2024/").click()
+
+    await expect(page).to_have_url(re.compile(r"/operator/files/logs/2024$"))
+    await expect(page.get_by_test_id("files-crumb")).to_have_text(["Roots", "logs", "2024"])
+    await expect(page.locator("[data-testid=file-entry][data-name='gateway.log']")).to_contain_text("2.0 KiB")
+    await page.get_by_test_id("files-crumb").filter(has_text="logs").click()
+    await expect(page).to_have_url(re.compile(r"/operator/files/logs$"))
+    await page.get_by_role("link", name="many/").click()
+    await expect(entries).to_have_count(3)
+    await expect(page.get_by_test_id("files-truncated")).to_contain_text("Only the first 3 entries")
+    no_js_errors(page)
+
+
+async def test_files_says_plainly_when_no_roots_are_configured(
+    aiohttp_client: AppClient, settings: Settings, browser: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings)
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "files")
+    await expect(page.get_by_test_id("files-empty")).to_contain_text("No roots are configured")
+    await expect(page.get_by_test_id("file-entry")).to_have_count(0)
