@@ -288,3 +288,45 @@ async def test_files_says_plainly_when_no_roots_are_configured(
     await open_view(page, client, ADMIN_TOKEN, "files")
     await expect(page.get_by_test_id("files-empty")).to_contain_text("No roots are configured")
     await expect(page.get_by_test_id("file-entry")).to_have_count(0)
+
+
+async def test_trace_shows_the_audit_row_and_chat_action_of_a_chat(
+    aiohttp_client: AppClient, settings: Settings, browser: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings, providers=("mock",), provider_chain=("mock",))
+    page = await new_page(browser)
+    await open_view(page, client, ADMIN_TOKEN, "chat")
+    await page.get_by_test_id("chat-provider").select_option("mock")
+    await page.get_by_test_id("chat-model").select_option("mock-reasoner")
+    await page.get_by_test_id("chat-input").fill("why is the sky blue")
+    await page.get_by_test_id("chat-send").click()
+    await expect(page.get_by_test_id("chat-state")).to_contain_text("Done")
+    # The reasoning model's thoughts are kept apart from the answer, folded.
+    reasoning = page.get_by_test_id("chat-reasoning")
+    await expect(reasoning).to_contain_text("Considering 5 words of input.")
+    await expect(page.get_by_test_id("chat-output")).not_to_contain_text("Considering")
+    link = page.get_by_test_id("chat-correlation")
+    cid = await link.text_content()
+    await link.click()
+
+    await expect(page).to_have_url(re.compile(rf"/operator/trace/{re.escape(cid or '')}$"))
+    await expect(page.get_by_test_id("trace-input")).to_have_value(cid or "")
+    audit = page.locator("[data-testid=trace-item][data-kind=audit]")
+    chat = page.locator("[data-testid=trace-item][data-kind=chat]")
+    await expect(audit).to_contain_text("POST /operator/api/chat")
+    await expect(audit).to_contain_text("200")
+    await expect(chat).to_contain_text("mock / mock-reasoner")
+    await expect(chat).to_contain_text("ok")
+    await expect(page.locator("[data-testid=trace-item][data-kind=event]")).to_contain_text("chat")
+    await screenshot(page, "trace")
+
+    # Looking up another id: an unknown one is said to have nothing; a malformed one is refused.
+    await page.get_by_test_id("trace-input").fill("nothing-here-123")
+    await page.get_by_test_id("trace-lookup").click()
+    await expect(page).to_have_url(re.compile(r"/operator/trace/nothing-here-123$"))
+    await expect(page.get_by_test_id("trace-empty")).to_contain_text("Nothing is recorded for nothing-here-123")
+    await expect(page.get_by_test_id("trace-item")).to_have_count(0)
+    await page.get_by_test_id("trace-input").fill("../etc")
+    await page.get_by_test_id("trace-lookup").click()
+    await expect(page.get_by_test_id("trace-error")).to_contain_text("A correlation id is")
+    no_js_errors(page)
