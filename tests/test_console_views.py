@@ -330,3 +330,39 @@ async def test_trace_shows_the_audit_row_and_chat_action_of_a_chat(
     await page.get_by_test_id("trace-lookup").click()
     await expect(page.get_by_test_id("trace-error")).to_contain_text("A correlation id is")
     no_js_errors(page)
+
+
+@pytest.mark.parametrize("view", ["metrics", "chat", "trace", "files", "admin"])
+async def test_view_fits_a_phone_width_and_labels_its_controls(
+    aiohttp_client: AppClient, settings: Settings, browser: Any, tmp_path: Any, view: str
+) -> None:
+    (tmp_path / "a-rather-long-directory-name-for-a-narrow-screen").mkdir()
+    client = await console_gateway(aiohttp_client, settings, providers=("mock",), provider_chain=("mock",),
+                                   fs_roots={"logs": tmp_path})
+    headers = {"X-VX11-Token": ADMIN_TOKEN}
+    async with client.post("/operator/api/chat", json={"message": "hi", "provider": "mock"}, headers=headers) as r:
+        assert r.status == 200
+        cid = r.headers["X-Correlation-ID"]
+    page = await new_page(browser, width=390, height=844)
+    await open_view(page, client, ADMIN_TOKEN, view)
+    if view == "metrics":
+        await expect(page.get_by_test_id("metrics-chart").first.locator("canvas")).to_be_visible()
+    elif view == "files":
+        await page.get_by_role("link", name="logs/").click()
+        await expect(page.get_by_test_id("file-entry")).to_have_count(1)
+    elif view == "admin":
+        await expect(page.get_by_test_id("feature-toggle")).to_have_count(5)
+    elif view == "trace":
+        await page.get_by_test_id("trace-input").fill(cid)
+        await page.get_by_test_id("trace-input").press("Enter")
+        await expect(page.get_by_test_id("trace-item").first).to_be_visible()
+    else:
+        await expect(page.get_by_test_id("chat-provider")).to_contain_text("mock")
+    # Nothing makes the page scroll sideways (wide tables scroll inside their own box).
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    # Every form control of the view has a label a screen reader can announce.
+    unlabelled = await page.evaluate("""() => [...document.querySelectorAll('main input, main select, main textarea')]
+        .filter((c) => c.type !== 'hidden' && !c.labels?.length && !c.getAttribute('aria-label'))
+        .map((c) => c.outerHTML)""")
+    assert unlabelled == []
+    no_js_errors(page)
