@@ -272,6 +272,11 @@ async def test_files_lists_a_root_with_breadcrumbs_and_says_when_truncated(
     await expect(page).to_have_url(re.compile(r"/operator/files/logs/2024$"))
     await expect(page.get_by_test_id("files-crumb")).to_have_text(["Roots", "logs", "2024"])
     await expect(page.locator("[data-testid=file-entry][data-name='gateway.log']")).to_contain_text("2.0 KiB")
+    await page.go_back()  # the browser's Back button returns to the parent listing
+    await expect(page).to_have_url(re.compile(r"/operator/files/logs$"))
+    await expect(entries).to_have_count(3)
+    await page.go_forward()
+    await expect(page.get_by_test_id("files-crumb")).to_have_text(["Roots", "logs", "2024"])
     await page.get_by_test_id("files-crumb").filter(has_text="logs").click()
     await expect(page).to_have_url(re.compile(r"/operator/files/logs$"))
     await page.get_by_role("link", name="many/").click()

@@ -44,7 +44,7 @@ export function mount(el, ctx) {
       create),
     createError);
 
-  el.append(h('section', { class: 'view admin' },
+  el.append(h('section', { class: 'vw vw-admin' },
     h('h2', { text: 'Admin' }),
     h('section', { class: 'panel' }, h('h3', { text: 'Feature flags' }),
       h('p', { class: 'muted', text: 'Turning a feature off makes its endpoints answer 503 on every instance within a second. Give a reason: every console shows it.' }),

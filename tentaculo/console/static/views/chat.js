@@ -36,7 +36,7 @@ export function mount(el, ctx) {
     h('label', { class: 'field', for: 'chat-input' }, 'Message', input),
     h('div', { class: 'toolbar' }, send, stop, clear),
     scopeNote);
-  el.append(h('section', { class: 'view chat' },
+  el.append(h('section', { class: 'vw vw-chat' },
     h('h2', { text: 'Chat' }), form,
     h('div', { class: 'panel chat-result' }, transcript, reasoning, output, state, correlation, error)));
 

@@ -86,3 +86,28 @@ export function gate(ctx, scope, controls, note) {
   }
   return allowed;
 }
+
+// Follow navigation inside the view even if the shell does not mount it again for a new path:
+// after ctx.navigate (or Back), a view that is still mounted next turn shows the new path itself.
+export function followPaths(el, ctx, view, build) {
+  let alive = true;
+  let inner = null;
+  function show(params) {
+    if (!alive) return;
+    if (inner) inner();
+    el.replaceChildren();
+    inner = build(params, (path) => {
+      ctx.navigate(path);
+      setTimeout(() => show(paramsOf()), 0);
+    });
+  }
+  const onPop = () => setTimeout(() => { if (location.pathname.startsWith(`/operator/${view}`)) show(paramsOf()); }, 0);
+  window.addEventListener('popstate', onPop);
+  show(ctx.params);
+  return () => { alive = false; window.removeEventListener('popstate', onPop); if (inner) inner(); };
+}
+
+// The path segments after /operator/<view>/ of the current URL.
+function paramsOf() {
+  return location.pathname.split('/').filter(Boolean).slice(2).map(decodeURIComponent);
+}

@@ -1,6 +1,6 @@
 // Files: browse the directories under the configured roots (GET /operator/api/fs/list). The path
 // is in the URL, /operator/files/<root>/<relative>; no path lists the roots.
-import { fmtBytes, fmtDate, h, loadStyles, problemText } from './common.js';
+import { fmtBytes, fmtDate, followPaths, h, loadStyles, problemText } from './common.js';
 
 function hrefOf(parts) {
   return '/operator/files' + (parts.length ? '/' + parts.map(encodeURIComponent).join('/') : '');
@@ -8,11 +8,15 @@ function hrefOf(parts) {
 
 export function mount(el, ctx) {
   loadStyles('files');
-  const parts = ctx.params.filter((p) => p !== '');
+  return followPaths(el, ctx, 'files', (params, navigate) => build(el, ctx, params, navigate));
+}
+
+function build(el, ctx, params, navigate) {
+  const parts = params.filter((p) => p !== '');
   let listing = null;
   let alive = true;
 
-  const go = (target) => (e) => { e.preventDefault(); ctx.navigate(hrefOf(target)); };
+  const go = (target) => (e) => { e.preventDefault(); navigate(hrefOf(target)); };
   const crumbs = h('ol', { class: 'files-crumbs' },
     h('li', {}, parts.length
       ? h('a', { href: hrefOf([]), testid: 'files-crumb', onclick: go([]), text: 'Roots' })
@@ -26,7 +30,7 @@ export function mount(el, ctx) {
   const error = h('div', { class: 'alert', role: 'alert', hidden: true, testid: 'files-error' });
   const body = h('div', { class: 'table-wrap' });
 
-  el.append(h('section', { class: 'view files' },
+  el.append(h('section', { class: 'vw vw-files' },
     h('div', { class: 'toolbar' }, h('h2', { text: 'Files' }),
       h('label', { class: 'field', for: 'files-filter' }, 'Filter this directory', filter)),
     h('nav', { 'aria-label': 'Breadcrumb', testid: 'files-breadcrumbs' }, crumbs),

@@ -84,7 +84,7 @@ export function mount(el, ctx) {
   const routeTable = h('div', { class: 'table-wrap' });
   const providerTable = h('div', { class: 'table-wrap' });
 
-  el.append(h('section', { class: 'view metrics' },
+  el.append(h('section', { class: 'vw vw-metrics' },
     h('div', { class: 'toolbar' },
       h('h2', { text: 'Metrics' }),
       h('label', { class: 'field', for: 'metrics-window' }, 'Window', windowSel),
@@ -167,7 +167,7 @@ export function mount(el, ctx) {
 
   async function load() {
     const ticket = ++loading;
-    el.querySelector('.metrics')?.setAttribute('aria-busy', 'true');
+    el.querySelector('.vw-metrics')?.setAttribute('aria-busy', 'true');
     try {
       const m = await ctx.api.get(`/operator/api/metrics?window=${encodeURIComponent(windowSel.value)}`);
       if (ticket !== loading) return;
@@ -179,7 +179,7 @@ export function mount(el, ctx) {
       error.textContent = `Could not read the metrics: ${problemText(err)}`;
       error.hidden = false;
     } finally {
-      if (ticket === loading) el.querySelector('.metrics')?.setAttribute('aria-busy', 'false');
+      if (ticket === loading) el.querySelector('.vw-metrics')?.setAttribute('aria-busy', 'false');
     }
   }
 

@@ -1,6 +1,6 @@
 // Trace: everything recorded for one correlation id (audit rows, chat actions, events) as a
 // timeline, oldest first. GET /operator/api/trace/{id}; the id is in the URL, /operator/trace/<id>.
-import { badge, fmtDate, fmtMs, fmtTime, h, loadStyles, problemText } from './common.js';
+import { badge, fmtDate, fmtMs, fmtTime, followPaths, h, loadStyles, problemText } from './common.js';
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 const KINDS = { audit: 'Request', chat: 'Chat', event: 'Event' };
@@ -47,10 +47,13 @@ function describe(item) {
 
 export function mount(el, ctx) {
   loadStyles('trace');
-  const id = ctx.params[0] || '';
+  return followPaths(el, ctx, 'trace', (params, navigate) => build(el, ctx, params[0] || '', navigate));
+}
+
+function build(el, ctx, id, navigate) {
   let alive = true;
   let timer = null;
-  let retried = false;
+  let rereads = 0;
 
   const input = h('input', { id: 'trace-id', testid: 'trace-input', value: id, required: true, autocomplete: 'off',
     class: 'mono', placeholder: 'e.g. 0b6f5c7e-1d2a-4c3b-9e8f-123456789abc', spellcheck: 'false' });
@@ -63,7 +66,7 @@ export function mount(el, ctx) {
 
   const form = h('form', { class: 'toolbar trace-form', role: 'search' },
     h('label', { class: 'field trace-field', for: 'trace-id' }, 'Correlation id', input), lookup, reload);
-  el.append(h('section', { class: 'view trace' },
+  el.append(h('section', { class: 'vw vw-trace' },
     h('h2', { text: 'Trace' }),
     h('div', { class: 'panel' }, form,
       h('p', { class: 'muted', text: 'Every response carries its X-Correlation-ID; chats, events and requests with the same id are shown here in time order.' })),
@@ -79,7 +82,7 @@ export function mount(el, ctx) {
       input.focus();
       return;
     }
-    if (wanted === id) load(); else ctx.navigate(`/operator/trace/${encodeURIComponent(wanted)}`);
+    if (wanted === id) load(); else navigate(`/operator/trace/${encodeURIComponent(wanted)}`);
   });
   reload.addEventListener('click', () => load());
 
@@ -103,10 +106,11 @@ export function mount(el, ctx) {
           body,
           h('details', {}, h('summary', { text: 'Raw' }), h('pre', { class: 'mono', text: JSON.stringify(item, null, 2) }))));
     }));
-    // A request's own audit row is written just after it ends: look once more if it is not there yet.
-    const young = items.length && Date.now() - Date.parse(items[items.length - 1].ts) < 5000;
-    if (!retried && (!items.length || (young && !items.some((i) => i.kind === 'audit')))) {
-      retried = true;
+    // Audit rows and chat actions are written a moment after their request ends: while the trace
+    // is fresh (or still empty), read it again a few times.
+    const fresh = !items.length || Date.now() - Date.parse(items[items.length - 1].ts) < 5000;
+    if (fresh && rereads < 4) {
+      rereads += 1;
       timer = setTimeout(load, 1000);
     }
   }
