@@ -67,7 +67,6 @@ async def test_chat_streams_progressively_and_stop_ends_it(
     await expect(page.get_by_test_id("chat-state")).to_contain_text("Done (stop)")
     await expect(output).to_have_text(re.compile(r"\.$"))
     await expect(page.get_by_test_id("chat-correlation")).to_be_visible()
-    await screenshot(page, "chat")
 
     # A second one, stopped part way: the stream ends, the output stops growing, the stop state shows.
     await page.get_by_test_id("chat-input").fill("tell me more")
@@ -310,6 +309,10 @@ async def test_trace_shows_the_audit_row_and_chat_action_of_a_chat(
     reasoning = page.get_by_test_id("chat-reasoning")
     await expect(reasoning).to_contain_text("Considering 5 words of input.")
     await expect(page.get_by_test_id("chat-output")).not_to_contain_text("Considering")
+    await expect(reasoning.get_by_text("Considering")).to_be_hidden()
+    await reasoning.get_by_text("Reasoning").click()
+    await expect(reasoning.get_by_text("Considering")).to_be_visible()
+    await screenshot(page, "chat")
     link = page.get_by_test_id("chat-correlation")
     cid = await link.text_content()
     await link.click()

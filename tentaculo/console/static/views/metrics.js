@@ -15,7 +15,7 @@ function shortRoute(r) {
 
 // One bar chart over categories (routes or providers) with one or more series drawn on top of
 // each other, widest first (latency: p99 behind p95 behind p50).
-function barChart(container, title, names, series, { unit = '', format = (v) => v } = {}) {
+function barChart(container, title, names, series, { unit = '', format = (v) => v, log = false } = {}) {
   const n = names.length;
   const labels = names.map((l) => (l.length > 20 ? `${l.slice(0, 19)}…` : l));
   const rotate = labels.some((l) => l.length > 12) || n > 5;
@@ -34,7 +34,11 @@ function barChart(container, title, names, series, { unit = '', format = (v) => 
     legend: { live: false },
     scales: {
       x: { time: false, range: () => [-0.5, n - 0.5] },
-      y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+      // Latencies span microseconds to seconds: a log scale keeps p50 visible next to a slow p99.
+      // Bars rise from the scale's floor, so the floor sits well below the smallest figure.
+      y: log
+        ? { distr: 3, log: 10, range: (u, min, max) => [10 ** Math.floor(Math.log10(min || 0.1) - 0.3), 10 ** Math.ceil(Math.log10(max || 1) + 0.01)] }
+        : { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
     },
     axes: [
       {
@@ -45,7 +49,16 @@ function barChart(container, title, names, series, { unit = '', format = (v) => 
         gap: 4,
         grid: { show: false },
       },
-      { values: ticks, size: 72 },
+      log ? {
+        values: (u, splits) => splits.map((v) => (v == null ? '' : `${+v.toPrecision(3)}${unit}`)),
+        // One tick and grid line per decade.
+        splits: (u, i, min, max) => {
+          const out = [];
+          for (let e = Math.ceil(Math.log10(min) - 1e-9); e <= Math.floor(Math.log10(max) + 1e-9); e += 1) out.push(10 ** e);
+          return out;
+        },
+        size: 80,
+      } : { values: ticks, size: 80 },
     ],
     series: [
       {},
@@ -56,7 +69,7 @@ function barChart(container, title, names, series, { unit = '', format = (v) => 
         width: 0,
         points: { show: false },
         value: (u, v) => (v == null ? '–' : `${format(v)}${unit}`),
-        paths: uPlot.paths.bars({ size: [s.size ?? 0.6, 80], align: 0 }),
+        paths: uPlot.paths.bars({ size: [s.size ?? 0.6, 120 * (s.size ?? 0.6)], align: 0 }),
       })),
     ],
   };
@@ -114,11 +127,11 @@ export function mount(el, ctx) {
         [{ label: 'rate', color: COLORS.rate, values: items.map((x) => x.rate_per_s) }], { unit: '/s', format: (v) => num(v, v < 1 ? 3 : 1) }),
       barChart(boxes[1], 'Error rate', labels,
         [{ label: 'errors', color: COLORS.errors, values: items.map((x) => x.error_rate * 100) }], { unit: ' %', format: (v) => num(v, 1) }),
-      barChart(boxes[2], 'Latency (ms)', labels, [
+      barChart(boxes[2], 'Latency (ms, log scale)', labels, [
         { label: 'p99', color: COLORS.p99, size: 0.75, values: items.map((x) => x.latency_ms?.p99 ?? null) },
         { label: 'p95', color: COLORS.p95, size: 0.5, values: items.map((x) => x.latency_ms?.p95 ?? null) },
         { label: 'p50', color: COLORS.p50, size: 0.25, values: items.map((x) => x.latency_ms?.p50 ?? null) },
-      ], { unit: ' ms', format: (v) => num(v, v < 10 ? 2 : 0) }),
+      ], { unit: ' ms', format: (v) => num(v, v < 10 ? 2 : 0), log: true }),
     );
   }
 
