@@ -190,14 +190,27 @@ async def test_feature_turned_off_shows_at_once_on_another_open_console(
         await expect(row.locator(".badge")).to_have_text("off")
         async with client.get("/operator/api/metrics", headers=headers) as resp:
             assert resp.status == 503
+        # A change made elsewhere shows here too, and leaves a reason being typed alone.
+        await admin.locator("[data-testid=feature-reason][data-name=chat]").fill("half-written")
+        async with client.put("/operator/api/features/proxy", json={"status": "off", "reason": "elsewhere"},
+                              headers=headers) as resp:
+            assert resp.status == 200
+        await expect(admin.locator("[data-testid=feature-toggle][data-name=proxy]")).not_to_be_checked()
+        await expect(admin.locator("[data-testid=feature-row][data-name=proxy]")).to_contain_text("elsewhere")
+        await expect(admin.locator("[data-testid=feature-reason][data-name=chat]")).to_have_value("half-written")
         # And back on, seen the same way.
+        # And back on from the keyboard, seen the same way; the focus stays on the switch.
         await admin.locator("[data-testid=feature-reason][data-name=metrics]").fill("done")
-        await mine.check()
+        await mine.focus()
+        await admin.keyboard.press("Space")
+        await expect(mine).to_be_checked()
+        await expect(mine).to_be_focused()
         await expect(theirs).to_be_checked()
         await expect(row.locator(".badge")).to_have_text("on")
     finally:
-        async with client.put("/operator/api/features/metrics", json={"status": "on"}, headers=headers) as resp:
-            assert resp.status == 200
+        for name in ("metrics", "proxy"):
+            async with client.put(f"/operator/api/features/{name}", json={"status": "on"}, headers=headers) as resp:
+                assert resp.status == 200
     no_js_errors(admin)
     no_js_errors(other)
 

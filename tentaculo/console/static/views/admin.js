@@ -12,7 +12,8 @@ export function mount(el, ctx) {
   const isAdmin = ctx.can('admin');
   let features = [];
   let tokens = [];
-  let confirming = null;  // the token name whose revocation awaits confirmation
+  let confirming = null;
+  const pending = new Set();  // flags with a change on its way  // the token name whose revocation awaits confirmation
 
   // ---- feature flags
   const featureNote = h('p', { class: 'note', hidden: true, testid: 'feature-scope' });
@@ -88,6 +89,19 @@ export function mount(el, ctx) {
     featureList.replaceChildren(...features.map(featureRow));
   }
 
+  // Replace one flag's row, keeping what the operator was typing there and where the focus was
+  // (a change from another console must not wipe a reason being written).
+  function renderFeature(f, { used = false } = {}) {
+    const old = featureList.querySelector(`[data-testid=feature-row][data-name="${f.name}"]`);
+    if (!old) { renderFeatures(); return; }
+    const typed = old.querySelector('[data-testid=feature-reason]').value;
+    const focused = old.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
+    const row = featureRow(f);
+    row.querySelector('[data-testid=feature-reason]').value = used ? '' : typed;
+    old.replaceWith(row);
+    if (focused) row.querySelector(`[data-testid=${focused}]`)?.focus();
+  }
+
   async function setFlag(f, toggle, reasonInput) {
     const status = toggle.checked ? 'on' : 'off';
     const reason = reasonInput.value.trim();
@@ -99,25 +113,24 @@ export function mount(el, ctx) {
       reasonInput.focus();
       return;
     }
-    toggle.disabled = true;
+    if (pending.has(f.name)) { toggle.checked = !toggle.checked; return; }
+    pending.add(f.name);
     try {
       const now = await ctx.api.send('PUT', `/operator/api/features/${encodeURIComponent(f.name)}`, { status, reason: reason || null });
-      apply(now);
+      apply(now, { used: true });
     } catch (err) {
       toggle.checked = f.flag !== 'off';
       featureError.textContent = `Could not change ${f.name}: ${problemText(err)}`;
       featureError.hidden = false;
     } finally {
-      toggle.disabled = !isAdmin;
+      pending.delete(f.name);
     }
   }
 
-  function apply(changed) {
+  function apply(changed, how = {}) {
     const i = features.findIndex((x) => x.name === changed.name);
     if (i >= 0) features[i] = { ...features[i], ...changed }; else features.push(changed);
-    renderFeatures();
-    const toggle = featureList.querySelector(`[data-testid=feature-toggle][data-name="${changed.name}"]`);
-    if (toggle && document.activeElement === document.body) toggle.focus();
+    renderFeature(features[i >= 0 ? i : features.length - 1], how);
   }
 
   async function loadFeatures() {

@@ -164,8 +164,10 @@ export function mount(el, ctx) {
       }
     } finally {
       if (running === controller) running = null;
+      const lost = document.activeElement === document.body || document.activeElement === stop;
       setRunning(false);
       describe();
+      if (lost && allowed) input.focus();  // keyboard users carry on where they type
     }
   }
 
