@@ -224,7 +224,9 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     name = f"ops-{uuid.uuid4().hex[:6]}"
     await page.get_by_test_id("token-name").fill(name)
     await page.get_by_test_id("token-scope-chat").check()
-    await page.get_by_test_id("token-create").click()
+    async with page.expect_request(lambda r: r.url.endswith("/operator/api/tokens") and r.method == "POST") as sent:
+        await page.get_by_test_id("token-create").click()
+    assert (await sent.value).post_data_json == {"name": name, "scopes": ["read", "chat"]}  # no expiry: none sent
     secret_box = page.get_by_test_id("token-secret")
     await expect(secret_box).to_be_visible()
     await expect(page.get_by_test_id("token-warning")).to_contain_text("shown only this once")
@@ -252,6 +254,14 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     await expect(row).to_have_count(0)
     async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
         assert resp.status == 401
+
+    # An expiry, when given, is sent in seconds.
+    await page.get_by_test_id("token-name").fill(name + "-x")
+    await page.get_by_test_id("token-expiry").fill("2")
+    async with page.expect_request(lambda r: r.url.endswith("/operator/api/tokens") and r.method == "POST") as sent:
+        await page.get_by_test_id("token-create").click()
+    assert (await sent.value).post_data_json["expires_in"] == 2 * 86400
+    await expect(page.get_by_test_id("token-secret")).to_be_visible()
     no_js_errors(page)
 
 
