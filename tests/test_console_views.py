@@ -113,6 +113,31 @@ async def test_chat_shows_a_provider_failure_plainly(
     no_js_errors(page)
 
 
+async def test_chat_says_when_the_chat_feature_is_turned_off(
+    aiohttp_client: AppClient, settings: Settings, browser: Any
+) -> None:
+    client = await console_gateway(aiohttp_client, settings, providers=("mock",), provider_chain=("mock",))
+    headers = {"X-VX11-Token": ADMIN_TOKEN}
+    page = await new_page(browser)
+    async with page.expect_response(lambda r: "/operator/api/events?" in r.url and r.status == 200):
+        await open_view(page, client, ADMIN_TOKEN, "chat")
+    note = page.get_by_test_id("chat-feature")
+    await expect(note).to_be_hidden()
+    try:
+        async with client.put("/operator/api/features/chat", json={"status": "off", "reason": "provider bill overdue"},
+                              headers=headers) as resp:
+            assert resp.status == 200
+        await expect(note).to_contain_text("Chat is turned off by admin: provider bill overdue")
+        await page.get_by_test_id("chat-input").fill("hello")
+        await page.get_by_test_id("chat-send").click()
+        await expect(page.get_by_test_id("chat-error")).to_contain_text("feature_disabled")
+    finally:
+        async with client.put("/operator/api/features/chat", json={"status": "on"}, headers=headers) as resp:
+            assert resp.status == 200
+    await expect(note).to_be_hidden()
+    no_js_errors(page)
+
+
 async def test_chat_is_disabled_with_the_reason_without_the_chat_scope(
     aiohttp_client: AppClient, settings: Settings, browser: Any, make_token: Any
 ) -> None:

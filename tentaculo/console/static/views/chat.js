@@ -19,6 +19,7 @@ export function mount(el, ctx) {
   const stop = h('button', { type: 'button', class: 'danger', testid: 'chat-stop', text: 'Stop', disabled: true });
   const clear = h('button', { type: 'button', text: 'New conversation' });
   const scopeNote = h('p', { class: 'note', hidden: true, testid: 'chat-scope' });
+  const flagNote = h('p', { class: 'note', hidden: true, testid: 'chat-feature', role: 'status' });
   const transcript = h('div', { class: 'chat-transcript' });
   const reasoningText = h('pre', { class: 'chat-reasoning-text' });
   const reasoning = h('details', { class: 'chat-reasoning', testid: 'chat-reasoning', hidden: true },
@@ -35,7 +36,7 @@ export function mount(el, ctx) {
     providerNote,
     h('label', { class: 'field', for: 'chat-input' }, 'Message', input),
     h('div', { class: 'toolbar' }, send, stop, clear),
-    scopeNote);
+    scopeNote, flagNote);
   el.append(h('section', { class: 'vw vw-chat' },
     h('h2', { text: 'Chat' }), form,
     h('div', { class: 'panel chat-result' }, transcript, reasoning, output, state, correlation, error)));
@@ -196,7 +197,19 @@ export function mount(el, ctx) {
     p.circuit = { ...(p.circuit || {}), state: env.data.circuit };
     fill();
   });
+  // The chat feature's flag: say so before a send is refused with 503 feature_disabled.
+  function showFlag(flag, reason, by) {
+    flagNote.hidden = flag !== 'off';
+    flagNote.textContent = flag === 'off' ? `Chat is turned off${by ? ` by ${by}` : ''}${reason ? `: ${reason}` : ''}. Sending is refused until an admin turns it on.` : '';
+  }
+  const offFlag = ctx.stream.on('feature_toggle', (env) => {
+    if (env.data && env.data.feature === 'chat') showFlag(env.data.status, env.data.reason, env.data.updated_by);
+  });
+  ctx.api.get('/operator/api/features').then((data) => {
+    const f = (data.features || []).find((x) => x.name === 'chat');
+    if (f) showFlag(f.flag, f.flag_reason, f.updated_by);
+  }).catch(() => { /* the send says it anyway */ });
   loadProviders();
   if (allowed) input.focus();
-  return () => { offStatus(); if (running) running.abort(); };
+  return () => { offStatus(); offFlag(); if (running) running.abort(); };
 }

@@ -99,6 +99,9 @@ function build(el, ctx, params, navigate) {
   }
 
   filter.addEventListener('input', () => { if (listing) render(); });
+  const offFlag = ctx.stream.on('feature_toggle', (env) => {
+    if (env.data && env.data.feature === 'file_explorer') { error.hidden = true; load(); }
+  });
   load();
-  return () => { alive = false; };
+  return () => { alive = false; offFlag(); };
 }

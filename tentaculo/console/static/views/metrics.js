@@ -199,6 +199,8 @@ export function mount(el, ctx) {
   windowSel.addEventListener('change', load);
   refresh.addEventListener('click', load);
   const off = ctx.stream.on('metrics', () => load());
+  // Turned off, the endpoint answers 503 (shown as such); turned back on, read again at once.
+  const offFlag = ctx.stream.on('feature_toggle', (env) => { if (env.data && env.data.feature === 'metrics') load(); });
   let width = 0;
   const resize = new ResizeObserver(() => {
     const w = routeCharts.clientWidth;
@@ -206,5 +208,5 @@ export function mount(el, ctx) {
   });
   resize.observe(el);
   load();
-  return () => { off(); resize.disconnect(); destroyCharts(); loading += 1; };
+  return () => { off(); offFlag(); resize.disconnect(); destroyCharts(); loading += 1; };
 }
