@@ -4,6 +4,9 @@ Each test signs in at ``/operator/`` and opens its view from the nav (``open_vie
 real console shell once it is part of the package, through ``tests/console_harness`` before
 (``tests/console_helpers.py`` says how it picks). Pages are served with the console's CSP, so a
 view or library that needs inline script or style fails here too.
+
+With ``TENTACULO_SCREENSHOTS=<dir>`` the tests save one PNG per view, ``<dir>/<view>.png``
+(docs/img holds the ones docs/console.md shows).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from tests.console_helpers import VIEWPORT, console_gateway, open_view, screensh
 
 pytestmark = pytest.mark.slow
 
-# The mock streams one word per chunk; this delay makes its dozen words take over a second.
-SLOW_MOCK = {"providers": ("mock",), "provider_chain": ("mock",), "mock_delay_ms": 120}
+# The mock streams one word per chunk; this delay makes its dozen words take over two seconds,
+# ample time to see the answer grow and to stop it part way even on a busy machine.
+SLOW_MOCK = {"providers": ("mock",), "provider_chain": ("mock",), "mock_delay_ms": 200}
 
 
 async def new_page(browser: Any, width: int = VIEWPORT["width"], height: int = VIEWPORT["height"]) -> Any:
@@ -191,7 +195,8 @@ async def test_feature_turned_off_shows_at_once_on_another_open_console(
     headers = {"X-VX11-Token": ADMIN_TOKEN}
     admin = await new_page(browser)
     other = await new_page(browser)  # another browser context: its own session, its own event stream
-    await open_view(admin, client, ADMIN_TOKEN, "admin")
+    async with admin.expect_response(lambda r: "/operator/api/events?" in r.url and r.status == 200):
+        await open_view(admin, client, ADMIN_TOKEN, "admin")
     async with other.expect_response(lambda r: "/operator/api/events?" in r.url and r.status == 200):
         await open_view(other, client, await make_token("read"), "admin")
     mine = admin.locator("[data-testid=feature-toggle][data-name=metrics]")
