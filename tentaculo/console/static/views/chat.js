@@ -113,6 +113,11 @@ export function mount(el, ctx) {
       h('div', { class: 'chat-turn chat-bot' }, h('span', { class: 'chat-who', text: 'Answer' }), answer));
   }
 
+  function stopped() {
+    state.textContent = 'Stopped: the answer above is incomplete.';
+    output.classList.add('stopped');
+  }
+
   let lastQuestion = '';
   async function run(message) {
     archive(lastQuestion, output.textContent);
@@ -153,11 +158,12 @@ export function mount(el, ctx) {
           state.textContent = output.textContent ? 'Failed part way: the answer above is incomplete.' : 'Failed.';
         }
       }
-      if (!finished && !controller.signal.aborted) state.textContent = 'The stream ended without an answer.';
+      // An aborted stream may end quietly instead of throwing, depending on how it is read.
+      if (!finished && controller.signal.aborted) stopped();
+      else if (!finished) state.textContent = 'The stream ended without an answer.';
     } catch (err) {
       if (controller.signal.aborted) {
-        state.textContent = 'Stopped: the answer above is incomplete.';
-        output.classList.add('stopped');
+        stopped();
       } else {
         if (err && err.problem) showCorrelation(err.problem.correlation_id);
         showError(problemText(err), err && err.problem && err.problem.attempts);
