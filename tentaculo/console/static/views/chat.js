@@ -85,9 +85,10 @@ export function mount(el, ctx) {
     error.replaceChildren(h('strong', { text: 'The chat failed: ' }), text);
     if (attempts && attempts.length) {
       error.append(h('ul', {}, attempts.map((a) => h('li', {},
-        `${a.provider}: ${a.status}${a.error ? ` (${a.error})` : ''}${a.latency_ms != null ? `, ${fmtMs(a.latency_ms)}` : ''}`))));
+        `${a.provider}: ${a.status}${a.error ? ` (${a.error})` : ''}${a.latency_ms ? `, ${fmtMs(a.latency_ms)}` : ''}`))));
     }
     error.hidden = false;
+    output.classList.add('failed');
   }
 
   function showCorrelation(id) {
@@ -128,7 +129,7 @@ export function mount(el, ctx) {
     error.hidden = true;
     correlation.hidden = true;
     state.textContent = 'Waiting for the provider…';
-    output.classList.remove('stopped');
+    output.classList.remove('stopped', 'failed');
     const controller = new AbortController();
     running = controller;
     setRunning(true);
@@ -191,7 +192,7 @@ export function mount(el, ctx) {
   stop.addEventListener('click', () => { if (running) running.abort(); });
   clear.addEventListener('click', () => {
     history = []; lastQuestion = '';
-    transcript.replaceChildren(); output.textContent = ''; reasoning.hidden = true;
+    transcript.replaceChildren(); output.textContent = ''; output.classList.remove('stopped', 'failed'); reasoning.hidden = true;
     state.textContent = ''; error.hidden = true; correlation.hidden = true;
   });
   provider.addEventListener('change', describe);
