@@ -263,10 +263,10 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     secret = await secret_box.input_value()
     assert secret.startswith("vx11_")
     row = page.locator(f"[data-testid=token-row][data-name='{name}']")
-    await expect(row).to_contain_text("chat, read")
+    await expect(row).to_contain_text("read, chat")
     await screenshot(page, "admin")
     async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
-        assert resp.status == 200 and (await resp.json())["scopes"] == ["chat", "read"]
+        assert resp.status == 200 and (await resp.json())["scopes"] == ["read", "chat"]
 
     # Gone once the operator leaves the view: the list never holds secrets.
     await page.get_by_test_id("nav-chat").click()
