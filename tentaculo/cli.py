@@ -138,7 +138,8 @@ async def _bootstrap_admin(settings: Settings) -> None:
     print(
         "\nFirst admin token (every scope). It is shown once here and kept in "
         f"{path.resolve()} (mode 600):\n\n    {token}\n\n"
-        f"Try: curl -H 'X-VX11-Token: {token}' http://{settings.host}:{settings.port}/operator/api/whoami\n",
+        f"Try: curl -H 'X-VX11-Token: {token}' http://{settings.host}:{settings.port}/operator/api/whoami\n"
+        f"or sign in with it to the operator console: http://{settings.host}:{settings.port}/operator/\n",
         flush=True,
     )
 

@@ -217,7 +217,8 @@ def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEve
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} (Ctrl-C to stop); "
+                   f"operator console: http://{settings.host}:{settings.port}/operator/")
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
