@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,215 @@ async def test_a_wrong_token_shows_the_reason_and_stays_on_sign_in(aiohttp_clien
     await expect(v.page.get_by_test_id("nav-overview")).to_have_count(0)
     assert await v.page.evaluate("() => sessionStorage.getItem('vx11.token')") is None
     v.assert_clean("not-a-token-of-this-gateway")
+
+
+async def signed_in(browser: Any, client: TestClient, token: str = ADMIN_TOKEN, path: str = "/operator/",
+                    **size: int) -> Visit:
+    from playwright.async_api import expect
+
+    v = await visit(browser, client, path, **size)
+    await v.sign_in(token)
+    await expect(v.page.get_by_test_id("stream-state")).to_have_attribute("data-state", "open")
+    return v
+
+
+async def test_overview_shows_every_part_with_its_reason_and_follows_feature_toggles(
+        aiohttp_client: AppClient, settings: Settings, browser: Any, admin_headers: dict[str, str]) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await signed_in(browser, client)
+    page = v.page
+    await expect(page.get_by_test_id("overview-gateway")).to_be_visible()
+    features = page.get_by_test_id("overview-features")
+    explorer = features.locator('[data-name="file_explorer"]')
+    await expect(explorer).to_have_attribute("data-status", "off")
+    await expect(explorer).to_contain_text("no roots configured")
+    await expect(page.get_by_test_id("overview-providers").locator('[data-name="mock"]')).to_have_attribute(
+        "data-status", "on")
+    await expect(page.get_by_test_id("overview-modules").get_by_test_id("overview-item")).to_have_count(len(MODULES))
+    for name in ("postgresql", "redis", "events", "audit"):
+        await expect(page.get_by_test_id("overview-dependencies").locator(f'[data-name="{name}"]')).to_be_visible()
+    await v.screenshot("overview")
+
+    # A feature turned off elsewhere shows here at once, with the admin's reason: no reload, no polling.
+    metrics = features.locator('[data-name="metrics"]')
+    await expect(metrics).to_have_attribute("data-status", "on")
+    resp = await client.put("/operator/api/features/metrics", json={"status": "off", "reason": "console test"},
+                            headers=admin_headers)
+    assert resp.status == 200
+    try:
+        await expect(metrics).to_have_attribute("data-status", "off", timeout=2000)
+        await expect(metrics).to_contain_text("console test")
+    finally:
+        await client.put("/operator/api/features/metrics", json={"status": "on", "reason": "restored"},
+                         headers=admin_headers)
+    await expect(metrics).to_have_attribute("data-status", "on", timeout=2000)
+    v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_every_module_is_listed_and_drawn_and_a_node_shows_its_details(
+        aiohttp_client: AppClient, settings: Settings, browser: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await signed_in(browser, client)
+    page = v.page
+    await page.get_by_test_id("nav-modules").click()
+    await expect(page).to_have_url(re.compile(r"/operator/modules$"))
+    rows = page.get_by_test_id("module-row")
+    await expect(rows).to_have_count(len(MODULES))
+    assert sorted(await rows.evaluate_all("rs => rs.map(r => r.dataset.name)")) == sorted(MODULES)
+    statuses = await rows.evaluate_all("rs => rs.map(r => r.dataset.status)")
+    assert set(statuses) <= {"on", "off", "degraded", "error"}
+    await expect(rows.filter(has=page.locator('[data-name="madre"]'))).to_have_count(0)  # rows are the elements
+    madre = page.locator('[data-testid="module-row"][data-name="madre"]')
+    await expect(madre).to_have_attribute("data-status", "off")
+    await expect(madre).to_contain_text("not configured")
+    await expect(page.locator('[data-testid="module-row"][data-name="tentaculo_link"]')).to_have_attribute(
+        "data-status", "on")
+
+    nodes = page.get_by_test_id("topology-node")
+    await expect(nodes).to_have_count(len(MODULES))
+    assert sorted(await nodes.evaluate_all("ns => ns.map(n => n.dataset.name)")) == sorted(MODULES)
+    await expect(page.locator(".topology-graph line.edge")).to_have_count(9)
+    # The entrypoint is in the middle of the drawing.
+    entry = await page.locator('[data-testid="topology-node"][data-name="tentaculo_link"]').bounding_box()
+    graph = await page.locator(".topology-graph").bounding_box()
+    assert entry and graph
+    assert abs(entry["x"] + entry["width"] / 2 - (graph["x"] + graph["width"] / 2)) < graph["width"] * 0.05
+
+    details = page.get_by_test_id("node-details")
+    await page.locator('[data-testid="topology-node"][data-name="madre"] circle').click()
+    await expect(details).to_contain_text("Madre")
+    await expect(details).to_contain_text("not configured")
+    await expect(details).to_contain_text("last check")
+    # By keyboard: focus a node and press Enter.
+    await page.locator('[data-testid="topology-node"][data-name="tentaculo_link"]').focus()
+    await page.keyboard.press("Enter")
+    await expect(details).to_contain_text("entrypoint")
+    await expect(details).not_to_contain_text("http://")
+    await v.screenshot("modules")
+    v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_a_reload_keeps_the_view(aiohttp_client: AppClient, settings: Settings, browser: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await signed_in(browser, client, path="/operator/modules")
+    await expect(v.page.get_by_test_id("module-row")).to_have_count(len(MODULES))
+    await v.page.reload()
+    await expect(v.page.get_by_test_id("nav-modules")).to_have_attribute("aria-current", "page")
+    await expect(v.page.get_by_test_id("module-row")).to_have_count(len(MODULES))
+    await expect(v.page.get_by_test_id("login-token")).to_have_count(0)
+    await v.page.go_back()  # the address before was the same view's: nothing to lose
+    v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_a_chat_appears_in_the_live_events_linked_to_its_trace(
+        aiohttp_client: AppClient, settings: Settings, browser: Any, admin_headers: dict[str, str]) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await signed_in(browser, client, path="/operator/events")
+    page = v.page
+    await expect(page.get_by_test_id("nav-events")).to_have_attribute("aria-current", "page")
+    chats = page.locator('[data-testid="event-item"][data-type="chat"]')
+    before = await chats.count()
+    resp = await client.post("/operator/api/chat", json={"message": "hello console", "provider": "mock"},
+                             headers=admin_headers)
+    assert resp.status == 200
+    cid = (await resp.json())["correlation_id"]
+    await expect(chats).to_have_count(before + 1, timeout=2000)
+    newest = page.get_by_test_id("event-item").first
+    await expect(newest).to_have_attribute("data-type", "chat")
+    await expect(newest).to_contain_text("mock")
+    await expect(newest.get_by_test_id("event-trace")).to_have_attribute("href", f"/operator/trace/{cid}")
+
+    # The filter hides other types; pausing holds new events until resumed.
+    await page.get_by_label("Type").select_option("service_status")
+    await expect(chats.first).to_be_hidden()
+    await page.get_by_label("Type").select_option("")
+    await page.get_by_test_id("event-pause").click()
+    resp = await client.post("/operator/api/chat", json={"message": "while paused", "provider": "mock"},
+                             headers=admin_headers)
+    assert resp.status == 200
+    await expect(page.get_by_test_id("event-held")).to_have_text("1 new while paused", timeout=2000)
+    await expect(chats).to_have_count(before + 1)
+    await page.get_by_test_id("event-pause").click()
+    await expect(chats).to_have_count(before + 2)
+    await v.screenshot("events")
+
+    await page.locator(f'[data-testid="event-trace"][href="/operator/trace/{cid}"]').click()
+    await expect(page).to_have_url(re.compile(rf"/operator/trace/{re.escape(cid)}$"))
+    await expect(page.get_by_test_id("nav-trace")).to_have_attribute("aria-current", "page")
+    v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_a_revoked_token_returns_to_sign_in_with_the_reason(
+        aiohttp_client: AppClient, settings: Settings, browser: Any, admin_headers: dict[str, str],
+        make_token: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    name = f"console-{uuid.uuid4().hex[:8]}"
+    token = await make_token("read", name=name)
+    v = await signed_in(browser, client, token)
+    await expect(v.page.locator(".who")).to_contain_text(name)
+    resp = await client.delete(f"/operator/api/tokens/{name}", headers=admin_headers)
+    assert resp.status in (200, 204)
+    # Open another view's address: the stream may already have signed the operator out (the gateway
+    # ends a revoked token's streams); if not, the first call does. Either way the reason is shown.
+    await v.goto("/operator/modules")
+    await expect(v.page.get_by_test_id("login-error")).to_contain_text("revoked", timeout=5000)
+    await expect(v.page.get_by_test_id("login-token")).to_be_visible()
+    await expect(v.page.get_by_test_id("nav-modules")).to_have_count(0)
+    assert await v.page.evaluate("() => sessionStorage.getItem('vx11.token')") is None
+    v.assert_clean(token, ADMIN_TOKEN)
+
+
+async def test_a_read_token_sees_admin_disabled_with_the_reason(
+        aiohttp_client: AppClient, settings: Settings, browser: Any, make_token: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    token = await make_token("read")
+    v = await signed_in(browser, client, token)
+    admin = v.page.get_by_test_id("nav-admin")
+    await expect(admin).to_have_attribute("aria-disabled", "true")
+    await expect(admin).to_contain_text("needs the admin scope")
+    await expect(v.page.get_by_test_id("nav-chat")).to_contain_text("needs the chat scope")
+    await expect(v.page.get_by_test_id("nav-modules")).not_to_have_attribute("aria-disabled", "true")
+    await expect(admin).to_be_disabled()
+    await admin.click(force=True)
+    await expect(v.page).to_have_url(re.compile(r"/operator/$"))
+    await v.goto("/operator/admin")  # typed or shared: the view says why instead of failing
+    await expect(v.page.locator("main")).to_contain_text("needs the admin scope")
+    v.assert_clean(token, ADMIN_TOKEN)
+
+
+async def test_console_page_is_under_a_strict_csp_and_nothing_is_blocked(
+        aiohttp_client: AppClient, settings: Settings, browser: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    page = await browser.new_page(viewport={"width": 390, "height": 844})
+    v = Visit(page, client)
+    page.on("request", lambda request: v.urls.append(request.url))
+    page.on("console", lambda message: v.messages.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: v.messages.append(f"pageerror: {error}"))
+    answer = await page.goto(v.url("/operator/"))
+    assert answer is not None
+    assert answer.headers["content-security-policy"] == CSP
+    await v.sign_in(ADMIN_TOKEN)
+    await expect(page.get_by_test_id("stream-state")).to_have_attribute("data-state", "open")
+    for view in ("modules", "events", "overview"):
+        await page.get_by_test_id(f"nav-{view}").click()
+        await expect(page.get_by_test_id(f"nav-{view}")).to_have_attribute("aria-current", "page")
+    await expect(page.get_by_test_id("overview-gateway")).to_be_visible()
+    width = await page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 390, "the page scrolls sideways at 390 px"
+    await v.screenshot("overview-390")
+    assert any("/operator/api/events?ticket=" in u for u in v.urls)
+    v.assert_clean(ADMIN_TOKEN)

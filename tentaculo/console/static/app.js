@@ -1,6 +1,7 @@
 // The console shell: sign-in, navigation, the router, and the session's one event stream.
 import { ApiError, createApi } from "./api.js";
 import { EventStream } from "./stream.js";
+import { h } from "./ui.js";
 
 const TOKEN_KEY = "vx11.token";
 const REASON_KEY = "vx11.signin-reason";
@@ -19,18 +20,6 @@ const STATE_TEXT = { open: "live", connecting: "connecting…", lost: "stream lo
 
 const root = document.getElementById("app");
 let session = null; // {name, scopes, stream, main, cleanup, routeSeq}
-
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "class") el.className = value;
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el.setAttribute(key, value === true ? "" : value);
-  }
-  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
-  return el;
-}
 
 const token = () => sessionStorage.getItem(TOKEN_KEY);
 
