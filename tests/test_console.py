@@ -20,8 +20,10 @@ from yarl import URL
 
 from tentaculo.app import create_app
 from tentaculo.console.views import SECURITY_HEADERS, bundle
+from tentaculo.embedded import free_port
 from tentaculo.settings import Settings
 from tests.conftest import ADMIN_TOKEN, AppClient, serve
+from tests.proxy_upstreams import ModuleApp
 
 CSP = SECURITY_HEADERS["Content-Security-Policy"]
 SCREENSHOTS = os.environ.get("TENTACULO_SCREENSHOTS")
@@ -224,10 +226,12 @@ async def test_overview_shows_every_part_with_its_reason_and_follows_feature_tog
 
 
 async def test_every_module_is_listed_and_drawn_and_a_node_shows_its_details(
-        aiohttp_client: AppClient, settings: Settings, browser: Any) -> None:
+        aiohttp_client: AppClient, settings: Settings, browser: Any, module: ModuleApp) -> None:
     from playwright.async_api import expect
 
-    client = await console_gateway(aiohttp_client, settings)
+    # madre answers its health checks; switch's address refuses connections.
+    client = await console_gateway(aiohttp_client, settings, probe_interval_seconds=0.5,
+                                   service_urls={"madre": module.url, "switch": f"http://127.0.0.1:{free_port()}"})
     v = await signed_in(browser, client)
     page = v.page
     await page.get_by_test_id("nav-modules").click()
@@ -237,10 +241,14 @@ async def test_every_module_is_listed_and_drawn_and_a_node_shows_its_details(
     assert sorted(await rows.evaluate_all("rs => rs.map(r => r.dataset.name)")) == sorted(MODULES)
     statuses = await rows.evaluate_all("rs => rs.map(r => r.dataset.status)")
     assert set(statuses) <= {"on", "off", "degraded", "error"}
-    await expect(rows.filter(has=page.locator('[data-name="madre"]'))).to_have_count(0)  # rows are the elements
     madre = page.locator('[data-testid="module-row"][data-name="madre"]')
-    await expect(madre).to_have_attribute("data-status", "off")
-    await expect(madre).to_contain_text("not configured")
+    await expect(madre).to_have_attribute("data-status", "on")
+    switch = page.locator('[data-testid="module-row"][data-name="switch"]')
+    await expect(switch).to_have_attribute("data-status", "error")
+    await expect(switch).to_contain_text("refused")
+    hermes = page.locator('[data-testid="module-row"][data-name="hermes"]')
+    await expect(hermes).to_have_attribute("data-status", "off")
+    await expect(hermes).to_contain_text("not configured")
     await expect(page.locator('[data-testid="module-row"][data-name="tentaculo_link"]')).to_have_attribute(
         "data-status", "on")
 
@@ -254,17 +262,30 @@ async def test_every_module_is_listed_and_drawn_and_a_node_shows_its_details(
     assert entry and graph
     assert abs(entry["x"] + entry["width"] / 2 - (graph["x"] + graph["width"] / 2)) < graph["width"] * 0.05
 
+    await expect(page.locator('[data-testid="topology-node"][data-name="switch"]')).to_have_attribute(
+        "data-status", "error")
     details = page.get_by_test_id("node-details")
-    await page.locator('[data-testid="topology-node"][data-name="madre"] circle').click()
-    await expect(details).to_contain_text("Madre")
-    await expect(details).to_contain_text("not configured")
+    await page.locator('[data-testid="topology-node"][data-name="switch"] .dot').click()
+    await expect(details).to_contain_text("Switch")
+    await expect(details).to_contain_text("refused")
     await expect(details).to_contain_text("last check")
+    await expect(details).not_to_contain_text("127.0.0.1")
+    await v.screenshot("modules")
+
+    # madre goes away: its row, node and details follow the service_status event, with no reload.
+    madre_node = page.locator('[data-testid="topology-node"][data-name="madre"]')
+    await expect(madre_node).to_have_attribute("data-status", "on")
+    await madre_node.locator(".dot").click()
+    await expect(details).to_contain_text("Madre")
+    await module.close()
+    await expect(madre_node).to_have_attribute("data-status", "error", timeout=5000)
+    await expect(madre).to_have_attribute("data-status", "error")
+    await expect(details.get_by_test_id("node-reason")).to_be_visible()
     # By keyboard: focus a node and press Enter.
     await page.locator('[data-testid="topology-node"][data-name="tentaculo_link"]').focus()
     await page.keyboard.press("Enter")
     await expect(details).to_contain_text("entrypoint")
     await expect(details).not_to_contain_text("http://")
-    await v.screenshot("modules")
     v.assert_clean(ADMIN_TOKEN)
 
 
@@ -387,4 +408,51 @@ async def test_console_page_is_under_a_strict_csp_and_nothing_is_blocked(
     assert width <= 390, "the page scrolls sideways at 390 px"
     await v.screenshot("overview-390")
     assert any("/operator/api/events?ticket=" in u for u in v.urls)
+    v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_a_dropped_stream_shows_lost_then_resumes_with_a_fresh_ticket(
+        aiohttp_client: AppClient, settings: Settings, browser: Any, admin_headers: dict[str, str]) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await signed_in(browser, client, path="/operator/events")
+    page, state = v.page, v.page.get_by_test_id("stream-state")
+    resp = await client.post("/operator/api/chat", json={"message": "before the drop", "provider": "mock"},
+                             headers=admin_headers)
+    assert resp.status == 200
+    cid = (await resp.json())["correlation_id"]
+    await expect(page.locator(f'[data-testid="event-trace"][href="/operator/trace/{cid}"]')).to_have_count(1)
+    # Turning live events off ends every stream: the console says so and keeps trying.
+    resp = await client.put("/operator/api/features/events", json={"status": "off", "reason": "console test"},
+                            headers=admin_headers)
+    assert resp.status == 200
+    try:
+        await expect(state).to_have_attribute("data-state", "lost")
+        await expect(state).to_contain_text("lost")
+        await expect(page.locator('[data-testid="event-item"][data-type="stream_lost"]')).to_have_count(1)
+    finally:
+        resp = await client.put("/operator/api/features/events", json={"status": "on", "reason": "restored"},
+                                headers=admin_headers)
+        assert resp.status == 200
+    await expect(state).to_have_attribute("data-state", "open", timeout=10000)
+    streams = [u for u in v.urls if "/operator/api/events?ticket=" in u]
+    tickets = {re.search(r"ticket=([^&]+)", u).group(1) for u in streams}  # type: ignore[union-attr]
+    assert len(streams) >= 2 and len(tickets) == len(streams), "each connection uses a fresh ticket"
+    assert "last_event_id=" in streams[-1], "the new stream resumes after the last event received"
+    v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_the_first_view_is_usable_within_a_second(aiohttp_client: AppClient, settings: Settings,
+                                                       browser: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await signed_in(browser, client)
+    await expect(v.page.get_by_test_id("overview-gateway")).to_be_visible()
+    for _ in range(2):  # a cold load (no cache) and a warm one
+        await v.page.reload()
+        await v.page.get_by_test_id("overview-gateway").wait_for()
+        shown_ms = await v.page.evaluate("() => performance.now()")
+        assert shown_ms < 1000, f"the overview took {shown_ms:.0f} ms to show"
     v.assert_clean(ADMIN_TOKEN)

@@ -38,7 +38,9 @@ export function mount(el, ctx) {
     h("section", { class: "topology card", "aria-labelledby": "topo-title" },
       h("h2", { id: "topo-title" }, "Topology"),
       h("p", { class: "muted hint" }, "The gateway is in the middle; select a module (click, or Tab then Enter) for its details."),
-      h("div", { class: "topology-grid" }, graphBox, details)),
+      h("div", { class: "topology-grid" }, graphBox, details),
+      h("p", { class: "legend muted" }, "Colours: ", ["on", "off", "degraded", "error"].map((x) => [badge(x), " "]),
+        "· arrows point from caller to callee; dashed: pub/sub")),
     h("section", { class: "modules", "aria-label": "Modules" }, tableBox),
   );
 
@@ -114,6 +116,7 @@ export function mount(el, ctx) {
         "aria-pressed": String(n.name === selected), "aria-label": label(n, m),
       },
       s("title", {}, label(n, m)),
+      s("circle", { r: (n.entrypoint ? NODE_R + 8 : NODE_R) + 6, class: "halo" }),
       s("circle", { r: n.entrypoint ? NODE_R + 8 : NODE_R, class: "dot" }),
       s("text", { class: "glyph", "text-anchor": "middle", dy: "0.35em" }, initials(n.display_name || n.name)),
       nodeLabel(n, p, topology.edges.filter((e) => e.source === n.name || e.target === n.name).map((e) => {
