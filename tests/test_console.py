@@ -377,6 +377,7 @@ async def test_a_read_token_sees_admin_disabled_with_the_reason(
     await expect(admin).to_contain_text("needs the admin scope")
     await expect(v.page.get_by_test_id("nav-chat")).to_contain_text("needs the chat scope")
     await expect(v.page.get_by_test_id("nav-modules")).not_to_have_attribute("aria-disabled", "true")
+    await v.screenshot("read-token")
     await expect(admin).to_be_disabled()
     await admin.click(force=True)
     await expect(v.page).to_have_url(re.compile(r"/operator/$"))
@@ -403,6 +404,10 @@ async def test_console_page_is_under_a_strict_csp_and_nothing_is_blocked(
     for view in ("modules", "events", "overview"):
         await page.get_by_test_id(f"nav-{view}").click()
         await expect(page.get_by_test_id(f"nav-{view}")).to_have_attribute("aria-current", "page")
+        if view == "modules":
+            await expect(page.get_by_test_id("topology-node")).to_have_count(len(MODULES))
+            assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
+            await v.screenshot("modules-390")
     await expect(page.get_by_test_id("overview-gateway")).to_be_visible()
     width = await page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390, "the page scrolls sideways at 390 px"

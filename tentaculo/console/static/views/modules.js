@@ -28,7 +28,7 @@ export function mount(el, ctx) {
     h("table", { "data-testid": "module-table" },
       h("caption", { class: "visually-hidden" }, "VX11 modules and their health"),
       h("thead", {}, h("tr", {}, ["Module", "Role", "Status", "Latency", "Last check", "Circuit"].map((t) =>
-        h("th", { scope: "col" }, t)))),
+        h("th", { scope: "col", class: "col-" + t.toLowerCase().replace(" ", "-") }, t)))),
       tbody));
   const problem = h("p", { class: "error-text", role: "alert" });
   el.append(
@@ -75,11 +75,11 @@ export function mount(el, ctx) {
     h("td", {}, h("button", { type: "button", class: "link", title: "Show in the topology",
       onclick: () => select(m.name, true) }, m.display_name || m.name),
     m.display_name && m.display_name !== m.name ? h("small", { class: "name" }, m.name) : null),
-    h("td", {}, m.role, m.enabled ? null : h("small", {}, " (disabled)")),
+    h("td", { class: "col-role" }, m.role, m.enabled ? null : h("small", {}, " (disabled)")),
     h("td", {}, badge(m.status), m.status !== "on" && m.reason ? h("div", { class: "reason" }, m.reason) : null),
-    h("td", {}, ms(m.latency_ms)),
+    h("td", { class: "col-latency" }, ms(m.latency_ms)),
     h("td", { title: m.checked_at || "" }, ago(m.checked_at)),
-    h("td", {}, circuit(m.circuit)));
+    h("td", { class: "col-circuit" }, circuit(m.circuit)));
   }
 
   function renderGraph() {
@@ -131,6 +131,8 @@ export function mount(el, ctx) {
       svg.append(g);
     }
     graphBox.replaceChildren(svg);
+    // On a narrow screen the drawing scrolls sideways: start with the gateway in view.
+    requestAnimationFrame(() => { graphBox.scrollLeft = (graphBox.scrollWidth - graphBox.clientWidth) / 2; });
   }
 
   function select(name, focusNode = false) {
