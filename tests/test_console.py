@@ -461,3 +461,47 @@ async def test_the_first_view_is_usable_within_a_second(aiohttp_client: AppClien
         shown_ms = await v.page.evaluate("() => performance.now()")
         assert shown_ms < 1000, f"the overview took {shown_ms:.0f} ms to show"
     v.assert_clean(ADMIN_TOKEN)
+
+
+async def test_lost_history_is_marked_with_a_reset_line(
+        aiohttp_client: AppClient, settings: Settings, browser: Any, admin_headers: dict[str, str]) -> None:
+    from playwright.async_api import expect
+    from redis.asyncio import Redis
+
+    # A history of its own (under this run's prefix, so it is cleaned up with it), trimmed below.
+    prefix = f"{settings.redis_prefix}console-{uuid.uuid4().hex[:6]}:"
+    client = await console_gateway(aiohttp_client, settings, redis_prefix=prefix)
+    v = await signed_in(browser, client, path="/operator/events")
+    page, state = v.page, v.page.get_by_test_id("stream-state")
+
+    async def chat(text: str) -> str:
+        resp = await client.post("/operator/api/chat", json={"message": text, "provider": "mock"},
+                                 headers=admin_headers)
+        assert resp.status == 200
+        return str((await resp.json())["correlation_id"])
+
+    seen = await chat("seen before the drop")
+    await expect(page.locator(f'[data-testid="event-trace"][href="/operator/trace/{seen}"]')).to_have_count(1)
+    resp = await client.put("/operator/api/features/events", json={"status": "off", "reason": "console test"},
+                            headers=admin_headers)
+    assert resp.status == 200
+    try:
+        await expect(state).to_have_attribute("data-state", "lost")
+        await chat("missed while away")
+        await chat("missed too")
+        # The history moves past what the console saw: only the newest event is retained.
+        redis = Redis.from_url(settings.redis_url or "")
+        try:
+            await redis.xtrim(f"{prefix}events:history", maxlen=1, approximate=False)
+        finally:
+            await redis.aclose()
+    finally:
+        resp = await client.put("/operator/api/features/events", json={"status": "on", "reason": "restored"},
+                                headers=admin_headers)
+        assert resp.status == 200
+    await expect(state).to_have_attribute("data-state", "open", timeout=15000)
+    marker = page.locator('[data-testid="event-item"][data-type="reset"]')
+    await expect(marker).to_have_count(1)
+    await expect(marker).to_contain_text("History lost")
+    await v.screenshot("events-reset")
+    v.assert_clean(ADMIN_TOKEN)

@@ -93,7 +93,7 @@ export function mount(el, ctx) {
 function item(e) {
   if (e.type === "reset" || e.type === "stream_lost") {
     const text = e.type === "reset"
-      ? `History lost: some events before this point are gone (${e.data.reason || "the stream could not resume"}). The views reloaded their state.`
+      ? `History lost: some events before this point are gone (${e.data.reason || "the stream could not resume"})`
       : "The event stream dropped; reconnecting. Missed events follow when it resumes.";
     return h("li", { class: `marker ${e.type}`, "data-testid": "event-item", "data-type": e.type, role: "note" },
       h("span", { class: "time" }, clock(e.ts)), h("strong", {}, e.type === "reset" ? "reset " : "stream lost "), text);
