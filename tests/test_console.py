@@ -56,6 +56,8 @@ async def test_assets_are_versioned_and_cached_for_a_year(gateway: TestClient) -
     assert resp.status == 200
     assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert resp.headers["Content-Type"].startswith("text/javascript")
+    assert resp.headers["Content-Encoding"] == "gzip"  # the client asked for it
+    assert "export" in await resp.text() or "import" in await resp.text()
     assert resp.headers["Content-Security-Policy"] == CSP
     again = await gateway.get(f"/operator/static/{version}/app.js", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304

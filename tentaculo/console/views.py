@@ -87,12 +87,14 @@ def bundle(root: Path = STATIC_DIR) -> Bundle:
 
 
 def _send(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
-    headers = {"Cache-Control": cache_control, "ETag": asset.etag, "Vary": "Accept-Encoding"}
-    if request.headers.get("If-None-Match") == asset.etag:
-        return web.Response(status=304, headers=headers)
-    body = asset.body
+    body, etag, encoding = asset.body, asset.etag, None
     if asset.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
-        body, headers["Content-Encoding"] = asset.gzipped, "gzip"
+        body, etag, encoding = asset.gzipped, asset.etag[:-1] + '-gz"', "gzip"
+    headers = {"Cache-Control": cache_control, "ETag": etag, "Vary": "Accept-Encoding"}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
     response = web.Response(body=body, headers=headers)
     response.headers["Content-Type"] = asset.content_type
     return response

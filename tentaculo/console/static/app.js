@@ -99,7 +99,7 @@ function startSession(who) {
         onclick: () => signOut("You signed out.") }, "Sign out")),
   );
   root.replaceChildren(h("a", { class: "skip", href: "#main" }, "Skip to content"), header, main);
-  session = { name: who.name, scopes: who.scopes, stream, main, nav, cleanup: null, routeSeq: 0 };
+  session = { name: who.name, scopes: who.scopes, stream, main, nav, cleanup: null, leave: null, routeSeq: 0 };
   const showState = (s) => {
     state.dataset.state = s;
     state.textContent = STATE_TEXT[s] || s;
@@ -124,11 +124,30 @@ function navItem(view, scopes) {
 }
 
 function runCleanup() {
-  const fn = session && session.cleanup;
-  if (session) session.cleanup = null;
-  if (typeof fn === "function") {
-    try { fn(); } catch (err) { console.error("view cleanup failed", err); }
+  if (!session) return;
+  const { cleanup, leave } = session;
+  session.cleanup = null;
+  session.leave = null;
+  if (typeof cleanup === "function") {
+    try { cleanup(); } catch (err) { console.error("view cleanup failed", err); }
   }
+  if (leave) leave();
+}
+
+// What a view gets of the stream: its subscriptions end when the view is left, whatever it forgets.
+function viewStream(stream) {
+  const offs = new Set();
+  return {
+    facade: {
+      get state() { return stream.state; },
+      on(type, handler) {
+        const off = stream.on(type, handler);
+        offs.add(off);
+        return () => { offs.delete(off); off(); };
+      },
+    },
+    close() { for (const off of offs) off(); offs.clear(); },
+  };
 }
 
 function parseLocation() {
@@ -183,9 +202,12 @@ async function route() {
   if (!session || seq !== session.routeSeq) return;
   const el = h("div", { class: "view-body" });
   main.append(el);
+  const scoped = viewStream(session.stream);
+  const left = new AbortController();
+  session.leave = () => { scoped.close(); left.abort(); };
   const ctx = {
-    api, stream: session.stream, session: { name: session.name, scopes: [...session.scopes] },
-    can, navigate, params, query,
+    api, stream: scoped.facade, session: { name: session.name, scopes: [...session.scopes] },
+    can, navigate, params, query, signal: left.signal,
   };
   try {
     session.cleanup = module.mount(el, ctx) || null;
