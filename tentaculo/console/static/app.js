@@ -6,16 +6,20 @@ import { h } from "./ui.js";
 const TOKEN_KEY = "vx11.token";
 const REASON_KEY = "vx11.signin-reason";
 const BASE = "/operator";
+// A view opens for a token holding any of its scopes; inside, a view disables (with the reason)
+// the controls the token's scopes do not allow, e.g. sending a chat without the chat scope.
 const VIEWS = [
-  { name: "overview", label: "Overview", scope: "read" },
-  { name: "modules", label: "Modules", scope: "read" },
-  { name: "events", label: "Events", scope: "read" },
-  { name: "metrics", label: "Metrics", scope: "read" },
-  { name: "chat", label: "Chat", scope: "chat" },
-  { name: "trace", label: "Trace", scope: "read" },
-  { name: "files", label: "Files", scope: "read" },
-  { name: "admin", label: "Admin", scope: "admin" },
+  { name: "overview", label: "Overview", scopes: ["read"] },
+  { name: "modules", label: "Modules", scopes: ["read"] },
+  { name: "events", label: "Events", scopes: ["read"] },
+  { name: "metrics", label: "Metrics", scopes: ["read"] },
+  { name: "chat", label: "Chat", scopes: ["chat", "read"] },
+  { name: "trace", label: "Trace", scopes: ["read"] },
+  { name: "files", label: "Files", scopes: ["read"] },
+  { name: "admin", label: "Admin", scopes: ["admin"] },
 ];
+const opens = (view, scopes) => view.scopes.some((s) => scopes.includes(s));
+const needs = (view) => `needs the ${view.scopes.join(" or ")} scope`;
 const STATE_TEXT = { open: "live", connecting: "connecting…", lost: "stream lost, reconnecting" };
 
 const root = document.getElementById("app");
@@ -102,8 +106,9 @@ function startSession(who) {
   session = { name: who.name, scopes: who.scopes, stream, main, nav, cleanup: null, leave: null, routeSeq: 0 };
   const showState = (s) => {
     state.dataset.state = s;
-    state.textContent = STATE_TEXT[s] || s;
-    state.title = s === "lost" ? "The live event stream dropped; reconnecting with backoff" : "Live event stream";
+    state.textContent = stream.reason ? "no live events" : STATE_TEXT[s] || s;
+    state.title = stream.reason || (s === "lost" ? "The live event stream dropped; reconnecting with backoff"
+      : "Live event stream");
   };
   showState(stream.state);
   stream.on("state", showState);
@@ -114,8 +119,8 @@ function startSession(who) {
 function navItem(view, scopes) {
   const href = view.name === "overview" ? BASE + "/" : `${BASE}/${view.name}`;
   const attrs = { href, "data-testid": "nav-" + view.name, "data-view": view.name };
-  if (!scopes.includes(view.scope)) {
-    const reason = `needs the ${view.scope} scope`;
+  if (!opens(view, scopes)) {
+    const reason = needs(view);
     return h("a", { ...attrs, href: null, role: "link", tabindex: "0", "aria-disabled": "true",
       class: "disabled", title: reason, "aria-describedby": `why-${view.name}` },
     view.label, h("small", { id: `why-${view.name}`, class: "why" }, reason));
@@ -186,8 +191,8 @@ async function route() {
     main.append(message("No such view", `There is no view called “${name}”.`));
     return;
   }
-  if (!can(view.scope)) {
-    main.append(message(view.label, `This view needs the ${view.scope} scope; your token has ${session.scopes.join(", ")}.`));
+  if (!opens(view, session.scopes)) {
+    main.append(message(view.label, `This view ${needs(view)}; your token has ${session.scopes.join(", ")}.`));
     return;
   }
   let module;

@@ -17,6 +17,7 @@ export class EventStream {
     this.delay = FIRST_DELAY;
     this.openedAt = 0;
     this.stopped = false;
+    this.reason = null; // set when the stream is refused for good
     this.onOnline = () => { if (this.state === "lost") this.reconnectNow(); };
   }
 
@@ -63,6 +64,11 @@ export class EventStream {
       ({ ticket } = await this.api.send("POST", "/operator/api/events/ticket"));
     } catch (err) {
       if (err.status === 401) return; // the api has already sent the operator back to sign-in
+      if (err.status === 403) { // this token may not read events: trying again will not help
+        this.reason = err.message;
+        this.setState("lost");
+        return;
+      }
       this.lose();
       return;
     }
