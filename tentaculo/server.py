@@ -217,8 +217,8 @@ def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEve
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} (Ctrl-C to stop); "
-                   f"operator console: http://{settings.host}:{settings.port}/operator/")
+        print_line(f"tentaculo serving on http://{settings.host}:{settings.port} "
+                   f"(console: http://{settings.host}:{settings.port}/operator/; Ctrl-C to stop)")
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

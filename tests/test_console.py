@@ -384,8 +384,10 @@ async def test_a_read_token_sees_admin_disabled_with_the_reason(
     await expect(admin).to_be_disabled()
     await admin.click(force=True)
     await expect(v.page).to_have_url(re.compile(r"/operator/$"))
-    await v.goto("/operator/admin")  # typed or shared: the view says why instead of failing
-    await expect(v.page.locator("main")).to_contain_text("needs the admin scope")
+    # Typed or shared, the address still opens what a read token may see, and says why it is read-only.
+    await v.goto("/operator/admin")
+    await expect(v.page.get_by_test_id("scope-note")).to_contain_text("needs the admin scope")
+    await expect(v.page.get_by_test_id("nav-admin")).to_have_attribute("aria-disabled", "true")
     v.assert_clean(token, ADMIN_TOKEN)
 
 

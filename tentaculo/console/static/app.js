@@ -192,8 +192,10 @@ async function route() {
     return;
   }
   if (!opens(view, session.scopes)) {
-    main.append(message(view.label, `This view ${needs(view)}; your token has ${session.scopes.join(", ")}.`));
-    return;
+    // Reached by its address: the navigation keeps it disabled, but what the token may read is
+    // still shown, read-only (the view disables what it cannot do, and says why).
+    main.append(h("p", { class: "scope-note", role: "note", "data-testid": "scope-note" },
+      `${view.label} ${needs(view)}; your token has ${session.scopes.join(", ")}, so what it shows is read-only.`));
   }
   let module;
   try {
@@ -218,7 +220,7 @@ async function route() {
     session.cleanup = module.mount(el, ctx) || null;
   } catch (err) {
     console.error(`view ${name} failed`, err);
-    main.replaceChildren(message(view.label, `This view failed to start: ${err.message || err}`));
+    el.replaceChildren(message(view.label, `This view failed to start: ${err.message || err}`));
   }
 }
 
