@@ -523,3 +523,37 @@ async def test_a_token_without_the_read_scope_is_told_why_it_cannot_sign_in(
     await expect(v.page.get_by_test_id("login-error")).to_contain_text("needs the 'read' scope")
     await expect(v.page.get_by_test_id("nav-overview")).to_have_count(0)
     v.assert_clean(token, ADMIN_TOKEN)
+
+
+async def test_the_console_works_from_the_keyboard(aiohttp_client: AppClient, settings: Settings,
+                                                    browser: Any) -> None:
+    from playwright.async_api import expect
+
+    client = await console_gateway(aiohttp_client, settings)
+    v = await visit(browser, client)
+    page = v.page
+    await expect(page.get_by_test_id("login-token")).to_be_focused()  # ready to paste into
+    await page.keyboard.type(ADMIN_TOKEN)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_test_id("stream-state")).to_have_attribute("data-state", "open")
+    # Tab from the top of the page reaches the skip link, then the navigation.
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    nav = page.get_by_test_id("nav-modules")
+    await nav.focus()
+    await page.keyboard.press("Enter")
+    await expect(nav).to_have_attribute("aria-current", "page")
+    node = page.locator('[data-testid="topology-node"][data-name="madre"]')
+    await node.focus()
+    await page.keyboard.press(" ")
+    await expect(node).to_have_attribute("aria-pressed", "true")
+    await expect(page.get_by_test_id("node-details")).to_contain_text("Madre")
+    # Every form control has a name a screen reader announces.
+    await page.get_by_test_id("nav-events").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_label("Type")).to_be_visible()
+    unnamed = await page.evaluate("""() => [...document.querySelectorAll('input, select, button, textarea')]
+        .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+        .map(el => el.outerHTML)""")
+    assert unnamed == []
+    v.assert_clean(ADMIN_TOKEN)
