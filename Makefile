@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench migrate token lint up down logs smoke clean
+.PHONY: help run test bench migrate token lint up down logs smoke screenshots clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,14 @@ logs: ## follow the compose stack's logs
 
 smoke: $(STAMP) ## call every endpoint of a running gateway (URL=... or PORT=..., token from TENTACULO_ADMIN_TOKEN or .tentaculo/admin-token)
 	$(BIN)/tentaculo smoke --url $(or $(URL),http://127.0.0.1:$(or $(PORT),8000))
+
+# The console's browser tests; each saves a PNG of the views it opens when TENTACULO_SCREENSHOTS is set.
+CONSOLE_TESTS ?= $(wildcard tests/test_console*.py)
+SCREENSHOTS_DIR ?= docs/img
+
+screenshots: $(STAMP) ## save a picture of each operator console view to docs/img (its browser tests)
+	@$(BIN)/python -m tests.browser
+	TENTACULO_SCREENSHOTS=$(SCREENSHOTS_DIR) $(BIN)/python -m pytest $(CONSOLE_TESTS) $(PYTEST_ARGS)
 
 clean: ## remove the virtual env and local state (embedded databases, admin token)
 	rm -rf $(VENV) .tentaculo

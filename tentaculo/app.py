@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tentaculo import __version__, keys
+from tentaculo import __version__, console, keys
 from tentaculo.audit import AuditWriter
 from tentaculo.auth import TokenStore
 from tentaculo.chatlog import ChatActionLog
@@ -105,6 +105,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/operator/api/fs/list", fs.list_dir)
     app.router.add_get("/operator/api/trace/{correlation_id}", trace.trace)
     app.router.add_route("*", "/operator/api/proxy/{service}/{path:.*}", proxy_views.proxy)
+    console.setup(app)  # last: its view addresses must not shadow any /operator/api/ route
 
 
 async def _start_draining(app: web.Application) -> None:

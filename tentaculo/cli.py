@@ -170,6 +170,7 @@ async def _bootstrap_admin(settings: Settings) -> None:
         "\nFirst admin token (every scope). It is shown once here and kept in "
         f"{path.resolve()} (mode 600):\n\n    {token}\n\n"
         f"Try: curl -H 'X-VX11-Token: {token}' http://{settings.host}:{settings.port}/operator/api/whoami\n"
+        f"or sign in with it to the operator console: http://{settings.host}:{settings.port}/operator/\n"
         "\nChat answers once a provider is configured: set DEEPSEEK_API_KEY or TENTACULO_LOCAL_BASE_URL\n"
         "(a local OpenAI-compatible server). Until then, name the built-in test provider:\n"
         f"    curl -H 'X-VX11-Token: {token}' -d '{{\"message\":\"hello\",\"provider\":\"mock\"}}' "

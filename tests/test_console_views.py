@@ -264,7 +264,6 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     assert secret.startswith("vx11_")
     row = page.locator(f"[data-testid=token-row][data-name='{name}']")
     await expect(row).to_contain_text("read, chat")
-    await screenshot(page, "admin")
     async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
         assert resp.status == 200 and (await resp.json())["scopes"] == ["read", "chat"]
 
@@ -274,6 +273,7 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     await expect(row).to_be_visible()
     assert secret not in await page.content()
     await expect(page.get_by_test_id("token-secret")).to_have_count(0)
+    await screenshot(page, "admin")  # after the secret is gone: no token in the repository's pictures
 
     # Revoke asks first; cancelling keeps it, confirming removes it and the secret stops working.
     await row.get_by_test_id("token-revoke").click()
