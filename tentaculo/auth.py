@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import re
 import secrets
@@ -16,6 +15,7 @@ import asyncpg
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.digest import sha256
 from tentaculo.errors import failure_reason
+from tentaculo.tasks import within
 
 SCOPES = ("read", "chat", "operate", "admin")
 PUBLIC = "public"
@@ -173,8 +173,7 @@ class TokenStore:
         if cached is not None and now < cached[0]:
             return cached[1]
         try:
-            async with asyncio.timeout(self._deadline):
-                active = await queries.token_is_active(self._pool, token_id)
+            active = await within(queries.token_is_active(self._pool, token_id), self._deadline)
         except DB_FAILURES as exc:
             if cached is not None:
                 return cached[1]
@@ -223,8 +222,7 @@ class TokenStore:
         if graced and now < self._unanswered_until:
             return self._usable(cached.principal if cached is not None else None)
         try:
-            async with asyncio.timeout(self._deadline):
-                row = await queries.find_active_token(self._pool, digest)
+            row = await within(queries.find_active_token(self._pool, digest), self._deadline)
         except DB_FAILURES as exc:
             self._unanswered_until = self._clock() + self._deadline
             if graced and cached is not None:

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.errors import failure_reason
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import stop_task, within
 
 log = structlog.get_logger("tentaculo.dependencies")
 
@@ -45,8 +45,7 @@ async def timed_check(check: Callable[[], Awaitable[str | None]], timeout: float
     """Run ``check`` within ``timeout`` s: what is wrong (None: nothing) and how long it took, in ms."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout):
-            problem = await check()
+        problem = await within(check(), timeout)
     except DEPENDENCY_FAILURES as exc:
         problem = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else failure_reason(exc)
     return problem, round((time.perf_counter() - started) * 1000, 3)
