@@ -16,6 +16,10 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cuts = 0  # a connection accepted before a cut must not outlive it
+        # Cleared while silenced: connections stay open and bytes stay where they are (unread, in
+        # the kernel's buffers) until restore(), as in a network partition that TCP rides out.
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
@@ -44,7 +48,12 @@ class CuttableProxy:
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ConnectionError):
-                while data := await src.read(65536):
+                while True:
+                    await self._flowing.wait()
+                    data = await src.read(65536)
+                    await self._flowing.wait()  # read just before a silence: hold it until restore
+                    if not data:
+                        break
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -63,9 +72,16 @@ class CuttableProxy:
         await self._server.wait_closed()
         self._server = None
 
+    def silence(self) -> None:
+        """Keep every connection open (and accept new ones) but forward nothing either way, until
+        ``restore()``; what was sent meanwhile is delivered then, as TCP retransmits after a partition."""
+        self._flowing.clear()
+
     async def restore(self) -> None:
-        """Listen again on the same port."""
-        await self.start()
+        """End a silence, or listen again on the same port after a cut."""
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
 
     async def close(self) -> None:
         if self._server is not None:
