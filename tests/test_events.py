@@ -685,3 +685,84 @@ async def test_chats_and_provider_status_changes_are_published(gw, admin_headers
     assert answer["content"] not in json.dumps(chat)  # metadata only, never the text
     recovered = next(e for e in events if e["event"] == "provider_status")
     assert recovered["data"]["data"]["status"] == "on"
+
+
+async def _history_ids(redis_url: str, hub: EventHub) -> list[bytes]:
+    redis = Redis.from_url(redis_url)
+    try:
+        return [eid for eid, _fields in await redis.xrange(hub.stream_key)]
+    finally:
+        await redis.aclose()
+
+
+async def test_resume_after_redis_came_back_empty_is_reset_not_a_silent_gap(gw, redis_url) -> None:
+    """Redis replaced by an empty one (failover, flushed cache): the events published before it were
+    lost, and the ids the new one mints are later than the client's, yet they do not continue it."""
+    hub = hub_of(gw)
+    live = await open_stream(gw)
+    hub.publish("chat", {"n": "seen"})
+    seen = (await live.event())["id"]
+    for n in range(20):  # the client is away for these
+        hub.publish("chat", {"n": n})
+    for _ in range(20):
+        await live.event()
+    live.resp.close()
+    redis = Redis.from_url(redis_url)
+    try:  # this test's keys only: the stream and its epoch, as an empty Redis would have them
+        await redis.delete(hub.stream_key, hub.stream_key.removesuffix("history") + "epoch")
+    finally:
+        await redis.aclose()
+    watcher = await open_stream(gw)
+    for n in range(3):
+        hub.publish("chat", {"n": f"new-{n}"})
+    new_ids = [(await watcher.event())["id"] for _ in range(3)]
+    assert all(new > seen for new in new_ids)  # ids alone cannot tell: they look like a continuation
+
+    resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
+    reset = await resumed.event()
+    assert reset["event"] == "reset" and "id" not in reset, reset
+    assert reset["data"]["data"]["oldest_retained_id"] == new_ids[0]
+    assert [(await resumed.event())["id"] for _ in range(3)] == new_ids
+    # The new ids resume normally: no reset, nothing repeated.
+    again = await open_stream(gw, headers={"Last-Event-ID": new_ids[0]})
+    assert [(await again.event())["id"] for _ in range(2)] == new_ids[1:]
+
+
+async def test_a_bare_id_without_its_history_is_answered_with_reset(gw) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(2):
+        hub.publish("chat", {"n": n})
+    ids = [(await sse.event())["id"] for _ in range(2)]
+    bare = ids[0].rpartition(":")[2]
+    assert bare != ids[0]  # every id names its history
+    resumed = await open_stream(gw, f"?last_event_id={bare}")
+    assert (await resumed.event())["event"] == "reset"
+    assert [(await resumed.event())["id"] for _ in range(2)] == ids
+
+
+async def test_a_publish_retried_across_a_silent_partition_is_applied_once(
+    aiohttp_client, ev_settings, redis_url
+) -> None:
+    """Redis silenced (connections open, nothing answered) past the client's timeout: the publisher
+    retries, the first attempt still reaches Redis when the partition heals, and the event is
+    nevertheless in history once and delivered once."""
+    proxy, url = await proxy_redis(ev_settings.redis_url or "")
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, redis_url=url)))
+    hub = hub_of(client)
+    sse = await open_stream(client)
+    hub.publish("chat", {"n": "before"})
+    assert (await sse.event())["data"]["data"] == {"n": "before"}
+
+    proxy.silence()
+    hub.publish("chat", {"n": "during"})
+    await wait_for(lambda: hub.snapshot()["publish_failures"] >= 1, timeout=30)  # timed out; retried later
+    await proxy.restore()
+    await wait_for(lambda: hub.snapshot()["published"] == 2, timeout=30)
+    assert (await sse.event(timeout=30))["data"]["data"] == {"n": "during"}
+    hub.publish("chat", {"n": "after"})
+    assert (await sse.event(timeout=30))["data"]["data"] == {"n": "after"}  # not "during" again
+    await wait_for(lambda: hub.snapshot()["publish_queued"] == 0)
+    # The abandoned attempts reached Redis on restore too, before "after" was even published.
+    assert len(await _history_ids(redis_url, hub)) == 3
+    await proxy.close()

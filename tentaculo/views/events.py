@@ -23,15 +23,18 @@ from tentaculo.events import (
     RESET,
     REVOKED,
     EventHub,
+    EventKey,
+    EventRef,
     EventsUnavailable,
     ResumePlan,
+    StaleCursor,
     StreamClosed,
     Subscription,
     TooManyClients,
     control_frame,
-    format_event_id,
     parse_event_id,
     position_frame,
+    stream_bound,
 )
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response
@@ -68,18 +71,17 @@ def _filters(request: web.Request) -> tuple[frozenset[str] | None, str | None]:
     return types, correlation_id
 
 
-def _event_id_param(value: str | None, field: str) -> tuple[int, int] | None:
+def _event_id_param(value: str | None, field: str) -> EventRef | None:
     if value is None or not value.strip():
         return None
-    key = parse_event_id(value)
-    if key is None:
-        raise ValidationFailed(
-            [{"field": field, "message": "not an event id: send the id: of an event received, e.g. 1712345678901-0"}]
-        )
-    return key
+    ref = parse_event_id(value)
+    if ref is None:
+        raise ValidationFailed([{"field": field, "message": "not an event id: send the id: of an event received, "
+                                 "e.g. 1764806400000000:1712345678901-0"}])
+    return ref
 
 
-def _resume_from(request: web.Request) -> tuple[int, int] | None:
+def _resume_from(request: web.Request) -> EventRef | None:
     """``Last-Event-ID`` (what EventSource sends on reconnect) wins over ``?last_event_id=``."""
     header = request.headers.get("Last-Event-ID")
     if header is not None and header.strip():
@@ -156,7 +158,7 @@ async def _stream(
         watcher.add_done_callback(lambda _: sub.close(CLIENT_GONE))
         try:
             await write(f"retry: {settings.events_retry_ms}\r\n\r\n".encode())
-            last = (0, 0)
+            last: EventKey = (0, 0)
             if plan is not None:
                 replayed = await _replay(hub, sub, plan, write, cid)
                 if replayed is None:
@@ -190,7 +192,7 @@ async def _stream(
     return resp
 
 
-async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any, cid: str) -> tuple[int, int] | None:
+async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any, cid: str) -> EventKey | None:
     """Send what a resuming client missed; return the position live delivery continues from (None: stop).
 
     A subscription ended meanwhile (token revoked, shutdown, ...) stops the replay at once; the live
@@ -198,14 +200,17 @@ async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any
     """
     if plan.reset:
         data = {
-            "reason": "the last event id is older than the retained history (or unknown to it); "
-            "some events were not kept: reload state, then follow this stream",
+            "reason": "the last event id is older than the retained history, or of another history "
+            "(Redis was replaced or emptied since); some events were not kept: reload state, then follow this stream",
             "oldest_retained_id": plan.oldest,
         }
         await write(control_frame(RESET, data, source=hub.instance, correlation_id=cid))
     start, position, sent = plan.start, plan.position, None
     # What the client's Last-Event-ID is now: its own id, unless reset made that meaningless.
     holds = None if plan.reset else plan.position
+    last: EventKey = (0, 0)
+    if position is not None and (ref := parse_event_id(position)) is not None:
+        last = ref[1]
     while sub.reason is None:
         try:
             batch = await hub.history(start, HISTORY_PAGE)
@@ -218,15 +223,15 @@ async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any
             if sub.matches(event):
                 await write(event.frame)
                 sent = event.id
-            position = event.id
-        start = "(" + position
+            position, last = event.id, event.key
+        start = stream_bound(last)
         if len(batch) < HISTORY_PAGE:
             break
-    if position != (sent or holds):
+    if position is not None and position != (sent or holds):
         # Events the filters skipped (or a reset) still move the client's position, so a later
         # resume neither rescans them nor resets again.
         await write(position_frame(position))
-    return parse_event_id(position) or (0, 0)
+    return last
 
 
 def _error_frame(hub: EventHub, cid: str, reason: str) -> bytes:
@@ -246,12 +251,9 @@ async def _page(
         raise ValidationFailed([{"field": "limit", "message": f"an integer from 1 to {PAGE_MAX}"}])
     before = _event_id_param(request.query.get("before"), "before")
     try:
-        found, cursor = await hub.recent(
-            limit=limit,
-            before=format_event_id(before) if before else None,
-            types=types,
-            correlation_id=correlation_id,
-        )
+        found, cursor = await hub.recent(limit=limit, before=before, types=types, correlation_id=correlation_id)
+    except StaleCursor as exc:
+        raise ValidationFailed([{"field": "before", "message": f"{exc}: start again without before"}]) from None
     except REDIS_FAILURES as exc:
         raise _unavailable(f"cannot read the event history: {type(exc).__name__}") from None
     return json_response({"events": [orjson.Fragment(e.envelope) for e in found], "next": cursor})
