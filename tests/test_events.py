@@ -9,6 +9,7 @@ import json
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -636,6 +637,7 @@ def test_event_settings_are_validated() -> None:
         ("TENTACULO_EVENT_TICKET_SECONDS", "120"),
         ("TENTACULO_EVENTS_CLIENT_QUEUE", "0"),
         ("TENTACULO_EVENTS_MAX_STREAMS_PER_TOKEN", "0"),
+        ("TENTACULO_EVENTS_SEND_BUFFER_BYTES", "100"),
         ("TENTACULO_EVENT_TICKET_SECRET", "short"),
     ):
         with pytest.raises(SettingsError) as info:
@@ -766,3 +768,45 @@ async def test_a_publish_retried_across_a_silent_partition_is_applied_once(
     # The abandoned attempts reached Redis on restore too, before "after" was even published.
     assert len(await _history_ids(redis_url, hub)) == 3
     await proxy.close()
+
+
+def _send_queue(server_port: int, client_port: int) -> int:
+    """Bytes the kernel holds queued to send on the server's side of one loopback connection."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return int(fields[4].split(":")[0], 16)
+    raise LookupError("no such connection")
+
+
+async def _never_reading_stream(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    request = f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode()
+    await loop.sock_sendall(sock, request)
+    return sock
+
+
+async def test_a_client_that_stops_reading_costs_a_bounded_kernel_send_buffer(aiohttp_client, ev_settings) -> None:
+    """The kernel's send buffer of a stuck stream is bounded by TENTACULO_EVENTS_SEND_BUFFER_BYTES (64 KiB;
+    Linux books twice that) instead of growing to megabytes by autotuning while the stream waits to be cut."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_client_queue=1000)))
+    hub = hub_of(client)
+    reader = await open_stream(client)
+    sock = await _never_reading_stream(client.port)
+    try:
+        await wait_for(lambda: hub.clients == 2)
+        blob = "x" * 48_000
+        async with asyncio.timeout(20):
+            # Until the stuck stream's writer waits on a full socket: events then pile up in its queue.
+            while max(sub.queued for sub in hub._subs) < 8:
+                hub.publish("metrics", {"blob": blob})
+                await reader.event()
+        held = _send_queue(client.port, sock.getsockname()[1])
+        print(f"kernel send queue of a stuck event stream: {held} bytes")
+        assert held <= 192 * 1024, held
+    finally:
+        sock.close()
