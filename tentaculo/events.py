@@ -347,7 +347,7 @@ class EventHub:
         *,
         prefix: str,
         instance: str,
-        client_queue: int = 256,
+        client_queue: int = 2048,
         max_clients: int = 10_000,
         max_per_owner: int = 20,
         publish_buffer: int = 10_000,

@@ -79,7 +79,9 @@ class Settings:
     # Live events (SSE): see docs/events.md.
     events_ping_seconds: float = 15.0
     events_retry_ms: int = 3000
-    events_client_queue: int = 256
+    # Absorbs a burst for a client that reads slower than it is published (the socket holds only
+    # TENTACULO_EVENTS_SEND_BUFFER_BYTES): a queued event is shared, so a slot costs a client 8 bytes.
+    events_client_queue: int = 2048
     events_max_clients: int = 10_000
     events_max_streams_per_token: int = 20
     events_send_timeout: float = 10.0

@@ -810,3 +810,90 @@ async def test_a_client_that_stops_reading_costs_a_bounded_kernel_send_buffer(ai
         assert held <= 192 * 1024, held
     finally:
         sock.close()
+
+
+async def _read_until_cut(sock: socket.socket, until: bytes | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Every complete event a raw HTTP/1.0 stream delivered, and how it ended ("eof", "reset", or
+    "open" once ``until`` was read)."""
+    loop = asyncio.get_running_loop()
+    raw = b""
+    how = "eof"
+    try:
+        async with asyncio.timeout(20):
+            while data := await loop.sock_recv(sock, 65536):
+                raw += data
+                if until is not None and until in raw[-len(data) - len(until):]:
+                    how = "open"
+                    break
+    except ConnectionResetError:
+        how = "reset"
+    body = raw.partition(b"\r\n\r\n")[2]
+    events = []
+    for record in body.split(b"\r\n\r\n")[:-1]:  # the last piece is cut short, or empty
+        fields = dict(line.split(b": ", 1) for line in record.split(b"\r\n") if b": " in line)
+        if b"data" in fields:
+            events.append(json.loads(fields[b"data"]))
+    return events, how
+
+
+async def _paused_stream(client: TestClient) -> socket.socket:
+    """A stream whose client reads nothing until told to (HTTP/1.0: the body is the bare SSE text)."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", client.port))
+    await loop.sock_sendall(sock, f"GET {EVENTS} HTTP/1.0\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode())
+    return sock
+
+
+async def test_a_slow_client_rides_out_a_burst_of_1500_events(gw) -> None:
+    """A client that reads nothing while 1,500 events are published in a burst keeps its stream: the
+    default queue (TENTACULO_EVENTS_CLIENT_QUEUE) holds more than such a burst, whatever the socket holds."""
+    hub = hub_of(gw)
+    reader = await open_stream(gw)
+    sock = await _paused_stream(gw)
+    try:
+        await wait_for(lambda: hub.clients == 2)
+        for n in range(1500):
+            hub.publish("chat", {"n": n, "pad": "y" * 200})
+        for _ in range(1500):
+            await reader.event()
+        assert hub.snapshot()["slow_disconnects"] == 0
+        assert hub.clients == 2
+        hub.publish("chat", {"n": "last"})
+        await reader.event()
+        events, how = await _read_until_cut(sock, until=b'"n":"last"}}\r\n\r\n')
+        assert how == "open"
+        assert [e["data"]["n"] for e in events] == [*range(1500), "last"]
+    finally:
+        sock.close()
+
+
+async def test_a_client_further_behind_than_its_queue_is_cut_and_resumes_without_loss(
+    aiohttp_client, ev_settings
+) -> None:
+    """The rule that cuts a slow client: more than TENTACULO_EVENTS_CLIENT_QUEUE events waiting for it
+    beyond what its socket holds. Its connection is closed at once, mid-record maybe and with no
+    event saying why (its socket is full), and resuming with the last id it received replays the
+    rest, without reset, gap or duplicate."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_client_queue=16)))
+    hub = hub_of(client)
+    reader = await open_stream(client)
+    sock = await _paused_stream(client)
+    try:
+        await wait_for(lambda: hub.clients == 2)
+        total = 400  # 800 KB: more than the socket buffers and the queue hold together
+        for n in range(total):  # paced by a client that keeps up: only the paused one falls behind
+            hub.publish("chat", {"n": n, "pad": "y" * 2000})
+            await reader.event()
+        assert hub.snapshot()["slow_disconnects"] == 1
+        received, how = await _read_until_cut(sock)
+    finally:
+        sock.close()
+    assert 0 < len(received) < total  # ended early: closed mid-stream, and no error event can say why
+    assert all(e["type"] == "chat" for e in received), how
+    assert [e["data"]["n"] for e in received] == list(range(len(received)))
+    resumed = await open_stream(client, headers={"Last-Event-ID": received[-1]["id"]})
+    rest = [await resumed.event() for _ in range(total - len(received))]
+    assert [e["event"] for e in rest] == ["chat"] * len(rest)  # no reset
+    assert [e["data"]["data"]["n"] for e in rest] == list(range(len(received), total))
