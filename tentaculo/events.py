@@ -768,8 +768,8 @@ class EventHub:
             return ResumePlan(reset=True, start="-", position=format_event_id(current, last), oldest=oldest)
         return ResumePlan(reset=False, start=stream_bound(key), position=format_event_id(epoch, key), oldest=oldest)
 
-    async def _read(self, command: str, **bounds: Any) -> list[Event]:
-        """XRANGE / XREVRANGE with the stream's epoch, read together so each id names its history."""
+    async def _read(self, command: str, **bounds: Any) -> tuple[int, list[Event]]:
+        """XRANGE / XREVRANGE and the stream's epoch, read together so each id names its history."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(self.epoch_key)
         getattr(pipe, command)(self.stream_key, **bounds)
@@ -777,11 +777,11 @@ class EventHub:
         # Entries without an epoch were written before epochs existed; 0 is no epoch a stream gets,
         # so a client holding one of these ids is reset once the next publish gives the stream one.
         epoch = int(epoch_raw) if epoch_raw is not None else 0
-        return [_decoded(epoch, eid, fields) for eid, fields in cast(StreamEntries, entries)]
+        return epoch, [_decoded(epoch, eid, fields) for eid, fields in cast(StreamEntries, entries)]
 
     async def history(self, start: str, count: int) -> list[Event]:
         """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
-        return await self._read("xrange", min=start, max="+", count=count)
+        return (await self._read("xrange", min=start, max="+", count=count))[1]
 
     async def recent(
         self,
@@ -802,13 +802,13 @@ class EventHub:
         chunk = max(limit * 2, 100)
         scanned = 0
         while True:
-            events = await self._read("xrevrange", max=upper, min="-", count=chunk)
-            if events and epoch is not None and events[0].epoch != epoch:
+            current, events = await self._read("xrevrange", max=upper, min="-", count=chunk)
+            if epoch is not None and current != epoch:
                 if not scanned:
                     raise StaleCursor("this cursor belongs to an event history Redis no longer holds")
                 return found, None  # recreated mid-scan: what follows is not the same history
+            epoch = current
             for event in events:
-                epoch = event.epoch
                 if probe.matches(event):
                     found.append(event)
                     if len(found) == limit:

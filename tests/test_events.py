@@ -897,3 +897,34 @@ async def test_a_client_further_behind_than_its_queue_is_cut_and_resumes_without
     rest = [await resumed.event() for _ in range(total - len(received))]
     assert [e["event"] for e in rest] == ["chat"] * len(rest)  # no reset
     assert [e["data"]["data"]["n"] for e in rest] == list(range(len(received), total))
+
+
+async def test_a_page_cursor_of_an_emptied_history_is_refused_and_a_resume_into_nothing_is_reset(
+    gw, redis_url, admin_headers
+) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(3):
+        hub.publish("chat", {"n": n})
+    ids = [(await sse.event())["id"] for _ in range(3)]
+    headers = {**admin_headers, "Accept": "application/json"}
+    page = await (await gw.get(f"{EVENTS}?limit=1", headers=headers)).json()
+    assert page["next"] == ids[2]
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.delete(hub.stream_key, hub.epoch_key)
+    finally:
+        await redis.aclose()
+    resumed = await open_stream(gw, headers={"Last-Event-ID": ids[2]})
+    reset = await resumed.event()
+    assert reset["event"] == "reset" and reset["data"]["data"]["oldest_retained_id"] is None
+    hub.publish("chat", {"n": "new"})
+    fresh = await resumed.event()
+    assert fresh["data"]["data"] == {"n": "new"}
+    # The old page's cursor points into a history Redis no longer holds: say so, do not page the new one.
+    stale = await gw.get(f"{EVENTS}?limit=1&before={page['next']}", headers=headers)
+    assert stale.status == 422
+    error = (await stale.json())["errors"][0]
+    assert error["field"] == "before" and "no longer holds" in error["message"]
+    current = await (await gw.get(f"{EVENTS}?limit=5", headers=headers)).json()
+    assert [e["id"] for e in current["events"]] == [fresh["id"]] and current["next"] is None
