@@ -854,8 +854,8 @@ async def test_a_slow_client_rides_out_a_burst_of_1500_events(gw) -> None:
     sock = await _paused_stream(gw)
     try:
         await wait_for(lambda: hub.clients == 2)
-        for n in range(1500):
-            hub.publish("chat", {"n": n, "pad": "y" * 200})
+        for n in range(1500):  # 6 MB: more than the kernel would buffer for it even left to autotune
+            hub.publish("chat", {"n": n, "pad": "y" * 4000})
         for _ in range(1500):
             await reader.event()
         assert hub.snapshot()["slow_disconnects"] == 0
