@@ -332,6 +332,7 @@ class ResumePlan:
     start: str  # XRANGE lower bound: "-" or "(<ms>-<seq>" (exclusive)
     position: str | None  # the client's position if the replay finds nothing newer (None: no history)
     oldest: str | None  # oldest retained id, for the reset event
+    epoch: int | None = None  # the history's epoch when planned (None: there was no history)
 
 
 class StaleCursor(Exception):
@@ -765,8 +766,10 @@ class EventHub:
         # bare id, which cannot say), when it is later than anything this history issued, or when
         # events after it may have been trimmed away (trimming removes the oldest first).
         if epoch != current or key > last or (trimmed and key < (first_key or last)):
-            return ResumePlan(reset=True, start="-", position=format_event_id(current, last), oldest=oldest)
-        return ResumePlan(reset=False, start=stream_bound(key), position=format_event_id(epoch, key), oldest=oldest)
+            return ResumePlan(reset=True, start="-", position=format_event_id(current, last), oldest=oldest,
+                              epoch=current)
+        return ResumePlan(reset=False, start=stream_bound(key), position=format_event_id(current, key), oldest=oldest,
+                          epoch=current)
 
     async def _read(self, command: str, **bounds: Any) -> tuple[int, list[Event]]:
         """XRANGE / XREVRANGE and the stream's epoch, read together so each id names its history."""

@@ -928,3 +928,31 @@ async def test_a_page_cursor_of_an_emptied_history_is_refused_and_a_resume_into_
     assert error["field"] == "before" and "no longer holds" in error["message"]
     current = await (await gw.get(f"{EVENTS}?limit=5", headers=headers)).json()
     assert [e["id"] for e in current["events"]] == [fresh["id"]] and current["next"] is None
+
+
+async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw, redis_url) -> None:
+    """Redis emptied between the resume's check of the epoch and its read of the history: the read
+    belongs to the new history, so the client is told reset rather than continued into it."""
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    hub.publish("chat", {"n": "seen"})
+    seen = (await sse.event())["id"]
+    hub.publish("chat", {"n": "lost"})
+    await sse.event()
+    original = hub.history
+
+    async def emptied_first(start: str, count: int) -> list[Any]:
+        hub.history = original  # type: ignore[method-assign]
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.delete(hub.stream_key, hub.epoch_key)
+        finally:
+            await redis.aclose()
+        hub.publish("chat", {"n": "new"})
+        await sse.event()  # in the new history now
+        return await original(start, count)
+
+    hub.history = emptied_first  # type: ignore[method-assign]
+    resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
+    assert (await resumed.event())["event"] == "reset"
+    assert (await resumed.event())["data"]["data"] == {"n": "new"}

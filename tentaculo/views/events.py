@@ -202,13 +202,8 @@ async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any
     loop then sends the final frame that says why.
     """
     if plan.reset:
-        data = {
-            "reason": "the last event id is older than the retained history, or of another history "
-            "(Redis was replaced or emptied since); some events were not kept: reload state, then follow this stream",
-            "oldest_retained_id": plan.oldest,
-        }
-        await write(control_frame(RESET, data, source=hub.instance, correlation_id=cid))
-    start, position, sent = plan.start, plan.position, None
+        await write(_reset_frame(hub, cid, plan.oldest))
+    start, position, sent, epoch = plan.start, plan.position, None, plan.epoch
     # What the client's Last-Event-ID is now: its own id, unless reset made that meaningless.
     holds = None if plan.reset else plan.position
     last: EventKey = (0, 0)
@@ -220,6 +215,14 @@ async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any
         except REDIS_FAILURES as exc:
             await write(_error_frame(hub, cid, f"cannot read the event history: {type(exc).__name__}"))
             return None
+        if batch and epoch is not None and batch[0].epoch != epoch:
+            # Redis was emptied since the plan (or a page ago): this is a new history, not the rest of
+            # the client's. Say reset and replay the new one from its start.
+            await write(_reset_frame(hub, cid, None))
+            start, position, holds, epoch, last = "-", None, None, batch[0].epoch, (0, 0)
+            continue
+        if batch:
+            epoch = batch[0].epoch  # later pages must be of the same history
         for event in batch:
             if sub.reason is not None:
                 break
@@ -250,6 +253,15 @@ def _bound_send_buffer(request: web.Request, size: int) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # a socket already gone: the stream ends on its own
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def _reset_frame(hub: EventHub, cid: str, oldest: str | None) -> bytes:
+    data = {
+        "reason": "the last event id is older than the retained history, or of another history "
+        "(Redis was replaced or emptied since); some events were not kept: reload state, then follow this stream",
+        "oldest_retained_id": oldest,
+    }
+    return control_frame(RESET, data, source=hub.instance, correlation_id=cid)
 
 
 def _error_frame(hub: EventHub, cid: str, reason: str) -> bytes:
