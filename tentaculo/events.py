@@ -170,7 +170,7 @@ class Event:
 
     The envelope (``envelope``, JSON) is what a client sees as ``data:``::
 
-        {"id": "1764806400000000:1712345678901-0",  # <epoch>:<stream entry id>; the resume key
+        {"id": "1712345600000000:1712345678901-0",  # <epoch>:<stream entry id>; the resume key
          "type": "provider_status",        # one of EVENT_TYPES (docs/events.md describes each)
          "ts": "2024-04-05T12:34:56.789Z", # when it was published, UTC, RFC 3339, milliseconds
          "source": "gw-1",                 # who published it: the gateway instance, or a named component

@@ -79,7 +79,7 @@ def _event_id_param(value: str | None, field: str) -> EventRef | None:
     ref = parse_event_id(value)
     if ref is None:
         raise ValidationFailed([{"field": field, "message": "not an event id: send the id: of an event received, "
-                                 "e.g. 1764806400000000:1712345678901-0"}])
+                                 "e.g. 1712345600000000:1712345678901-0"}])
     return ref
 
 
