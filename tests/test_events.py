@@ -956,3 +956,27 @@ async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw
     resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
     assert (await resumed.event())["event"] == "reset"
     assert (await resumed.event())["data"]["data"] == {"n": "new"}
+
+
+async def test_a_connection_that_carried_an_event_stream_is_not_reused(gw) -> None:
+    """Its socket's send buffer stays as small as a stream needs (TENTACULO_EVENTS_SEND_BUFFER_BYTES):
+    the gateway closes it when the stream ends rather than serve the next request, maybe a large
+    download, through it."""
+    hub = hub_of(gw)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+    await loop.sock_sendall(sock, f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode())
+    try:
+        await wait_for(lambda: hub.clients == 1)
+        hub.end_streams("feature_disabled")  # as turning the events flag off does
+        raw = b""
+        async with asyncio.timeout(5):
+            while data := await loop.sock_recv(sock, 65536):
+                raw += data
+        assert b"event: error" in raw and raw.endswith(b"0\r\n\r\n")  # ended, then closed
+        # Said up front, so a client does not pool the connection only to find it closed.
+        assert b"\r\nConnection: close\r\n" in raw.partition(b"\r\n\r\n")[0]
+    finally:
+        sock.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
 
 from tentaculo import keys
 from tentaculo.auth import TICKET_PARAM, requires
@@ -91,6 +91,20 @@ def _resume_from(request: web.Request) -> EventRef | None:
     return _event_id_param(request.query.get("last_event_id"), "last_event_id")
 
 
+class _EventStream(EventSourceResponse):
+    """An event stream that closes its connection when it ends (``Connection: close``).
+
+    Its socket keeps the stream's small send buffer (TENTACULO_EVENTS_SEND_BUFFER_BYTES): a later
+    request on it, a large download say, must not inherit that buffer. Said in the head, so a
+    client does not put the connection back in its pool only to find it closed.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.force_close()
+        self.headers["Connection"] = "close"  # aiohttp_sse says keep-alive, which aiohttp then keeps
+
+
 def _wants_json(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "application/json" in accept and "text/event-stream" not in accept
@@ -151,7 +165,9 @@ async def _stream(
     # No timer per write (it would cost more than the write): a stalled reader is cut by the ping
     # task's send timeout, by TCP_USER_TIMEOUT, or when its queue overflows; each aborts the
     # transport, which wakes a write blocked on drain with ConnectionResetError.
-    async with sse_response(request, ping_interval=settings.events_ping_seconds, send_timeout=timeout) as resp:
+    async with sse_response(
+        request, ping_interval=settings.events_ping_seconds, send_timeout=timeout, response_cls=_EventStream
+    ) as resp:
         write = resp.write
         transport = request.transport
         if transport is not None:
