@@ -143,9 +143,9 @@ def format_event_id(epoch: int, key: EventKey) -> str:
     return f"{epoch}:{key[0]}-{key[1]}"
 
 
-def stream_bound(key: EventKey, *, exclusive: bool = True) -> str:
-    """An XRANGE / XREVRANGE bound at ``key`` (the stream knows entry ids, not epochs)."""
-    return f"{'(' if exclusive else ''}{key[0]}-{key[1]}"
+def stream_bound(key: EventKey) -> str:
+    """An exclusive XRANGE / XREVRANGE bound at ``key`` (the stream knows entry ids, not epochs)."""
+    return f"({key[0]}-{key[1]}"
 
 
 @functools.lru_cache(maxsize=2)
