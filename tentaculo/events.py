@@ -2,12 +2,17 @@
 
 Transport. ``publish()`` queues an event in a bounded outbox and returns at once; a background
 task writes queued events to Redis with one Lua script per batch that appends each event to a
-Redis stream (the retained history, capped by length and age; the stream entry id becomes the
-event id) and publishes the whole batch as one pub/sub message, a ``<id> <envelope>`` line per
-event, atomically, so live order is id order. Each instance runs one pub/sub reader; it decodes
-every event once and hands the same bytes to each matching client's bounded queue. A client
-whose queue is full is disconnected (it resumes with ``Last-Event-ID``), so a slow reader never
-holds memory without bound.
+Redis stream (the retained history, capped by length and age) and publishes the whole batch as
+one pub/sub message, a ``<id> <envelope>`` line per event, atomically, so live order is id order.
+An event id is ``<epoch>:<ms>-<seq>``: the stream entry id orders events; the epoch names the
+stream itself and changes whenever it is recreated (Redis restarted empty, failed over, flushed),
+so a resume can tell a continuation of its history from a new history whose ids merely look later.
+A batch carries a publish id and Redis applies it at most once: a publish retried after a timeout
+whose first attempt did reach Redis (a partition that healed) never creates a second event.
+
+Each instance runs one pub/sub reader; it decodes every event once and hands the same bytes to
+each matching client's bounded queue. A client whose queue is full is disconnected (it resumes
+with ``Last-Event-ID``), so a slow reader never holds memory without bound.
 
 Failure. When the reader loses Redis, the hub's status becomes ``error`` with the reason, every
 client's queue is closed with ``redis`` (the stream view then sends a final ``event: error``),
@@ -20,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import re
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -52,34 +59,51 @@ PUBLISH_BATCH_BYTES = 256 * 1024  # one pub/sub message stays far below Redis's 
 # halves what each costs the gateway (the call and every instance's read of it).
 PUBLISH_LINGER_SECONDS = 0.001
 IDLE_TRIM_SECONDS = 30.0
+# How long Redis remembers that a batch was applied. An attempt the gateway gave up on can still
+# reach Redis as long as its connection's data is in flight: the kernel retransmits a closed
+# socket's unsent data for about two minutes at most; this is a wide margin over that.
+PUBLISH_ID_MS = 10 * 60 * 1000
 # Why a subscription ended.
 SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE = "slow", "redis", "shutdown", "client_gone"
 DISABLED = "feature_disabled"  # the events feature was turned off
 REVOKED = "token_revoked"  # the token that opened the stream was revoked
 
 _SEP = b"\r\n"
-_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_ID = re.compile(r"(?:(\d{1,20}):)?(\d{1,20})(?:-(\d{1,20}))?")
 _U64 = 2**64 - 1
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)  # Redis, or the way to it
 
-# KEYS: stream, channel. ARGV: max length, max age in ms, then one envelope without id per event.
+# KEYS: stream, channel, epoch, the batch's publish id key. ARGV: max length, max age in ms, how
+# long a publish id is remembered in ms, then one envelope without id per event.
 # One call and one pub/sub message per batch, not per event: each command and each message
 # costs the gateway far more than the event does. An envelope is JSON on one line, so the
-# message is ``<id> <envelope>`` lines joined by newlines.
-# Server time bounds the age so every instance trims alike whatever its own clock says.
+# message is ``<epoch>:<id> <envelope>`` lines joined by newlines.
+# A batch already applied (its first attempt timed out for the gateway but reached Redis) is
+# skipped whole: the script is atomic, so the publish id is set exactly when its events are added.
+# A stream that does not exist (or lost its epoch) gets a new epoch before its first entry: its
+# ids start a new history. Server time makes the epoch, and bounds the age so every instance
+# trims alike whatever its own clock says.
 _PUBLISH_LUA = """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[3]) then
+  return -1
+end
+local now = redis.call('TIME')
+local epoch = redis.call('GET', KEYS[3])
+if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
+  epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[3], epoch)
+end
 local lines = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
-  lines[#lines + 1] = id .. ' ' .. ARGV[i]
+  lines[#lines + 1] = epoch .. ':' .. id .. ' ' .. ARGV[i]
 end
 redis.call('PUBLISH', KEYS[2], table.concat(lines, '\\n'))
-local now = redis.call('TIME')
 local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
 if oldest > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', oldest))
 end
-return #ARGV - 2
+return #ARGV - 3
 """
 _TRIM_LUA = """
 local now = redis.call('TIME')
@@ -91,23 +115,37 @@ return 0
 """
 
 EventKey: TypeAlias = tuple[int, int]
+# An event id as a client gives it back: its history's epoch (None for a bare legacy id) and its key.
+EventRef: TypeAlias = tuple[int | None, EventKey]
 # Who a stream counts against: a token's row id, or the name of a token without a row (the bootstrap one).
 StreamOwner: TypeAlias = int | str | None
 # XRANGE / XREVRANGE reply of a client without decode_responses; redis-py types it loosely.
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-def parse_event_id(text: str) -> EventKey | None:
-    """``1712345678901-3`` (or ``1712345678901``) as a sortable key; None when it is not an event id."""
+def parse_event_id(text: str) -> EventRef | None:
+    """``<epoch>:1712345678901-3`` as (epoch, sortable key); None when it is not an event id.
+
+    A bare ``1712345678901-3`` (or ``1712345678901``), the form before epochs, parses with epoch None:
+    nothing says which history it belongs to.
+    """
     match = _ID.fullmatch(text.strip())
     if match is None:
         return None
-    key = (int(match[1]), int(match[2] or 0))
-    return key if key[0] <= _U64 and key[1] <= _U64 else None
+    epoch = int(match[1]) if match[1] is not None else None
+    key = (int(match[2]), int(match[3] or 0))
+    if key[0] > _U64 or key[1] > _U64 or (epoch is not None and epoch > _U64):
+        return None
+    return epoch, key
 
 
-def format_event_id(key: EventKey) -> str:
-    return f"{key[0]}-{key[1]}"
+def format_event_id(epoch: int, key: EventKey) -> str:
+    return f"{epoch}:{key[0]}-{key[1]}"
+
+
+def stream_bound(key: EventKey) -> str:
+    """An exclusive XRANGE / XREVRANGE bound at ``key`` (the stream knows entry ids, not epochs)."""
+    return f"({key[0]}-{key[1]}"
 
 
 @functools.lru_cache(maxsize=2)
@@ -132,7 +170,7 @@ class Event:
 
     The envelope (``envelope``, JSON) is what a client sees as ``data:``::
 
-        {"id": "1712345678901-0",          # the Redis stream entry id; orders events; resume key
+        {"id": "1712345600000000:1712345678901-0",  # <epoch>:<stream entry id>; the resume key
          "type": "provider_status",        # one of EVENT_TYPES (docs/events.md describes each)
          "ts": "2024-04-05T12:34:56.789Z", # when it was published, UTC, RFC 3339, milliseconds
          "source": "gw-1",                 # who published it: the gateway instance, or a named component
@@ -144,7 +182,8 @@ class Event:
     """
 
     id: str
-    key: EventKey
+    epoch: int
+    key: EventKey  # orders events within one epoch
     type: str
     correlation_id: str | None
     envelope: bytes
@@ -152,15 +191,15 @@ class Event:
 
     @classmethod
     def from_stored(cls, event_id: str, payload: bytes) -> Event:
-        """Build from a stream id and the stored envelope (which lacks the id)."""
-        key = parse_event_id(event_id)
+        """Build from an ``<epoch>:<stream id>`` id and the stored envelope (which lacks the id)."""
+        ref = parse_event_id(event_id)
         meta = orjson.loads(payload)
-        if key is None or not isinstance(meta, dict) or not payload.startswith(b"{"):
+        if ref is None or ref[0] is None or not isinstance(meta, dict) or not payload.startswith(b"{"):
             raise ValueError("not an event")
         envelope = b'{"id":"' + event_id.encode() + b'",' + payload[1:]
         event_type = str(meta["type"])
         frame = _frame(event_id, event_type, envelope)
-        return cls(event_id, key, event_type, meta.get("correlation_id"), envelope, frame)
+        return cls(event_id, ref[0], ref[1], event_type, meta.get("correlation_id"), envelope, frame)
 
 
 def control_frame(
@@ -290,9 +329,14 @@ class ResumePlan:
     """Where a resuming client's replay starts and whether it must be told ``reset`` first."""
 
     reset: bool
-    start: str  # XRANGE lower bound: "-" or "(<id>" (exclusive)
-    position: str  # the client's position if the replay finds nothing newer
+    start: str  # XRANGE lower bound: "-" or "(<ms>-<seq>" (exclusive)
+    position: str | None  # the client's position if the replay finds nothing newer (None: no history)
     oldest: str | None  # oldest retained id, for the reset event
+    epoch: int | None = None  # the history's epoch when planned (None: there was no history)
+
+
+class StaleCursor(Exception):
+    """A ``before`` cursor from a history Redis no longer holds (it was recreated since)."""
 
 
 class EventHub:
@@ -304,7 +348,7 @@ class EventHub:
         *,
         prefix: str,
         instance: str,
-        client_queue: int = 256,
+        client_queue: int = 2048,
         max_clients: int = 10_000,
         max_per_owner: int = 20,
         publish_buffer: int = 10_000,
@@ -316,6 +360,9 @@ class EventHub:
         self._redis = redis
         self.channel = f"{prefix}events"
         self.stream_key = f"{prefix}events:history"
+        self.epoch_key = f"{prefix}events:epoch"  # the epoch of the stream at stream_key
+        self._publish_id_prefix = f"{prefix}events:pub:{secrets.token_hex(6)}-"  # unique to this hub
+        self._publish_ids = itertools.count()
         self.instance = instance
         self.client_queue = client_queue
         self.max_clients = max_clients
@@ -328,6 +375,9 @@ class EventHub:
         self._publish_script = redis.register_script(_PUBLISH_LUA)
         self._trim_script = redis.register_script(_TRIM_LUA)
         self._outbox: deque[bytes] = deque()
+        # The batch being published and its publish id key: retried as it is until Redis answers,
+        # so a retry carries the id of its first attempt.
+        self._inflight: tuple[str, list[bytes]] | None = None
         self._outbox_wake = asyncio.Event()
         self._subs: set[Subscription] = set()
         self._owned: dict[int | str, int] = {}  # open streams per owner: changed only with _subs
@@ -470,13 +520,16 @@ class EventHub:
                     with contextlib.suppress(*REDIS_FAILURES):
                         await self._trim_script(keys=[self.stream_key], args=[self.history_ms])
                     continue
-            if len(self._outbox) < PUBLISH_BATCH:
-                await asyncio.sleep(PUBLISH_LINGER_SECONDS)
-            batch = self._next_batch()
+            if self._inflight is None:
+                if len(self._outbox) < PUBLISH_BATCH:
+                    await asyncio.sleep(PUBLISH_LINGER_SECONDS)
+                self._inflight = (f"{self._publish_id_prefix}{next(self._publish_ids)}", self._next_batch())
+            publish_id, batch = self._inflight
             refused: ResponseError | None = None
             try:
                 await self._publish_script(
-                    keys=[self.stream_key, self.channel], args=[self.history_max, self.history_ms, *batch]
+                    keys=[self.stream_key, self.channel, self.epoch_key, publish_id],
+                    args=[self.history_max, self.history_ms, PUBLISH_ID_MS, *batch],
                 )
             except ResponseError as exc:  # Redis refused the script (e.g. out of memory); it was reachable
                 refused = exc
@@ -492,6 +545,7 @@ class EventHub:
                 self.publish_failures += 1
                 backoff = min(max(backoff * 2, 0.1), self.reconnect_max)
                 continue
+            self._inflight = None
             for _ in batch:
                 self._outbox.popleft()
             if refused is not None:
@@ -680,63 +734,95 @@ class EventHub:
 
     # -- history -----------------------------------------------------------------------------
 
-    async def resume_plan(self, key: EventKey) -> ResumePlan:
-        """Decide how a client that last saw ``key`` catches up from retained history."""
-        given = format_event_id(key)
-        try:
-            info = await self._redis.xinfo_stream(self.stream_key)
-        except ResponseError:  # no stream yet (or any more): nothing retained
-            return ResumePlan(reset=key != (0, 0), start="-", position="0-0", oldest=None)
+    async def resume_plan(self, ref: EventRef) -> ResumePlan:
+        """Decide how a client that last saw ``ref`` (epoch, key) catches up from retained history."""
+        epoch, key = ref
+        # The stream and its epoch in one transaction: a stream recreated between two reads would
+        # otherwise pass for the client's.
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xinfo_stream(self.stream_key)
+        pipe.get(self.epoch_key)
+        info, current_raw = await pipe.execute(raise_on_error=False)
+        if isinstance(current_raw, Exception):
+            raise current_raw
+        if isinstance(info, ResponseError) or current_raw is None:
+            # No stream yet (or any more): nothing retained, so nothing the client missed can be sent.
+            return ResumePlan(reset=True, start="-", position=None, oldest=None)
+        if isinstance(info, Exception):
+            raise info
+        current = int(current_raw)
         last = _key(info.get("last-generated-id"))
         length = int(info.get("length") or 0)
         first = info.get("first-entry")
         added = info.get("entries-added")  # Redis 7+; older servers do not count
+        first_key = _key(first[0]) if first else None
         if added is not None:
             trimmed = int(added) - length > 0
         else:
             # The client saw its event in this stream; if it is gone, it was trimmed away.
-            trimmed = first is not None and key < _key(first[0])
-        oldest = first[0].decode() if first else None
-        # Reset when the id is not of this history (Redis was replaced or wiped), or when events
-        # after it may have been trimmed away (trimming removes the oldest first).
-        if key > last or (trimmed and key < (_key(first[0]) if first else last)):
-            return ResumePlan(reset=True, start="-", position=format_event_id(last), oldest=oldest)
-        return ResumePlan(reset=False, start="(" + given, position=given, oldest=oldest)
+            trimmed = first_key is not None and key < first_key
+        oldest = format_event_id(current, first_key) if first_key is not None else None
+        # Reset when the id is not of this history (another epoch: Redis was replaced or wiped; or a
+        # bare id, which cannot say), when it is later than anything this history issued, or when
+        # events after it may have been trimmed away (trimming removes the oldest first).
+        if epoch != current or key > last or (trimmed and key < (first_key or last)):
+            return ResumePlan(reset=True, start="-", position=format_event_id(current, last), oldest=oldest,
+                              epoch=current)
+        return ResumePlan(reset=False, start=stream_bound(key), position=format_event_id(current, key), oldest=oldest,
+                          epoch=current)
+
+    async def _read(self, command: str, **bounds: Any) -> tuple[int, list[Event]]:
+        """XRANGE / XREVRANGE and the stream's epoch, read together so each id names its history."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self.epoch_key)
+        getattr(pipe, command)(self.stream_key, **bounds)
+        epoch_raw, entries = await pipe.execute()
+        # Entries without an epoch were written before epochs existed; 0 is no epoch a stream gets,
+        # so a client holding one of these ids is reset once the next publish gives the stream one.
+        epoch = int(epoch_raw) if epoch_raw is not None else 0
+        return epoch, [_decoded(epoch, eid, fields) for eid, fields in cast(StreamEntries, entries)]
 
     async def history(self, start: str, count: int) -> list[Event]:
         """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
-        entries = cast(StreamEntries, await self._redis.xrange(self.stream_key, min=start, max="+", count=count))
-        return [_decoded(eid, fields) for eid, fields in entries]
+        return (await self._read("xrange", min=start, max="+", count=count))[1]
 
     async def recent(
         self,
         *,
         limit: int,
-        before: str | None = None,
+        before: EventRef | None = None,
         types: frozenset[str] | None = None,
         correlation_id: str | None = None,
     ) -> tuple[list[Event], str | None]:
-        """The newest ``limit`` matching events older than ``before``, newest first, and the next cursor."""
+        """The newest ``limit`` matching events older than ``before``, newest first, and the next cursor.
+
+        Raise StaleCursor when ``before`` names another history than the one Redis holds now.
+        """
         probe = Subscription(types, correlation_id, 0)
         found: list[Event] = []
-        upper = "+" if before is None else "(" + before
+        upper = "+" if before is None else stream_bound(before[1])
+        epoch = before[0] if before is not None else None  # a bare cursor is taken as this history's
         chunk = max(limit * 2, 100)
         scanned = 0
         while True:
-            entries = cast(StreamEntries, await self._redis.xrevrange(self.stream_key, max=upper, min="-", count=chunk))
-            for eid, fields in entries:
-                event = _decoded(eid, fields)
+            current, events = await self._read("xrevrange", max=upper, min="-", count=chunk)
+            if epoch is not None and current != epoch:
+                if not scanned:
+                    raise StaleCursor("this cursor belongs to an event history Redis no longer holds")
+                return found, None  # recreated mid-scan: what follows is not the same history
+            epoch = current
+            for event in events:
                 if probe.matches(event):
                     found.append(event)
                     if len(found) == limit:
                         return found, event.id
-            scanned += len(entries)
-            if len(entries) < chunk:
+            scanned += len(events)
+            if len(events) < chunk:
                 return found, None
-            upper = "(" + entries[-1][0].decode()
+            upper = stream_bound(events[-1].key)
             if scanned >= self.history_max + chunk:
                 # Sparse matches in a long history: hand back a cursor rather than scan on.
-                return found, entries[-1][0].decode()
+                return found, events[-1].id
 
     def snapshot(self) -> dict[str, Any]:
         """State and counters, for status and metrics."""
@@ -836,9 +922,11 @@ def hook_provider_events(hub: EventHub, registry: Any) -> None:
 
 
 def _key(raw: bytes | str | None) -> EventKey:
+    """A stream entry id (``<ms>-<seq>``, as Redis gives it) as a key."""
     text = raw.decode() if isinstance(raw, bytes) else (raw or "0-0")
-    return parse_event_id(text) or (0, 0)
+    ref = parse_event_id(text)
+    return ref[1] if ref is not None and ref[0] is None else (0, 0)
 
 
-def _decoded(eid: bytes, fields: Mapping[bytes, bytes]) -> Event:
-    return Event.from_stored(eid.decode(), fields[b"e"])
+def _decoded(epoch: int, eid: bytes, fields: Mapping[bytes, bytes]) -> Event:
+    return Event.from_stored(f"{epoch}:{eid.decode()}", fields[b"e"])

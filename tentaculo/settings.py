@@ -93,10 +93,13 @@ class Settings:
     # Live events (SSE): see docs/events.md.
     events_ping_seconds: float = 15.0
     events_retry_ms: int = 3000
-    events_client_queue: int = 256
+    # Absorbs a burst for a client that reads slower than it is published (the socket holds only
+    # TENTACULO_EVENTS_SEND_BUFFER_BYTES): a queued event is shared, so a slot costs a client 8 bytes.
+    events_client_queue: int = 2048
     events_max_clients: int = 10_000
     events_max_streams_per_token: int = 20
     events_send_timeout: float = 10.0
+    events_send_buffer_bytes: int = 64 * 1024
     events_publish_buffer: int = 10_000
     events_history_max: int = 10_000
     events_history_seconds: float = 86_400.0
@@ -245,6 +248,8 @@ class Settings:
                 raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
         if self.events_retry_ms < 0:
             raise SettingsError("TENTACULO_EVENTS_RETRY_MS", "must not be negative")
+        if self.events_send_buffer_bytes != 0 and self.events_send_buffer_bytes < 4096:
+            raise SettingsError("TENTACULO_EVENTS_SEND_BUFFER_BYTES", "must be 0 (the kernel's own) or at least 4096")
         if self.event_ticket_secret is not None and len(self.event_ticket_secret) < 32:
             raise SettingsError("TENTACULO_EVENT_TICKET_SECRET", "must be at least 32 characters")
 

@@ -16,7 +16,9 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cuts = 0  # a connection accepted before a cut must not outlive it
-        self._flowing = asyncio.Event()  # cleared while silenced: bytes are held, nothing is refused
+        # Cleared while silenced: connections stay open and bytes stay where they are (unread, in
+        # the kernel's buffers) until restore(), as in a network partition that TCP rides out.
+        self._flowing = asyncio.Event()
         self._flowing.set()
 
     async def start(self) -> None:
@@ -32,7 +34,6 @@ class CuttableProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cuts = self._cuts
         self._writers.add(writer)
-        await self._flowing.wait()  # a silenced server accepts, then says nothing
         try:
             up_reader, up_writer = await self._open_target()
         except OSError:
@@ -47,8 +48,12 @@ class CuttableProxy:
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ConnectionError):
-                while data := await src.read(65536):
+                while True:
                     await self._flowing.wait()
+                    data = await src.read(65536)
+                    await self._flowing.wait()  # read just before a silence: hold it until restore
+                    if not data:
+                        break
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -67,16 +72,16 @@ class CuttableProxy:
         await self._server.wait_closed()
         self._server = None
 
-    async def restore(self) -> None:
-        """Listen again on the same port (after a cut), or let bytes flow again (after a silence)."""
-        if not self._flowing.is_set():
-            self._flowing.set()
-            return
-        await self.start()
-
     def silence(self) -> None:
-        """A silent partition: connections stay open and new ones are accepted, but nothing gets through."""
+        """Keep every connection open (and accept new ones) but forward nothing either way, until
+        ``restore()``; what was sent meanwhile is delivered then, as TCP retransmits after a partition."""
         self._flowing.clear()
+
+    async def restore(self) -> None:
+        """End a silence, or listen again on the same port after a cut."""
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
 
     async def close(self) -> None:
         self._flowing.set()

@@ -9,6 +9,7 @@ import json
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -636,6 +637,7 @@ def test_event_settings_are_validated() -> None:
         ("TENTACULO_EVENT_TICKET_SECONDS", "120"),
         ("TENTACULO_EVENTS_CLIENT_QUEUE", "0"),
         ("TENTACULO_EVENTS_MAX_STREAMS_PER_TOKEN", "0"),
+        ("TENTACULO_EVENTS_SEND_BUFFER_BYTES", "100"),
         ("TENTACULO_EVENT_TICKET_SECRET", "short"),
     ):
         with pytest.raises(SettingsError) as info:
@@ -685,3 +687,307 @@ async def test_chats_and_provider_status_changes_are_published(gw, admin_headers
     assert answer["content"] not in json.dumps(chat)  # metadata only, never the text
     recovered = next(e for e in events if e["event"] == "provider_status")
     assert recovered["data"]["data"]["status"] == "on"
+
+
+async def _history_ids(redis_url: str, hub: EventHub) -> list[bytes]:
+    redis = Redis.from_url(redis_url)
+    try:
+        return [eid for eid, _fields in await redis.xrange(hub.stream_key)]
+    finally:
+        await redis.aclose()
+
+
+async def test_resume_after_redis_came_back_empty_is_reset_not_a_silent_gap(gw, redis_url) -> None:
+    """Redis replaced by an empty one (failover, flushed cache): the events published before it were
+    lost, and the ids the new one mints are later than the client's, yet they do not continue it."""
+    hub = hub_of(gw)
+    live = await open_stream(gw)
+    hub.publish("chat", {"n": "seen"})
+    seen = (await live.event())["id"]
+    for n in range(20):  # the client is away for these
+        hub.publish("chat", {"n": n})
+    for _ in range(20):
+        await live.event()
+    live.resp.close()
+    redis = Redis.from_url(redis_url)
+    try:  # this test's keys only: the stream and its epoch, as an empty Redis would have them
+        await redis.delete(hub.stream_key, hub.stream_key.removesuffix("history") + "epoch")
+    finally:
+        await redis.aclose()
+    watcher = await open_stream(gw)
+    for n in range(3):
+        hub.publish("chat", {"n": f"new-{n}"})
+    new_ids = [(await watcher.event())["id"] for _ in range(3)]
+    assert all(new > seen for new in new_ids)  # ids alone cannot tell: they look like a continuation
+
+    resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
+    reset = await resumed.event()
+    assert reset["event"] == "reset" and "id" not in reset, reset
+    assert reset["data"]["data"]["oldest_retained_id"] == new_ids[0]
+    assert [(await resumed.event())["id"] for _ in range(3)] == new_ids
+    # The new ids resume normally: no reset, nothing repeated.
+    again = await open_stream(gw, headers={"Last-Event-ID": new_ids[0]})
+    assert [(await again.event())["id"] for _ in range(2)] == new_ids[1:]
+
+
+async def test_a_bare_id_without_its_history_is_answered_with_reset(gw) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(2):
+        hub.publish("chat", {"n": n})
+    ids = [(await sse.event())["id"] for _ in range(2)]
+    bare = ids[0].rpartition(":")[2]
+    assert bare != ids[0]  # every id names its history
+    resumed = await open_stream(gw, f"?last_event_id={bare}")
+    assert (await resumed.event())["event"] == "reset"
+    assert [(await resumed.event())["id"] for _ in range(2)] == ids
+
+
+async def test_a_publish_retried_across_a_silent_partition_is_applied_once(
+    aiohttp_client, ev_settings, redis_url
+) -> None:
+    """Redis silenced (connections open, nothing answered) past the client's timeout: the publisher
+    retries, the first attempt still reaches Redis when the partition heals, and the event is
+    nevertheless in history once and delivered once."""
+    proxy, url = await proxy_redis(ev_settings.redis_url or "")
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, redis_url=url)))
+    hub = hub_of(client)
+    # Only chats: the partition also makes the gateway publish status changes of its own.
+    sse = await open_stream(client, "?types=chat")
+    hub.publish("chat", {"n": "before"})
+    assert (await sse.event())["data"]["data"] == {"n": "before"}
+
+    proxy.silence()
+    hub.publish("chat", {"n": "during"})
+    await wait_for(lambda: hub.snapshot()["publish_failures"] >= 1, timeout=30)  # timed out; retried later
+    await proxy.restore()
+    assert (await sse.event(timeout=30))["data"]["data"] == {"n": "during"}
+    hub.publish("chat", {"n": "after"})
+    assert (await sse.event(timeout=30))["data"]["data"] == {"n": "after"}  # not "during" again
+    await wait_for(lambda: hub.snapshot()["publish_queued"] == 0)
+    # The abandoned attempts reached Redis on restore too, before "after" was even published.
+    assert await _history_chats(redis_url, hub) == ["before", "during", "after"]
+    await proxy.close()
+
+
+async def _history_chats(redis_url: str, hub: EventHub) -> list[object]:
+    """The ``n`` of every chat event in the retained history, oldest first."""
+    redis = Redis.from_url(redis_url)
+    try:
+        entries = await redis.xrange(hub.stream_key)
+    finally:
+        await redis.aclose()
+    chats = [orjson.loads(fields[b"e"]) for _eid, fields in entries]
+    return [c["data"].get("n") for c in chats if c["type"] == "chat"]
+
+
+def _send_queue(server_port: int, client_port: int) -> int:
+    """Bytes the kernel holds queued to send on the server's side of one loopback connection."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return int(fields[4].split(":")[0], 16)
+    raise LookupError("no such connection")
+
+
+async def _never_reading_stream(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    request = f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode()
+    await loop.sock_sendall(sock, request)
+    return sock
+
+
+async def test_a_client_that_stops_reading_costs_a_bounded_kernel_send_buffer(aiohttp_client, ev_settings) -> None:
+    """The kernel's send buffer of a stuck stream is bounded by TENTACULO_EVENTS_SEND_BUFFER_BYTES (64 KiB;
+    Linux books twice that) instead of growing to megabytes by autotuning while the stream waits to be cut."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_client_queue=1000)))
+    hub = hub_of(client)
+    reader = await open_stream(client)
+    sock = await _never_reading_stream(client.port)
+    try:
+        await wait_for(lambda: hub.clients == 2)
+        blob = "x" * 48_000
+        async with asyncio.timeout(20):
+            # Until the stuck stream's writer waits on a full socket: events then pile up in its queue.
+            while max(sub.queued for sub in hub._subs) < 8:
+                hub.publish("metrics", {"blob": blob})
+                await reader.event()
+        held = _send_queue(client.port, sock.getsockname()[1])
+        print(f"kernel send queue of a stuck event stream: {held} bytes")
+        assert held <= 192 * 1024, held
+    finally:
+        sock.close()
+
+
+async def _read_until_cut(sock: socket.socket, until: bytes | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Every complete event a raw HTTP/1.0 stream delivered, and how it ended ("eof", "reset", or
+    "open" once ``until`` was read)."""
+    loop = asyncio.get_running_loop()
+    raw = b""
+    how = "eof"
+    try:
+        async with asyncio.timeout(20):
+            while data := await loop.sock_recv(sock, 65536):
+                raw += data
+                if until is not None and until in raw[-len(data) - len(until):]:
+                    how = "open"
+                    break
+    except ConnectionResetError:
+        how = "reset"
+    body = raw.partition(b"\r\n\r\n")[2]
+    events = []
+    for record in body.split(b"\r\n\r\n")[:-1]:  # the last piece is cut short, or empty
+        fields = dict(line.split(b": ", 1) for line in record.split(b"\r\n") if b": " in line)
+        if b"data" in fields:
+            events.append(json.loads(fields[b"data"]))
+    return events, how
+
+
+async def _paused_stream(client: TestClient) -> socket.socket:
+    """A stream whose client reads nothing until told to (HTTP/1.0: the body is the bare SSE text)."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", client.port))
+    await loop.sock_sendall(sock, f"GET {EVENTS} HTTP/1.0\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode())
+    return sock
+
+
+async def test_a_slow_client_rides_out_a_burst_of_1500_events(gw) -> None:
+    """A client that reads nothing while 1,500 events are published in a burst keeps its stream: the
+    default queue (TENTACULO_EVENTS_CLIENT_QUEUE) holds more than such a burst, whatever the socket holds."""
+    hub = hub_of(gw)
+    reader = await open_stream(gw)
+    sock = await _paused_stream(gw)
+    try:
+        await wait_for(lambda: hub.clients == 2)
+        for n in range(1500):  # 6 MB: more than the kernel would buffer for it even left to autotune
+            hub.publish("chat", {"n": n, "pad": "y" * 4000})
+        for _ in range(1500):
+            await reader.event()
+        assert hub.snapshot()["slow_disconnects"] == 0
+        assert hub.clients == 2
+        hub.publish("chat", {"n": "last"})
+        await reader.event()
+        events, how = await _read_until_cut(sock, until=b'"n":"last"}}\r\n\r\n')
+        assert how == "open"
+        assert [e["data"]["n"] for e in events] == [*range(1500), "last"]
+    finally:
+        sock.close()
+
+
+async def test_a_client_further_behind_than_its_queue_is_cut_and_resumes_without_loss(
+    aiohttp_client, ev_settings
+) -> None:
+    """The rule that cuts a slow client: more than TENTACULO_EVENTS_CLIENT_QUEUE events waiting for it
+    beyond what its socket holds. Its connection is closed at once, mid-record maybe and with no
+    event saying why (its socket is full), and resuming with the last id it received replays the
+    rest, without reset, gap or duplicate."""
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, events_client_queue=16)))
+    hub = hub_of(client)
+    reader = await open_stream(client)
+    sock = await _paused_stream(client)
+    try:
+        await wait_for(lambda: hub.clients == 2)
+        total = 400  # 800 KB: more than the socket buffers and the queue hold together
+        for n in range(total):  # paced by a client that keeps up: only the paused one falls behind
+            hub.publish("chat", {"n": n, "pad": "y" * 2000})
+            await reader.event()
+        assert hub.snapshot()["slow_disconnects"] == 1
+        received, how = await _read_until_cut(sock)
+    finally:
+        sock.close()
+    assert 0 < len(received) < total  # ended early: closed mid-stream, and no error event can say why
+    assert all(e["type"] == "chat" for e in received), how
+    assert [e["data"]["n"] for e in received] == list(range(len(received)))
+    resumed = await open_stream(client, headers={"Last-Event-ID": received[-1]["id"]})
+    rest = [await resumed.event() for _ in range(total - len(received))]
+    assert [e["event"] for e in rest] == ["chat"] * len(rest)  # no reset
+    assert [e["data"]["data"]["n"] for e in rest] == list(range(len(received), total))
+
+
+async def test_a_page_cursor_of_an_emptied_history_is_refused_and_a_resume_into_nothing_is_reset(
+    gw, redis_url, admin_headers
+) -> None:
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    for n in range(3):
+        hub.publish("chat", {"n": n})
+    ids = [(await sse.event())["id"] for _ in range(3)]
+    headers = {**admin_headers, "Accept": "application/json"}
+    page = await (await gw.get(f"{EVENTS}?limit=1", headers=headers)).json()
+    assert page["next"] == ids[2]
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.delete(hub.stream_key, hub.epoch_key)
+    finally:
+        await redis.aclose()
+    resumed = await open_stream(gw, headers={"Last-Event-ID": ids[2]})
+    reset = await resumed.event()
+    assert reset["event"] == "reset" and reset["data"]["data"]["oldest_retained_id"] is None
+    hub.publish("chat", {"n": "new"})
+    fresh = await resumed.event()
+    assert fresh["data"]["data"] == {"n": "new"}
+    # The old page's cursor points into a history Redis no longer holds: say so, do not page the new one.
+    stale = await gw.get(f"{EVENTS}?limit=1&before={page['next']}", headers=headers)
+    assert stale.status == 422
+    error = (await stale.json())["errors"][0]
+    assert error["field"] == "before" and "no longer holds" in error["message"]
+    current = await (await gw.get(f"{EVENTS}?limit=5", headers=headers)).json()
+    assert [e["id"] for e in current["events"]] == [fresh["id"]] and current["next"] is None
+
+
+async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw, redis_url) -> None:
+    """Redis emptied between the resume's check of the epoch and its read of the history: the read
+    belongs to the new history, so the client is told reset rather than continued into it."""
+    hub = hub_of(gw)
+    sse = await open_stream(gw)
+    hub.publish("chat", {"n": "seen"})
+    seen = (await sse.event())["id"]
+    hub.publish("chat", {"n": "lost"})
+    await sse.event()
+    original = hub.history
+
+    async def emptied_first(start: str, count: int) -> list[Any]:
+        hub.history = original  # type: ignore[method-assign]
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.delete(hub.stream_key, hub.epoch_key)
+        finally:
+            await redis.aclose()
+        hub.publish("chat", {"n": "new"})
+        await sse.event()  # in the new history now
+        return await original(start, count)
+
+    hub.history = emptied_first  # type: ignore[method-assign]
+    resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
+    assert (await resumed.event())["event"] == "reset"
+    assert (await resumed.event())["data"]["data"] == {"n": "new"}
+
+
+async def test_a_connection_that_carried_an_event_stream_is_not_reused(gw) -> None:
+    """Its socket's send buffer stays as small as a stream needs (TENTACULO_EVENTS_SEND_BUFFER_BYTES):
+    the gateway closes it when the stream ends rather than serve the next request, maybe a large
+    download, through it."""
+    hub = hub_of(gw)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+    await loop.sock_sendall(sock, f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nX-VX11-Token: {ADMIN_TOKEN}\r\n\r\n".encode())
+    try:
+        await wait_for(lambda: hub.clients == 1)
+        hub.end_streams("feature_disabled")  # as turning the events flag off does
+        raw = b""
+        async with asyncio.timeout(5):
+            while data := await loop.sock_recv(sock, 65536):
+                raw += data
+        assert b"event: error" in raw and raw.endswith(b"0\r\n\r\n")  # ended, then closed
+        # Said up front, so a client does not pool the connection only to find it closed.
+        assert b"\r\nConnection: close\r\n" in raw.partition(b"\r\n\r\n")[0]
+    finally:
+        sock.close()

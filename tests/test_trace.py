@@ -47,6 +47,11 @@ async def test_a_request_and_a_chat_show_their_rows_and_events_in_order(
     assert chat_item["message_id"] == message_id and chat_item["provider"] == "mock"
     assert chat_item["status"] == "ok" and chat_item["attempts"][0]["provider"] == "mock"
     assert event["data"]["message_id"] == message_id and event["source"] == settings.instance
+    # The id a stream client would resume from: with its history's epoch.
+    page = await gw.get(f"/operator/api/events?correlation_id={cid}",
+                        headers={**admin_headers, "Accept": "application/json"})
+    [published] = (await page.json())["events"]
+    assert event["id"] == published["id"] and ":" in event["id"]
     assert items[3]["status"] == 200 and items[3]["method"] == "POST"
     assert all(s["status"] == "on" for s in body["sources"].values())
 

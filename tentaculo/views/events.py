@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import socket
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
 
 from tentaculo import keys
 from tentaculo.auth import TICKET_PARAM, requires
@@ -24,15 +26,18 @@ from tentaculo.events import (
     REVOKED,
     SHUTDOWN,
     EventHub,
+    EventKey,
+    EventRef,
     EventsUnavailable,
     ResumePlan,
+    StaleCursor,
     StreamClosed,
     Subscription,
     TooManyClients,
     control_frame,
-    format_event_id,
     parse_event_id,
     position_frame,
+    stream_bound,
 )
 from tentaculo.features import feature
 from tentaculo.jsonio import json_response
@@ -70,23 +75,36 @@ def _filters(request: web.Request) -> tuple[frozenset[str] | None, str | None]:
     return types, correlation_id
 
 
-def _event_id_param(value: str | None, field: str) -> tuple[int, int] | None:
+def _event_id_param(value: str | None, field: str) -> EventRef | None:
     if value is None or not value.strip():
         return None
-    key = parse_event_id(value)
-    if key is None:
-        raise ValidationFailed(
-            [{"field": field, "message": "not an event id: send the id: of an event received, e.g. 1712345678901-0"}]
-        )
-    return key
+    ref = parse_event_id(value)
+    if ref is None:
+        raise ValidationFailed([{"field": field, "message": "not an event id: send the id: of an event received, "
+                                 "e.g. 1712345600000000:1712345678901-0"}])
+    return ref
 
 
-def _resume_from(request: web.Request) -> tuple[int, int] | None:
+def _resume_from(request: web.Request) -> EventRef | None:
     """``Last-Event-ID`` (what EventSource sends on reconnect) wins over ``?last_event_id=``."""
     header = request.headers.get("Last-Event-ID")
     if header is not None and header.strip():
         return _event_id_param(header, "Last-Event-ID")
     return _event_id_param(request.query.get("last_event_id"), "last_event_id")
+
+
+class _EventStream(EventSourceResponse):
+    """An event stream that closes its connection when it ends (``Connection: close``).
+
+    Its socket keeps the stream's small send buffer (TENTACULO_EVENTS_SEND_BUFFER_BYTES): a later
+    request on it, a large download say, must not inherit that buffer. Said in the head, so a
+    client does not put the connection back in its pool only to find it closed.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.force_close()
+        self.headers["Connection"] = "close"  # aiohttp_sse says keep-alive, which aiohttp then keeps
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -145,10 +163,13 @@ async def _stream(
     settings = request.app[keys.SETTINGS]
     cid = request[keys.CORRELATION_ID]
     timeout = settings.events_send_timeout
+    _bound_send_buffer(request, settings.events_send_buffer_bytes)
     # No timer per write (it would cost more than the write): a stalled reader is cut by the ping
     # task's send timeout, by TCP_USER_TIMEOUT, or when its queue overflows; each aborts the
     # transport, which wakes a write blocked on drain with ConnectionResetError.
-    async with sse_response(request, ping_interval=settings.events_ping_seconds, send_timeout=timeout) as resp:
+    async with sse_response(
+        request, ping_interval=settings.events_ping_seconds, send_timeout=timeout, response_cls=_EventStream
+    ) as resp:
         write = resp.write
         transport = request.transport
         if transport is not None:
@@ -158,7 +179,7 @@ async def _stream(
         watcher.add_done_callback(lambda _: sub.close(CLIENT_GONE))
         try:
             await write(f"retry: {settings.events_retry_ms}\r\n\r\n".encode())
-            last = (0, 0)
+            last: EventKey = (0, 0)
             if plan is not None:
                 replayed = await _replay(hub, sub, plan, write, cid)
                 if replayed is None:
@@ -198,43 +219,73 @@ async def _stream(
     return resp
 
 
-async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any, cid: str) -> tuple[int, int] | None:
+async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any, cid: str) -> EventKey | None:
     """Send what a resuming client missed; return the position live delivery continues from (None: stop).
 
     A subscription ended meanwhile (token revoked, shutdown, ...) stops the replay at once; the live
     loop then sends the final frame that says why.
     """
     if plan.reset:
-        data = {
-            "reason": "the last event id is older than the retained history (or unknown to it); "
-            "some events were not kept: reload state, then follow this stream",
-            "oldest_retained_id": plan.oldest,
-        }
-        await write(control_frame(RESET, data, source=hub.instance, correlation_id=cid))
-    start, position, sent = plan.start, plan.position, None
+        await write(_reset_frame(hub, cid, plan.oldest))
+    start, position, sent, epoch = plan.start, plan.position, None, plan.epoch
     # What the client's Last-Event-ID is now: its own id, unless reset made that meaningless.
     holds = None if plan.reset else plan.position
+    last: EventKey = (0, 0)
+    if position is not None and (ref := parse_event_id(position)) is not None:
+        last = ref[1]
     while sub.reason is None:
         try:
             batch = await hub.history(start, HISTORY_PAGE)
         except REDIS_FAILURES as exc:
             await write(_error_frame(hub, cid, f"cannot read the event history: {type(exc).__name__}"))
             return None
+        if batch and epoch is not None and batch[0].epoch != epoch:
+            # Redis was emptied since the plan (or a page ago): this is a new history, not the rest of
+            # the client's. Say reset and replay the new one from its start.
+            await write(_reset_frame(hub, cid, None))
+            start, position, holds, epoch, last = "-", None, None, batch[0].epoch, (0, 0)
+            continue
+        if batch:
+            epoch = batch[0].epoch  # later pages must be of the same history
         for event in batch:
             if sub.reason is not None:
                 break
             if sub.matches(event):
                 await write(event.frame)
                 sent = event.id
-            position = event.id
-        start = "(" + position
+            position, last = event.id, event.key
+        start = stream_bound(last)
         if len(batch) < HISTORY_PAGE:
             break
-    if position != (sent or holds):
+    if position is not None and position != (sent or holds):
         # Events the filters skipped (or a reset) still move the client's position, so a later
         # resume neither rescans them nor resets again.
         await write(position_frame(position))
-    return parse_event_id(position) or (0, 0)
+    return last
+
+
+def _bound_send_buffer(request: web.Request, size: int) -> None:
+    """Cap the kernel's send buffer of this stream's socket.
+
+    Left to autotuning, the kernel grows the send buffer of a client that stopped reading to
+    megabytes (about 4 MB measured on loopback) while the stream waits to be cut: with hundreds of
+    stuck clients that is gigabytes of kernel memory. A stream needs little: events are small, and
+    a client that keeps up empties the buffer as fast as it fills.
+    """
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None and size else None
+    if sock is not None:
+        with contextlib.suppress(OSError):  # a socket already gone: the stream ends on its own
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def _reset_frame(hub: EventHub, cid: str, oldest: str | None) -> bytes:
+    data = {
+        "reason": "the last event id is older than the retained history, or of another history "
+        "(Redis was replaced or emptied since); some events were not kept: reload state, then follow this stream",
+        "oldest_retained_id": oldest,
+    }
+    return control_frame(RESET, data, source=hub.instance, correlation_id=cid)
 
 
 def _error_frame(hub: EventHub, cid: str, reason: str) -> bytes:
@@ -254,12 +305,9 @@ async def _page(
         raise ValidationFailed([{"field": "limit", "message": f"an integer from 1 to {PAGE_MAX}"}])
     before = _event_id_param(request.query.get("before"), "before")
     try:
-        found, cursor = await hub.recent(
-            limit=limit,
-            before=format_event_id(before) if before else None,
-            types=types,
-            correlation_id=correlation_id,
-        )
+        found, cursor = await hub.recent(limit=limit, before=before, types=types, correlation_id=correlation_id)
+    except StaleCursor as exc:
+        raise ValidationFailed([{"field": "before", "message": f"{exc}: start again without before"}]) from None
     except REDIS_FAILURES as exc:
         raise _unavailable(f"cannot read the event history: {type(exc).__name__}") from None
     return json_response({"events": [orjson.Fragment(e.envelope) for e in found], "next": cursor})
