@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -184,7 +185,8 @@ class Rig:
     async def close(self) -> None:
         await self.http.close()
         if self.gateway is not None:
-            self.gateway.stop()
+            # Waited for off the loop: the proxies run on it, and the gateway flushes through them.
+            await asyncio.to_thread(self.gateway.stop)
         for proxy in (self.pg, self.redis):
             if proxy is not None:
                 await proxy.close()
@@ -731,6 +733,8 @@ async def run(selected: list[str], sizes: Sizes) -> tuple[list[Figure], bool]:
             if env.redis_url:
                 await _delete_keys(env.redis_url, env.redis_prefix + "*")
         await env.close()
+        if not failed:  # the gateways' logs are kept only when a scenario failed
+            shutil.rmtree(env.workdir, ignore_errors=True)
     return figures, failed
 
 
