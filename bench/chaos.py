@@ -158,16 +158,18 @@ class Rig:
             assert resp.status == 200  # PostgreSQL has now vouched for it
         return token
 
-    async def audit_rows(self, answered: int, settle: float) -> tuple[int, int, int]:
-        """(rows written for this scenario's calls, rows dropped, buffer capacity), once writing settled."""
+    async def audit_rows(self, answered: int, settle: float) -> tuple[int, int, int, int]:
+        """Once writing settled: (calls with a row, rows beyond one per call, rows dropped, buffer capacity)."""
         conn = await self.env.db()
         try:
             deadline, last = _now() + settle, -1
             while True:
-                rows = await conn.fetchval(
-                    "SELECT count(*) FROM audit_logs WHERE instance = $1 AND correlation_id LIKE $2",
+                counted = await conn.fetchrow(
+                    "SELECT count(DISTINCT correlation_id) AS calls, count(*) AS rows FROM audit_logs"
+                    " WHERE instance = $1 AND correlation_id LIKE $2",
                     self.tag, f"{self.tag}-%",
                 )
+                rows, extra = counted["calls"], counted["rows"] - counted["calls"]
                 if rows >= answered or _now() > deadline:
                     break
                 if rows == last and self.gateway is not None and self.gateway.popen.poll() is not None:
@@ -179,8 +181,8 @@ class Rig:
         if self.gateway is not None and self.gateway.popen.poll() is None:
             _, body = await self.ready()
             audit = body.get("checks", {}).get("audit", {})
-            return rows, int(audit.get("dropped", -1)), int(audit.get("capacity", -1))
-        return rows, -1, -1
+            return rows, extra, int(audit.get("dropped", -1)), int(audit.get("capacity", -1))
+        return rows, extra, -1, -1
 
     async def close(self) -> None:
         await self.http.close()
@@ -501,7 +503,7 @@ async def postgres_fault(env: BenchEnv, sizes: Sizes, mode: str) -> list[Figure]
         await asyncio.sleep(sizes.after)
         await load.stop()
         answered = load.answered()
-        rows, dropped, capacity = await rig.audit_rows(answered, sizes.settle)
+        rows, extra, dropped, capacity = await rig.audit_rows(answered, sizes.settle)
     finally:
         await rig.close()
 
@@ -520,13 +522,15 @@ async def postgres_fault(env: BenchEnv, sizes: Sizes, mode: str) -> list[Figure]
     return [
         Figure(scenario, "requests answered / without an answer", f"{answered} / {load.unanswered()}",
                goal="none unanswered", ok=load.unanswered() == 0),
-        Figure(scenario, "audit rows written / requests answered", f"{rows} / {answered}",
-               goal="all (none dropped)", ok=rows == answered),
+        Figure(scenario, "requests with an audit row / answered", f"{rows} / {answered}",
+               goal="all (none lost)", ok=rows == answered),
+        Figure(scenario, "audit rows written twice", extra, goal="0 (one row per request)", ok=extra == 0),
         Figure(scenario, "audit rows dropped (buffer)", f"{dropped} ({capacity} rows)", goal="0", ok=dropped == 0),
         Figure(scenario, "DB-token whoami during the fault: 200 / calls", f"{db_ok} / {len(db_calls)}",
                goal="all 200 (grace)", ok=bool(db_calls) and db_ok == len(db_calls)),
-        Figure(scenario, "DB-token whoami during the fault: p50 / max", f"{_ms(_pct(db_lat, 0.5))} / "
-               f"{_ms(max(db_lat, default=None))}", "ms", f"max <= {within:g} s",
+        Figure(scenario, "DB-token whoami during the fault: p50 / max (calls over)", f"{_ms(_pct(db_lat, 0.5))} / "
+               f"{_ms(max(db_lat, default=None))} ms ({sum(1 for x in db_lat if x > within)})", "",
+               f"max <= {within:g} s",
                bool(db_lat) and max(db_lat) <= within),
         Figure(scenario, "unknown-token whoami: 503+Retry-After / calls, max", f"{unknown_ok} / {len(unknown)}, "
                f"{_ms(unknown_max)} ms", goal=f"all, <= {within:g} s",
@@ -670,7 +674,7 @@ async def shutdown(env: BenchEnv, sizes: Sizes) -> list[Figure]:
         await load.stop()
         await asyncio.wait_for(sse.stop(), 10)
         answered = load.answered() + 1  # the long chat has its row too
-        rows, _, _ = await rig.audit_rows(answered, 2.0)
+        rows, extra, _, _ = await rig.audit_rows(answered, 2.0)
         conn = await env.db()
         try:
             chat_row = await conn.fetchval("SELECT status FROM copilot_actions_log WHERE correlation_id = $1", chat_cid)
@@ -687,8 +691,9 @@ async def shutdown(env: BenchEnv, sizes: Sizes) -> list[Figure]:
                ok=bool(sse.shutdowns)),
         Figure(scenario, "streamed chat got error shutting_down", "yes" if cut else "no", goal="yes", ok=cut),
         Figure(scenario, "chat's action row status", str(chat_row), goal="shutdown", ok=chat_row == "shutdown"),
-        Figure(scenario, "audit rows flushed / requests answered", f"{rows} / {answered}", goal="all",
+        Figure(scenario, "requests with an audit row / answered", f"{rows} / {answered}", goal="all",
                ok=rows == answered),
+        Figure(scenario, "audit rows written twice", extra, goal="0", ok=extra == 0),
     ]
 
 
