@@ -108,15 +108,21 @@ class Rig:
         self._cids = itertools.count()
 
     async def start(self, **extra: str) -> Rig:
-        self.pg, dsn = await proxy_postgres(self.env.database_url)
-        self.redis, redis_url = await proxy_redis(self.env.redis_url)
-        self.gateway = await self.env.start_gateway(
-            self.tag, TENTACULO_DATABASE_URL=dsn, TENTACULO_REDIS_URL=redis_url, TENTACULO_REDIS_PREFIX=self.prefix,
-            TENTACULO_PROVIDERS="mock", TENTACULO_PROVIDER_CHAIN="mock", TENTACULO_LOG_LEVEL="warning",
-            **{"TENTACULO_DRAIN_SECONDS": "0.2", **extra},  # no balancer to drain for, except in "shutdown"
-        )  # fmt: skip
-        if await self.wait_ready(60) is None:
-            raise RuntimeError(f"{self.name}: the gateway never became ready")
+        """Proxies, then the gateway through them, ready; on failure everything started is closed."""
+        try:
+            self.pg, dsn = await proxy_postgres(self.env.database_url)
+            self.redis, redis_url = await proxy_redis(self.env.redis_url)
+            self.gateway = await self.env.start_gateway(
+                self.tag, TENTACULO_DATABASE_URL=dsn, TENTACULO_REDIS_URL=redis_url,
+                TENTACULO_REDIS_PREFIX=self.prefix, TENTACULO_PROVIDERS="mock", TENTACULO_PROVIDER_CHAIN="mock",
+                TENTACULO_LOG_LEVEL="warning",
+                **{"TENTACULO_DRAIN_SECONDS": "0.2", **extra},  # no balancer to drain for, except in "shutdown"
+            )  # fmt: skip
+            if await self.wait_ready(60) is None:
+                raise RuntimeError(f"{self.name}: the gateway never became ready")
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     @property
