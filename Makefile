@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench migrate token lint up down logs smoke screenshots clean
+.PHONY: help run test bench chaos migrate token lint up down logs smoke screenshots clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: $(STAMP) ## run the test suite against real PostgreSQL and Redis (embedded
 
 bench: $(STAMP) ## measure the gateway against a bare aiohttp app and print ratios
 	$(BIN)/python -m bench
+
+chaos: $(STAMP) ## PostgreSQL and Redis faults under load, a stop with streams open: one table (SCENARIOS=... for some)
+	$(BIN)/python -m bench.chaos $(SCENARIOS)
 
 migrate: $(STAMP) ## apply pending database migrations
 	$(BIN)/tentaculo migrate

@@ -132,13 +132,14 @@ class BenchEnv:
     def spawn(self, args: list[str], *, port: int, env: dict[str, str] | None = None, name: str = "proc") -> Process:
         """Start ``args`` (a Python module invocation) with output to a log file."""
         log = self.workdir / f"{name}-{port}.log"
-        popen = subprocess.Popen(
-            [sys.executable, *args],
-            env={**os.environ, **(env or {})},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        with log.open("wb") as out:  # the child has its own descriptor: ours is closed at once
+            popen = subprocess.Popen(
+                [sys.executable, *args],
+                env={**os.environ, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         proc = Process(popen, port, log)
         self._processes.append(proc)
         return proc
