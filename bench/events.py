@@ -47,6 +47,8 @@ async def run(env: BenchEnv) -> list[Figure]:
         "bench-events", TENTACULO_EVENTS_MAX_CLIENTS=str(clients + 100), TENTACULO_LOG_LEVEL="warning",
         # Every client is one address with one token: lift the per-address and per-token caps.
         TENTACULO_MAX_CONNECTIONS_PER_CLIENT="0", TENTACULO_EVENTS_MAX_STREAMS_PER_TOKEN=str(clients + 100),
+        # The shutdown figure is the streams' close, not the drain a balancer needs (no balancer here).
+        TENTACULO_DRAIN_SECONDS="0",
     )
     await _warm_up(gateway.url, env.admin_token)
     base_kib = gateway.rss_kib()

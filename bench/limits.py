@@ -182,7 +182,7 @@ async def _in_process_cost() -> float:
     store = TokenStore(None, admin_token=None, cache_seconds=3600)  # type: ignore[arg-type]
     token = new_token()
     principal = Principal("bench", frozenset({"read"}), 1)
-    store._cache[hash_token(token)] = _Cached(time.monotonic() + 3600, principal)  # a lookup seen a moment ago
+    store._cache[hash_token(token)] = _Cached(time.monotonic() + 3600, time.monotonic(), principal)  # seen a moment ago
     app[keys.TOKENS] = store
     app[keys.AUTH_LIMITER] = AuthFailureLimiter(
         SharedGcra.__new__(SharedGcra), burst=20, rate=5, trusted=TrustedProxies(()))
