@@ -19,7 +19,7 @@ from tentaculo import __version__
 from tentaculo.auth import SCOPES, hash_token, new_token, ordered_scopes, parse_scopes
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
-from tentaculo.settings import Settings, SettingsError
+from tentaculo.settings import Settings, SettingsError, secret_values
 from tentaculo.views.tokens import (
     BOOTSTRAP_TOKEN_NAME,
     MAX_EXPIRES_IN,
@@ -86,8 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         settings.log_format,
         settings.log_level,
-        secrets=[settings.admin_token or "", settings.deepseek_api_key or "", settings.event_ticket_secret or "",
-                 *settings.service_tokens.values()],
+        secrets=secret_values(settings),
     )
     if args.command == "providers":
         return asyncio.run(list_providers(settings))

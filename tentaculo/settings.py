@@ -121,7 +121,8 @@ class Settings:
     provider_start_timeout: float = 10.0
     provider_retries: int = 1
     provider_retry_backoff: float = 0.25
-    provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Plugins' options may hold their secrets (an API key): never in a repr.
+    provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
     breaker_failures: int = 5
     breaker_reset_seconds: float = 30.0
     chat_max_chars: int = 200_000
@@ -258,6 +259,18 @@ class Settings:
 ENV_NAMES = {"deepseek_api_key": "DEEPSEEK_API_KEY", "deepseek_base_url": "DEEPSEEK_BASE_URL"}
 PLUGIN_PREFIX = "TENTACULO_PLUGIN_"
 MOCK_FAILURES = ("", "before", "midstream", "stall", "hang", "rate_limited", "auth", "bug")
+
+
+SECRET_OPTION_WORDS = ("key", "token", "secret", "password")
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret the settings hold, for the log scrubber: the gateway's own and plugins' secret-named options."""
+    own = [settings.admin_token, settings.deepseek_api_key, settings.event_ticket_secret,
+           *settings.service_tokens.values()]
+    plugins = [value for options in settings.provider_options.values() for name, value in options.items()
+               if any(word in name for word in SECRET_OPTION_WORDS)]
+    return [value for value in (*own, *plugins) if value]
 
 
 def _plugin_options(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

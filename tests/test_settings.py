@@ -51,3 +51,14 @@ def test_bad_value_names_the_variable(variable: str, value: str) -> None:
 def test_admin_token_is_not_in_repr() -> None:
     s = Settings.from_env({"TENTACULO_ADMIN_TOKEN": "a-very-secret-admin-token"})
     assert "a-very-secret-admin-token" not in repr(s)
+
+
+def test_a_plugins_secret_option_never_shows_in_a_repr_and_is_scrubbed_from_logs() -> None:
+    from tentaculo.settings import secret_values
+
+    env = {"TENTACULO_PLUGIN_ECHO__API_KEY": "sk-echo-secret-1234567", "TENTACULO_PLUGIN_ECHO__MODEL": "echo-1"}
+    settings = Settings.from_env(env)
+    assert settings.provider_options["echo"]["api_key"] == "sk-echo-secret-1234567"
+    assert "sk-echo-secret" not in repr(settings)
+    assert "sk-echo-secret-1234567" in secret_values(settings)
+    assert "echo-1" not in secret_values(settings)  # a model name is no secret
