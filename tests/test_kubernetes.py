@@ -12,6 +12,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from tentaculo import __version__
 from tentaculo.db.migrate import MIGRATION_TIMEOUT
 from tentaculo.server import shutdown_total
 from tentaculo.settings import (
@@ -104,8 +105,10 @@ def test_the_kustomization_lists_every_manifest_and_nothing_else() -> None:
     kinds = {doc["kind"] for _, doc in _documents()}
     assert kinds == {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
                      "HorizontalPodAutoscaler", "NetworkPolicy"}
-    image = _container()["image"].partition(":")[0]
-    assert [i["name"] for i in kustomization["images"]] == [image]
+    # The image is the release of this tree, never a moving tag like latest.
+    image, _, tag = _container()["image"].partition(":")
+    assert tag == __version__
+    assert kustomization["images"] == [{"name": image, "newTag": __version__}]
 
 
 def test_probes_use_the_gateways_paths_and_port() -> None:
