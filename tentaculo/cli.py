@@ -149,10 +149,14 @@ async def _migrate(settings: Settings) -> list[int]:
 
 
 async def _bootstrap_admin(settings: Settings) -> None:
-    """Apply migrations; with no token anywhere, create the first admin token and print it once."""
+    """Apply migrations (unless TENTACULO_MIGRATE_ON_START is off: ``tentaculo migrate`` does it then);
+    with no token anywhere, create the first admin token and print it once."""
+    if settings.admin_token and not settings.migrate_on_start:
+        return  # nothing to do here: the environment's token is the admin
     conn = await _connect(settings)
     try:
-        await migrate(conn)
+        if settings.migrate_on_start:
+            await migrate(conn)
         if settings.admin_token or await queries.count_active_tokens(conn):
             return
         token = new_token()

@@ -215,3 +215,26 @@ async def test_token_create_with_expires_in_and_a_budget(database_url: str) -> N
     for bad in ("30x", "0d", "-5m", "d"):
         refused = _cli("token", "create", f"{name}-bad", "--expires-in", bad, env=env)
         assert refused.returncode == 2 and "--expires-in" in refused.stderr, bad
+
+
+async def test_run_leaves_migrations_alone_when_told_to(pg_server_dsn: str, tmp_path: Path) -> None:
+    """With TENTACULO_MIGRATE_ON_START=false, migrations are `tentaculo migrate`'s job, not `run`'s."""
+    from tentaculo.cli import _bootstrap_admin
+    from tentaculo.settings import Settings
+    from tests.conftest import with_database
+
+    name = f"tentaculo_nomig_{os.getpid()}_{time.monotonic_ns() % 100000}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        dsn = with_database(pg_server_dsn, name)
+        await _bootstrap_admin(Settings(database_url=dsn, state_dir=tmp_path, migrate_on_start=False,
+                                        admin_token="an-admin-token-from-the-environment"))
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
