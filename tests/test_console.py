@@ -95,8 +95,10 @@ async def test_the_short_address_redirects_to_the_console(gateway: TestClient) -
 
 
 async def console_gateway(aiohttp_client: AppClient, settings: Settings, **changes: Any) -> TestClient:
-    """A gateway whose chat provider is the mock, as an operator's would be in tests."""
-    changes = {"providers": ("mock",), "provider_chain": ("mock",), **changes}
+    """A gateway whose chat provider is the mock, with an event history of its own (other tests' events
+    would fill the views), as an operator's would be in tests."""
+    changes = {"providers": ("mock",), "provider_chain": ("mock",),
+               "redis_prefix": f"{settings.redis_prefix}console-{uuid.uuid4().hex[:8]}:", **changes}
     return await serve(aiohttp_client, create_app(dataclasses.replace(settings, **changes)))
 
 
