@@ -57,8 +57,9 @@ MIGRATION_RETRY_MAX = 10.0
 
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``; performs no I/O."""
-    if not settings.database_url or not settings.redis_url:
-        raise ValueError("create_app needs database_url and redis_url (the CLI starts embedded servers otherwise)")
+    if not settings.database_url or not (settings.redis_url or settings.redis_sentinels):
+        raise ValueError("create_app needs database_url and redis_url or redis_sentinels "
+                         "(the CLI starts embedded servers otherwise)")
     app = web.Application(middlewares=middleware_chain(settings), client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
     app[keys.LIFECYCLE] = keys.Lifecycle(flush_budget=settings.shutdown_flush_seconds)

@@ -70,6 +70,9 @@ class Settings:
     redis_tls_cert_file: Path | None = None
     redis_tls_key_file: Path | None = None
     redis_tls_verify: bool = True
+    # Redis Sentinel: the gateway asks these sentinels (host:port) for the master named below.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str | None = None
     admin_token: str | None = field(default=None, repr=False)
     state_dir: Path = Path(".tentaculo")
     instance: str = field(default_factory=_default_instance)
@@ -240,6 +243,7 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("TENTACULO_REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
         _validate_redis_tls(self)
+        _validate_redis_sentinel(self)
 
     def _validate_events(self) -> None:
         if not 0 < self.events_ping_seconds <= 15:
@@ -454,6 +458,20 @@ def _validate_redis_tls(s: Settings) -> None:
             raise SettingsError(var, f"no such file: {path}")
     if s.redis_tls_key_file is not None and s.redis_tls_cert_file is None:
         raise SettingsError("TENTACULO_REDIS_TLS_KEY_FILE", "needs TENTACULO_REDIS_TLS_CERT_FILE (the client certificate)")
+
+
+def _validate_redis_sentinel(s: Settings) -> None:
+    var = "TENTACULO_REDIS_SENTINELS"
+    for item in s.redis_sentinels:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(var, f"{item!r}: expected host:port items separated by commas")
+    if s.redis_sentinels and not s.redis_sentinel_master:
+        raise SettingsError("TENTACULO_REDIS_SENTINEL_MASTER", "must name the master the sentinels monitor")
+    if s.redis_sentinel_master and not s.redis_sentinels:
+        raise SettingsError("TENTACULO_REDIS_SENTINEL_MASTER", "needs TENTACULO_REDIS_SENTINELS")
+    if s.redis_sentinels and s.redis_url and s.redis_url.startswith("unix://"):
+        raise SettingsError("TENTACULO_REDIS_URL", "must be redis:// or rediss:// with TENTACULO_REDIS_SENTINELS")
 
 
 def _validate_limits(s: Settings) -> None:

@@ -54,17 +54,18 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     return files
 
 
-def start_redis(directory: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A redis-server with no persistence, answering once it accepts connections."""
+def start_redis(directory: Path, *args: str, config: Path | None = None,
+                ready: str = "Ready to accept connections") -> subprocess.Popen[bytes]:
+    """A redis-server (``config`` first when given) with no persistence, returned once its log says ``ready``."""
     assert REDIS_SERVER is not None
     log = directory / f"redis-{uuid.uuid4().hex[:6]}.log"
     process = subprocess.Popen(
-        [REDIS_SERVER, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory),
-         "--logfile", str(log), *args],
+        [REDIS_SERVER, *([str(config)] if config else []), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory), "--logfile", str(log), *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while "Ready to accept connections" not in (log.read_text() if log.exists() else ""):
+    while ready not in (log.read_text() if log.exists() else ""):
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
             raise RuntimeError(f"redis-server did not start: {log.read_text() if log.exists() else ''}")

@@ -89,3 +89,21 @@ def test_redis_tls_files_need_a_rediss_url_and_a_key_needs_its_certificate(tmp_p
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"TENTACULO_REDIS_URL": "rediss://r:6380", "TENTACULO_REDIS_TLS_KEY_FILE": str(ca)})
     assert err.value.variable == "TENTACULO_REDIS_TLS_KEY_FILE"
+
+
+def test_redis_sentinels_and_master_go_together() -> None:
+    s = Settings.from_env({"TENTACULO_REDIS_SENTINELS": "10.0.0.1:26379, s2.example.com:26379,[::1]:26380",
+                           "TENTACULO_REDIS_SENTINEL_MASTER": "mymaster"})
+    assert s.redis_sentinels == ("10.0.0.1:26379", "s2.example.com:26379", "[::1]:26380")
+    assert s.redis_sentinel_master == "mymaster" and s.redis_url is None
+    for env, var in (
+        ({"TENTACULO_REDIS_SENTINELS": "10.0.0.1:26379"}, "TENTACULO_REDIS_SENTINEL_MASTER"),
+        ({"TENTACULO_REDIS_SENTINEL_MASTER": "mymaster"}, "TENTACULO_REDIS_SENTINEL_MASTER"),
+        ({"TENTACULO_REDIS_SENTINELS": "10.0.0.1", "TENTACULO_REDIS_SENTINEL_MASTER": "m"}, "TENTACULO_REDIS_SENTINELS"),
+        ({"TENTACULO_REDIS_SENTINELS": "h:99999", "TENTACULO_REDIS_SENTINEL_MASTER": "m"}, "TENTACULO_REDIS_SENTINELS"),
+        ({"TENTACULO_REDIS_SENTINELS": "h:1", "TENTACULO_REDIS_SENTINEL_MASTER": "m",
+          "TENTACULO_REDIS_URL": "unix:///run/redis.sock"}, "TENTACULO_REDIS_URL"),
+    ):
+        with pytest.raises(SettingsError) as err:
+            Settings.from_env(env)
+        assert err.value.variable == var, env
