@@ -18,7 +18,7 @@ from tentaculo.redisconn import SentinelRedis, redis_client
 from tentaculo.settings import Settings
 from tests.conftest import serve, wait_for
 from tests.test_events import open_stream
-from tests.test_redis_tls import REDIS_SERVER, free_port, start_redis, stop
+from tests.test_redis_tls import REDIS_SERVER, free_port, make_certificates, start_redis, stop
 
 MASTER = "tentaculo-test"
 
@@ -163,3 +163,31 @@ async def test_after_a_failover_the_gateway_writes_to_the_promoted_replica(aioht
         assert [key async for key in new_master.scan_iter(match=s.redis_prefix + "*")]
     finally:
         await new_master.aclose()
+
+
+async def test_sentinel_and_master_over_tls(aiohttp_client, settings: Settings, tmp_path: Path) -> None:
+    files = make_certificates(tmp_path)
+    tls = ["--tls-cert-file", str(files["server.crt"]), "--tls-key-file", str(files["server.key"]),
+           "--tls-ca-cert-file", str(files["ca.crt"]), "--tls-auth-clients", "no"]
+    master_port, sentinel_port = free_port(), free_port()
+    started = [start_redis(tmp_path, "--port", "0", "--tls-port", str(master_port), *tls)]
+    try:
+        config = tmp_path / "sentinel.conf"
+        config.write_text(f"port 0\ntls-port {sentinel_port}\nbind 127.0.0.1\ntls-replication yes\n"
+                          f"tls-cert-file {files['server.crt']}\ntls-key-file {files['server.key']}\n"
+                          f"tls-ca-cert-file {files['ca.crt']}\ntls-auth-clients no\n"
+                          f"sentinel resolve-hostnames no\nsentinel monitor {MASTER} 127.0.0.1 {master_port} 1\n")
+        started.append(start_redis(tmp_path, "--sentinel", config=config, ready="+monitor master"))
+        s = dataclasses.replace(sentinel_settings(settings, f"127.0.0.1:{sentinel_port}"), redis_url="rediss:///0",
+                                redis_tls_ca_file=files["ca.crt"])
+        gw = await serve(aiohttp_client, create_app(s))
+        body = await (await gw.get("/ready")).json()
+        assert body["checks"]["redis"]["status"] == "on", body
+        hub = gw.app[keys.EVENTS]
+        await wait_for(lambda: hub.status == "on")
+        sse = await open_stream(gw)
+        hub.publish("chat", {"n": 1}, correlation_id="sentinel-tls")
+        assert (await sse.event())["data"]["correlation_id"] == "sentinel-tls"
+    finally:
+        for process in reversed(started):
+            stop(process)
