@@ -7,6 +7,7 @@ import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -16,7 +17,7 @@ from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.redisconn import SentinelRedis, redis_client
 from tentaculo.settings import Settings
-from tests.conftest import serve, wait_for
+from tests.conftest import ADMIN_TOKEN, serve, wait_for
 from tests.test_events import open_stream
 from tests.test_redis_tls import REDIS_SERVER, free_port, make_certificates, start_redis, stop
 
@@ -67,6 +68,16 @@ async def test_gateway_through_sentinel_is_ready_and_delivers_events(aiohttp_cli
     hub.publish("chat", {"message_id": "m-sentinel", "provider": "mock"}, correlation_id="via-sentinel")
     event = await sse.event()
     assert event["event"] == "chat" and event["data"]["correlation_id"] == "via-sentinel"
+    # The status page shows the system's Redis as the gateway's, by the sentinel it is found through.
+    async def redis_module() -> dict[str, Any]:
+        resp = await gw.get("/operator/api/modules", headers={"X-VX11-Token": ADMIN_TOKEN})
+        assert resp.status == 200
+        return next(m for m in (await resp.json())["modules"] if m["name"] == "redis")
+
+    await wait_for(lambda: gw.app[keys.DEPENDENCIES].redis_check().status == "on")
+    module = await redis_module()
+    assert (module["status"], module["address_source"]) == ("on", "gateway"), module
+    assert module["address"] == f"redis+sentinel://{address}/{MASTER}"
     # The events went to the master the sentinel named, not to any other Redis.
     direct = Redis(host="127.0.0.1", port=master_port)
     try:
