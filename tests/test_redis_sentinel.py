@@ -128,8 +128,9 @@ def replicated(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
             stop(process)
 
 
-async def test_after_a_failover_the_gateway_writes_to_the_promoted_replica(aiohttp_client, settings: Settings,
-                                                                            replicated) -> None:
+async def test_after_a_failover_the_gateway_writes_to_the_promoted_replica(replicated, aiohttp_client,
+                                                                            settings: Settings) -> None:
+    # ``replicated`` first: its servers stop after the gateway has, which then shuts down promptly.
     address, _master_port, replica_port = replicated
     s = sentinel_settings(settings, address)
     gw = await serve(aiohttp_client, create_app(s))
@@ -160,9 +161,19 @@ async def test_after_a_failover_the_gateway_writes_to_the_promoted_replica(aioht
     finally:
         await watcher.aclose()
 
+    # The old master, made a replica, drops its clients: the stream open before ends with an error
+    # (the client resumes from there), and the reader reconnects to the promoted node.
+    records = []
+    try:
+        while True:
+            records.append(await sse.record(timeout=20))
+    except EOFError:
+        pass
+    assert records and records[-1].get("event") == "error", records
+
     async def ready() -> bool:
         body = await (await gw.get("/ready")).json()
-        return body["checks"]["redis"]["status"] == "on" and hub.status == "on"
+        return body["checks"]["redis"]["status"] == "on" and hub.status == "on" and hub.reconnects >= 1
 
     await wait_for(ready, timeout=20, interval=0.1)
     sse = await open_stream(gw)
