@@ -11,7 +11,6 @@ import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 
 from tentaculo import __version__, console, keys
 from tentaculo.audit import AuditWriter
@@ -37,6 +36,7 @@ from tentaculo.metrics import RequestMetrics
 from tentaculo.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
 from tentaculo.providers import ProviderRegistry
 from tentaculo.proxy import ModuleProxy, TrustedProxies
+from tentaculo.redisconn import redis_client
 from tentaculo.rollup import MetricsRollup
 from tentaculo.sandbox import Sandbox
 from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
@@ -57,8 +57,9 @@ MIGRATION_RETRY_MAX = 10.0
 
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``; performs no I/O."""
-    if not settings.database_url or not settings.redis_url:
-        raise ValueError("create_app needs database_url and redis_url (the CLI starts embedded servers otherwise)")
+    if not settings.database_url or not (settings.redis_url or settings.redis_sentinels):
+        raise ValueError("create_app needs database_url and redis_url or redis_sentinels "
+                         "(the CLI starts embedded servers otherwise)")
     app = web.Application(middlewares=middleware_chain(settings), client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
     app[keys.LIFECYCLE] = keys.Lifecycle(flush_budget=settings.shutdown_flush_seconds)
@@ -174,8 +175,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Redis client; it connects lazily and reconnects by itself."""
-    client = Redis.from_url(
-        app[keys.SETTINGS].redis_url or "",
+    client = redis_client(
+        app[keys.SETTINGS],
         socket_timeout=2,
         socket_connect_timeout=2,
         health_check_interval=15,

@@ -128,7 +128,7 @@ def _databases(settings: Settings, *, need_redis: bool) -> Iterator[Settings]:
                 print(f"{verb} embedded PostgreSQL in {pg.directory}", file=sys.stderr)
                 database_url = pg.start()
                 stack.callback(pg.stop)
-        if need_redis and not redis_url:
+        if need_redis and not redis_url and not settings.redis_sentinels:
             redis = EmbeddedRedis(settings.state_dir / "redis")
             redis_url = redis.start()
             print(f"started embedded Redis at {redis.url}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from typing import Any
 
 import aiohttp
@@ -129,6 +130,11 @@ def failure_reason(exc: BaseException) -> str:
     """
     name = type(exc).__name__
     os_error = _os_error_in(exc)
+    if isinstance(os_error, ssl.SSLCertVerificationError):
+        # Its message may name the host the certificate was not valid for: told by kind only.
+        return f"{name}: TLS handshake failed: the server's certificate is not trusted"
+    if isinstance(os_error, ssl.SSLError):
+        return f"{name}: TLS handshake failed"
     if isinstance(os_error, TimeoutError):
         return f"{name}: timed out"
     if os_error is not None:

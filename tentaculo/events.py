@@ -43,6 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tentaculo.auth import TokenStoreUnavailable
 from tentaculo.errors import failure_reason
+from tentaculo.redisconn import redis_client
 from tentaculo.settings import Settings
 from tentaculo.tasks import stop_task
 
@@ -401,8 +402,8 @@ class EventHub:
     @classmethod
     def from_settings(cls, settings: Settings) -> EventHub:
         """A hub with its own Redis connections, which fail fast so the hub itself decides when to retry."""
-        redis = Redis.from_url(
-            settings.redis_url or "",
+        redis = redis_client(
+            settings,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=5,
             socket_connect_timeout=2,

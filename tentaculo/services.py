@@ -322,6 +322,10 @@ class ServiceRegistry:
             address, source = row["base_url"], "database"
         elif name == GATEWAY:
             address, source = f"http://{self.settings.host}:{self.settings.port}", "instance"
+        elif name == SYSTEM_REDIS and self.settings.redis_sentinels:
+            # Shown (the first sentinel), never dialled: the gateway's own check stands for it.
+            first = self.settings.redis_sentinels[0]
+            address, source = f"redis+sentinel://{first}/{self.settings.redis_sentinel_master}", "gateway"
         elif name == SYSTEM_REDIS and self.settings.redis_url:
             address, source = self.settings.redis_url, "gateway"
         else:

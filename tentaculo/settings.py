@@ -65,6 +65,14 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "tentaculo:"
+    # TLS to Redis (a rediss:// URL): see docs/operations.md. Files are checked to exist at start.
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    redis_tls_verify: bool = True
+    # Redis Sentinel: the gateway asks these sentinels (host:port) for the master named below.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str | None = None
     admin_token: str | None = field(default=None, repr=False)
     state_dir: Path = Path(".tentaculo")
     instance: str = field(default_factory=_default_instance)
@@ -234,6 +242,8 @@ class Settings:
             raise SettingsError("TENTACULO_DATABASE_URL", "must be a postgresql:// URL")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("TENTACULO_REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
+        _validate_redis_tls(self)
+        _validate_redis_sentinel(self)
 
     def _validate_events(self) -> None:
         if not 0 < self.events_ping_seconds <= 15:
@@ -436,6 +446,34 @@ def public_origin(url: str) -> tuple[str, str]:
     return parts.scheme, host if port is None else f"{host}:{port}"
 
 
+def _validate_redis_tls(s: Settings) -> None:
+    files = (("TENTACULO_REDIS_TLS_CA_FILE", s.redis_tls_ca_file), ("TENTACULO_REDIS_TLS_CERT_FILE", s.redis_tls_cert_file),
+             ("TENTACULO_REDIS_TLS_KEY_FILE", s.redis_tls_key_file))
+    for var, path in files:
+        if path is None:
+            continue
+        if not (s.redis_url or "").startswith("rediss://"):
+            raise SettingsError(var, "applies to a rediss:// TENTACULO_REDIS_URL only")
+        if not path.is_file():
+            raise SettingsError(var, f"no such file: {path}")
+    if s.redis_tls_key_file is not None and s.redis_tls_cert_file is None:
+        raise SettingsError("TENTACULO_REDIS_TLS_KEY_FILE", "needs TENTACULO_REDIS_TLS_CERT_FILE (the client certificate)")
+
+
+def _validate_redis_sentinel(s: Settings) -> None:
+    var = "TENTACULO_REDIS_SENTINELS"
+    for item in s.redis_sentinels:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(var, f"{item!r}: expected host:port items separated by commas")
+    if s.redis_sentinels and not s.redis_sentinel_master:
+        raise SettingsError("TENTACULO_REDIS_SENTINEL_MASTER", "must name the master the sentinels monitor")
+    if s.redis_sentinel_master and not s.redis_sentinels:
+        raise SettingsError("TENTACULO_REDIS_SENTINEL_MASTER", "needs TENTACULO_REDIS_SENTINELS")
+    if s.redis_sentinels and s.redis_url and s.redis_url.startswith("unix://"):
+        raise SettingsError("TENTACULO_REDIS_URL", "must be redis:// or rediss:// with TENTACULO_REDIS_SENTINELS")
+
+
 def _validate_limits(s: Settings) -> None:
     if s.auth_failure_burst < 1:
         raise SettingsError("TENTACULO_AUTH_FAILURE_BURST", "must be at least 1")
@@ -535,7 +573,7 @@ def _parse(var: str, annotation: object, raw: str) -> object:
         if raw.lower() in _FALSE:
             return False
         raise SettingsError(var, f"expected true or false, got {raw!r}")
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         return Path(raw)
     if kind == "Mapping[str, Path]":
         return _fs_roots(var, raw)

@@ -62,3 +62,48 @@ def test_a_plugins_secret_option_never_shows_in_a_repr_and_is_scrubbed_from_logs
     assert "sk-echo-secret" not in repr(settings)
     assert "sk-echo-secret-1234567" in secret_values(settings)
     assert "echo-1" not in secret_values(settings)  # a model name is no secret
+
+
+def test_redis_tls_files_are_paths_checked_to_exist(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.crt", "client.crt", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("-----")
+    env = {"TENTACULO_REDIS_URL": "rediss://redis.example.com:6380/0", "TENTACULO_REDIS_TLS_CA_FILE": str(ca),
+           "TENTACULO_REDIS_TLS_CERT_FILE": str(cert), "TENTACULO_REDIS_TLS_KEY_FILE": str(key)}
+    s = Settings.from_env(env)
+    assert (s.redis_tls_ca_file, s.redis_tls_cert_file, s.redis_tls_key_file) == (ca, cert, key)
+    assert s.redis_tls_verify is True
+    assert Settings.from_env({**env, "TENTACULO_REDIS_TLS_VERIFY": "false"}).redis_tls_verify is False
+    for var in ("TENTACULO_REDIS_TLS_CA_FILE", "TENTACULO_REDIS_TLS_CERT_FILE", "TENTACULO_REDIS_TLS_KEY_FILE"):
+        with pytest.raises(SettingsError) as err:
+            Settings.from_env({**env, var: str(tmp_path / "missing.pem")})
+        assert err.value.variable == var and "no such file" in str(err.value)
+
+
+def test_redis_tls_files_need_a_rediss_url_and_a_key_needs_its_certificate(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----")
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"TENTACULO_REDIS_URL": "redis://127.0.0.1:6379/0", "TENTACULO_REDIS_TLS_CA_FILE": str(ca)})
+    assert err.value.variable == "TENTACULO_REDIS_TLS_CA_FILE"
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"TENTACULO_REDIS_URL": "rediss://r:6380", "TENTACULO_REDIS_TLS_KEY_FILE": str(ca)})
+    assert err.value.variable == "TENTACULO_REDIS_TLS_KEY_FILE"
+
+
+def test_redis_sentinels_and_master_go_together() -> None:
+    s = Settings.from_env({"TENTACULO_REDIS_SENTINELS": "10.0.0.1:26379, s2.example.com:26379,[::1]:26380",
+                           "TENTACULO_REDIS_SENTINEL_MASTER": "mymaster"})
+    assert s.redis_sentinels == ("10.0.0.1:26379", "s2.example.com:26379", "[::1]:26380")
+    assert s.redis_sentinel_master == "mymaster" and s.redis_url is None
+    for env, var in (
+        ({"TENTACULO_REDIS_SENTINELS": "10.0.0.1:26379"}, "TENTACULO_REDIS_SENTINEL_MASTER"),
+        ({"TENTACULO_REDIS_SENTINEL_MASTER": "mymaster"}, "TENTACULO_REDIS_SENTINEL_MASTER"),
+        ({"TENTACULO_REDIS_SENTINELS": "10.0.0.1", "TENTACULO_REDIS_SENTINEL_MASTER": "m"}, "TENTACULO_REDIS_SENTINELS"),
+        ({"TENTACULO_REDIS_SENTINELS": "h:99999", "TENTACULO_REDIS_SENTINEL_MASTER": "m"}, "TENTACULO_REDIS_SENTINELS"),
+        ({"TENTACULO_REDIS_SENTINELS": "h:1", "TENTACULO_REDIS_SENTINEL_MASTER": "m",
+          "TENTACULO_REDIS_URL": "unix:///run/redis.sock"}, "TENTACULO_REDIS_URL"),
+    ):
+        with pytest.raises(SettingsError) as err:
+            Settings.from_env(env)
+        assert err.value.variable == var, env
