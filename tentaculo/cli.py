@@ -201,7 +201,7 @@ def _run(settings: Settings) -> int:
 
         if applied:
             structlog.get_logger("tentaculo.workers").info("migrations_applied", versions=applied)
-        return supervise(settings, print_line=lambda msg: print(msg, file=sys.stderr))
+        return supervise(settings, print_line=_line_to_stderr)
     serve(create_app(settings), settings, loop=_new_loop(), print_line=lambda msg: print(msg, file=sys.stderr))
     return 0
 
@@ -218,11 +218,17 @@ def _run_worker(settings: Settings, number: int) -> int:
     prefix = f"worker {number} (pid {os.getpid()}): "
     try:
         serve(create_app(settings), settings, loop=_new_loop(), reuse_port=True,
-              print_line=lambda msg: print(prefix + msg, file=sys.stderr))
+              print_line=lambda msg: _line_to_stderr(prefix + msg))
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"{prefix}cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _line_to_stderr(f"{prefix}cannot start: {type(exc).__name__}: {exc}")
         return 1
     return 0
+
+
+def _line_to_stderr(line: str) -> None:
+    """One write per line: the supervisor and its workers share a stderr (print() writes the newline apart)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
