@@ -229,6 +229,10 @@ class Supervisor:
 
 def supervise(settings: Settings, *, print_line: Callable[[str], None]) -> int:
     """Serve ``settings`` from ``settings.workers`` processes until SIGTERM or SIGINT; the exit status."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        print_line("tentaculo: TENTACULO_WORKERS above 1 needs SO_REUSEPORT, which this system lacks; "
+                   "run more instances instead")
+        return 2
     try:
         check_address(settings.host, settings.port)
     except OSError as exc:
