@@ -62,3 +62,15 @@ def test_a_plugins_secret_option_never_shows_in_a_repr_and_is_scrubbed_from_logs
     assert "sk-echo-secret" not in repr(settings)
     assert "sk-echo-secret-1234567" in secret_values(settings)
     assert "echo-1" not in secret_values(settings)  # a model name is no secret
+
+
+def test_workers_is_a_number_or_auto() -> None:
+    from tentaculo.settings import available_cores
+
+    assert Settings.from_env({}).workers == 1
+    assert Settings.from_env({"TENTACULO_WORKERS": "4"}).workers == 4
+    assert Settings.from_env({"TENTACULO_WORKERS": "AUTO"}).workers == available_cores() >= 1
+    for bad in ("0", "-2", "two", "1.5", "257"):
+        with pytest.raises(SettingsError) as exc:
+            Settings.from_env({"TENTACULO_WORKERS": bad})
+        assert exc.value.variable == "TENTACULO_WORKERS", bad

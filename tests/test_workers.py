@@ -24,9 +24,8 @@ from tentaculo.db.migrate import load_migrations
 from tentaculo.embedded import free_port
 from tentaculo.server import shutdown_total
 from tentaculo.settings import Settings
+from tentaculo.workers import Worker, check_address, worker_environment
 from tests.conftest import ADMIN_TOKEN, with_database
-
-pytestmark = pytest.mark.slow
 
 DRAIN, TIMEOUT, FLUSH = 0.5, 1.0, 1.0
 STOP_BOUND = shutdown_total(Settings(drain_seconds=DRAIN, shutdown_timeout=TIMEOUT, shutdown_flush_seconds=FLUSH))
@@ -158,6 +157,7 @@ def gateway(database_url: str, redis_url: str, redis_prefix: str,
         gw.stop()
 
 
+@pytest.mark.slow
 async def test_both_workers_answer_on_one_port(gateway: Gateway) -> None:
     instances = await _both_workers(gateway)
     # Each worker has its own name (its host:pid) and is a child of the supervisor.
@@ -167,6 +167,7 @@ async def test_both_workers_answer_on_one_port(gateway: Gateway) -> None:
     assert {r["pid"] for r in started} >= {_pid(i) for i in instances}
 
 
+@pytest.mark.slow
 async def test_a_chat_event_reaches_each_stream_once(gateway: Gateway) -> None:
     """Two event streams, one on each worker; a chat on each worker: every stream gets each chat once."""
     first, second = sorted(await _both_workers(gateway))
@@ -210,6 +211,7 @@ async def test_a_chat_event_reaches_each_stream_once(gateway: Gateway) -> None:
             assert mine[0]["source"] == instance
 
 
+@pytest.mark.slow
 async def test_a_flag_turned_off_on_one_worker_is_obeyed_by_the_other(gateway: Gateway) -> None:
     first, second = sorted(await _both_workers(gateway))
     url = f"{gateway.base}/operator/api/fs/list"
@@ -239,6 +241,7 @@ async def test_a_flag_turned_off_on_one_worker_is_obeyed_by_the_other(gateway: G
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(gateway: Gateway) -> None:
     before = await _both_workers(gateway)
     victim = sorted(before)[0]
@@ -262,6 +265,7 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(gateway
     assert exited["status"] == "signal SIGKILL" and exited["restart_in_s"] == 0.0
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_every_worker_within_the_bound(gateway: Gateway) -> None:
     pids = {_pid(i) for i in await _both_workers(gateway)}
     signalled = time.monotonic()
@@ -280,6 +284,7 @@ async def test_sigterm_stops_every_worker_within_the_bound(gateway: Gateway) -> 
     assert ADMIN_TOKEN not in output
 
 
+@pytest.mark.slow
 async def test_first_run_migrates_once_and_makes_one_admin_token(
     pg_server_dsn: str, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
@@ -322,3 +327,36 @@ async def test_first_run_migrates_once_and_makes_one_admin_token(
         gw.stop(signal.SIGKILL)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def test_a_worker_that_keeps_dying_waits_longer_each_time() -> None:
+    worker = Worker(1)
+    # Dying after a stable run: at once; dying fast again and again: doubling, capped.
+    assert worker.backoff(3600.0) == 0.0
+    assert [worker.backoff(0.2) for _ in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert worker.backoff(60.0) == 0.0
+    assert worker.backoff(1.0) == 0.5
+
+
+def test_workers_are_given_what_the_supervisor_resolved() -> None:
+    settings = Settings(host="10.0.0.7", port=8123, database_url="postgresql://db/x", redis_url="redis://r",
+                        log_format="json", instance="gw", workers=2)
+    env = worker_environment(settings, 2, {"TENTACULO_INSTANCE": "gw", "TENTACULO_ADMIN_TOKEN": "kept", "PATH": "/bin"})
+    assert env["TENTACULO_INSTANCE"] == "gw-w2" and env["TENTACULO_ADMIN_TOKEN"] == "kept" and env["PATH"] == "/bin"
+    assert (env["TENTACULO_HOST"], env["TENTACULO_PORT"]) == ("10.0.0.7", "8123")
+    assert (env["TENTACULO_DATABASE_URL"], env["TENTACULO_REDIS_URL"]) == ("postgresql://db/x", "redis://r")
+    assert env["TENTACULO_MIGRATE_ON_START"] == "false" and env["TENTACULO_LOG_FORMAT"] == "json"
+    # No name given: each worker keeps its own host:pid.
+    assert "TENTACULO_INSTANCE" not in worker_environment(settings, 1, {"TENTACULO_INSTANCE": " "})
+
+
+def test_a_port_held_without_sharing_is_refused() -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(OSError):
+            check_address("127.0.0.1", port)
+    check_address("127.0.0.1", port)
