@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 import structlog
@@ -131,7 +131,7 @@ class Worker:
     started: float = 0.0
     failures: int = 0
     restart_at: float = 0.0
-    restarts: int = field(default=0)
+    restarts: int = 0
 
     def backoff(self, ran_for: float) -> float:
         """Seconds to wait before the next start: none after a stable run, doubling while it keeps dying."""
