@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve in the foreground (embedded PostgreSQL and Redis when none is configured)")
     run.add_argument("--host", help="address to listen on (default: TENTACULO_HOST, else 127.0.0.1)")
     run.add_argument("--port", type=_port, help="port to listen on (default: TENTACULO_PORT, else 8000)")
+    # One of the supervisor's workers (TENTACULO_WORKERS > 1): started by it, never by hand.
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     sub.add_parser("providers", help="list the installed provider plugins and their status (starts each one)")
     smoke = sub.add_parser("smoke", help="call every endpoint of a running gateway; non-zero exit on any failure")
@@ -90,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "providers":
         return asyncio.run(list_providers(settings))
+    if args.command == "run" and args.worker is not None:
+        return _run_worker(settings, args.worker)
     try:
         with _databases(settings, need_redis=args.command == "run") as settings:
             if args.command == "run":
@@ -148,17 +152,18 @@ async def _migrate(settings: Settings) -> list[int]:
         await conn.close()
 
 
-async def _bootstrap_admin(settings: Settings) -> None:
+async def _bootstrap_admin(settings: Settings) -> list[int]:
     """Apply migrations (unless TENTACULO_MIGRATE_ON_START is off: ``tentaculo migrate`` does it then);
-    with no token anywhere, create the first admin token and print it once."""
+    with no token anywhere, create the first admin token and print it once. Returns the versions applied."""
     if settings.admin_token and not settings.migrate_on_start:
-        return  # nothing to do here: the environment's token is the admin
+        return []  # nothing to do here: the environment's token is the admin
+    applied: list[int] = []
     conn = await _connect(settings)
     try:
         if settings.migrate_on_start:
-            await migrate(conn)
+            applied = await migrate(conn)
         if settings.admin_token or await queries.count_active_tokens(conn):
-            return
+            return applied
         token = new_token()
         # The one token allowed the reserved name: it is the bootstrap token.
         await queries.insert_token(conn, BOOTSTRAP_TOKEN_NAME, hash_token(token), list(SCOPES), "bootstrap")
@@ -180,15 +185,50 @@ async def _bootstrap_admin(settings: Settings) -> None:
         f"http://{settings.host}:{settings.port}/operator/api/chat\n",
         flush=True,
     )
+    return applied
 
 
 def _run(settings: Settings) -> int:
     from tentaculo.app import create_app
     from tentaculo.server import serve
 
-    asyncio.run(_bootstrap_admin(settings))
+    applied = asyncio.run(_bootstrap_admin(settings))
+    if settings.workers > 1:
+        # Done once above for every worker: embedded servers, migrations, the first admin token.
+        import structlog
+
+        from tentaculo.workers import supervise
+
+        if applied:
+            structlog.get_logger("tentaculo.workers").info("migrations_applied", versions=applied)
+        return supervise(settings, print_line=_line_to_stderr)
     serve(create_app(settings), settings, loop=_new_loop(), print_line=lambda msg: print(msg, file=sys.stderr))
     return 0
+
+
+def _run_worker(settings: Settings, number: int) -> int:
+    """One worker of ``tentaculo.workers``' supervisor: serve on the shared port, nothing else."""
+    from tentaculo.app import create_app
+    from tentaculo.server import serve
+
+    if not settings.database_url or not settings.redis_url:
+        print("tentaculo: --worker is for the processes TENTACULO_WORKERS starts; they are given "
+              "TENTACULO_DATABASE_URL and TENTACULO_REDIS_URL", file=sys.stderr)
+        return 2
+    prefix = f"worker {number} (pid {os.getpid()}): "
+    try:
+        serve(create_app(settings), settings, loop=_new_loop(), reuse_port=True,
+              print_line=lambda msg: _line_to_stderr(prefix + msg))
+    except (OSError, asyncpg.PostgresError) as exc:
+        _line_to_stderr(f"{prefix}cannot start: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+def _line_to_stderr(line: str) -> None:
+    """One write per line: the supervisor and its workers share a stderr (print() writes the newline apart)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -75,7 +75,8 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     structlog.configure(
         processors=[*pre, structlog.processors.StackInfoRenderer(), *pre_render, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (print() makes two): workers sharing a stderr never interleave mid-line.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -218,7 +218,7 @@ def shutdown_total(settings: Settings) -> float:
 
 
 def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEventLoop,
-          print_line: Callable[[str], None]) -> None:
+          print_line: Callable[[str], None], reuse_port: bool = False) -> None:
     """Serve ``app`` on ``loop`` until SIGINT or SIGTERM, then stop in bounded steps and close the loop.
 
     The stop: drain (``/ready`` answers 503 while the listener still serves, for
@@ -226,13 +226,16 @@ def serve(app: web.Application, settings: Settings, *, loop: asyncio.AbstractEve
     get a final ``shutdown`` event telling them to reconnect, in-flight requests get
     ``shutdown_timeout`` seconds (streamed chats still running a second before it end with an
     ``error`` event ``shutting_down``); then the buffers flush within ``shutdown_flush_seconds``.
+
+    ``reuse_port``: listen with SO_REUSEPORT, beside the other workers of one supervisor
+    (``tentaculo.workers``); the kernel spreads new connections over them.
     """
     asyncio.set_event_loop(loop)
     runner = GatewayRunner(app, settings, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
 
     async def start() -> None:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
         print_line(f"tentaculo serving on http://{settings.host}:{settings.port} "
                    f"(console: http://{settings.host}:{settings.port}/operator/; Ctrl-C to stop)")

@@ -22,6 +22,16 @@ class SettingsError(ValueError):
         self.variable = variable
 
 
+MAX_WORKERS = 256
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _default_instance() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -76,6 +86,8 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     state_dir: Path = Path(".tentaculo")
     instance: str = field(default_factory=_default_instance)
+    # Worker processes serving the port (see tentaculo/workers.py); "auto" in the environment: one per core.
+    workers: int = 1
     log_format: str = "auto"
     log_level: str = "info"
     access_log: str = "auto"
@@ -217,6 +229,8 @@ class Settings:
             raise SettingsError("TENTACULO_BODY_MIN_RATE", "must be at least 1 byte per second")
         if self.max_connections_per_client < 0:
             raise SettingsError("TENTACULO_MAX_CONNECTIONS_PER_CLIENT", "must not be negative (0: no limit)")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise SettingsError("TENTACULO_WORKERS", f"must be 1..{MAX_WORKERS} or auto, got {self.workers}")
         if self.max_body_bytes < 1024:
             raise SettingsError("TENTACULO_MAX_BODY_BYTES", "must be at least 1024")
         for name in ("audit_buffer", "audit_batch", "db_pool_max"):
@@ -559,6 +573,11 @@ def _validate_cors(s: Settings) -> None:
 def _parse(var: str, annotation: object, raw: str) -> object:
     if var == "TENTACULO_CORS_ORIGINS":
         return _cors_origins(var, raw)
+    if var == "TENTACULO_WORKERS":
+        if raw.lower() == "auto":
+            return available_cores()
+        if not raw.isdigit():
+            raise SettingsError(var, f"expected a number of processes or auto, got {raw!r}")
     kind = str(annotation)
     try:
         if kind == "int":

@@ -107,3 +107,15 @@ def test_redis_sentinels_and_master_go_together() -> None:
         with pytest.raises(SettingsError) as err:
             Settings.from_env(env)
         assert err.value.variable == var, env
+
+
+def test_workers_is_a_number_or_auto() -> None:
+    from tentaculo.settings import available_cores
+
+    assert Settings.from_env({}).workers == 1
+    assert Settings.from_env({"TENTACULO_WORKERS": "4"}).workers == 4
+    assert Settings.from_env({"TENTACULO_WORKERS": "AUTO"}).workers == available_cores() >= 1
+    for bad in ("0", "-2", "two", "1.5", "257"):
+        with pytest.raises(SettingsError) as exc:
+            Settings.from_env({"TENTACULO_WORKERS": bad})
+        assert exc.value.variable == "TENTACULO_WORKERS", bad
