@@ -26,7 +26,6 @@ SECONDS = 3.0
 CONCURRENCY = 32
 TTFD_SAMPLES = 300
 TTFD_WARMUP = 20
-GOAL_RATIO = 0.25
 GOAL_ADDED_MS = 2.0
 CHAT_BODY = json.dumps({"message": "How long is the Nile?", "provider": "mock"})
 STREAM_BODY = {"messages": [{"role": "user", "content": "How long is the Nile?"}], "model": "bench"}
@@ -75,7 +74,7 @@ async def run(env: BenchEnv) -> list[Figure]:
     added = through_p50 - direct_p50
     return [
         Figure(NAME, "mock chat (non-streaming) req/s at 32 clients (median)", round(gw_rps), "req/s"),
-        Figure(NAME, "mock chat / bare GET request rate", round(ratio, 3), "", f">= {GOAL_RATIO}", ratio >= GOAL_RATIO),
+        Figure(NAME, "mock chat / bare GET request rate", round(ratio, 3)),  # the 0.25 goal is retired
         Figure(NAME, "mock chat p50 / p99 latency", f"{_median(gw_runs, 'p50_ms')} / {_median(gw_runs, 'p99_ms')}", "ms"),
         Figure(NAME, "non-200 chat answers", non_200, "", "0", non_200 == 0),
         Figure(NAME, "provider's own time to first delta p50", round(direct_p50, 3), "ms"),

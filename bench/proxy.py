@@ -86,7 +86,7 @@ async def run(env: BenchEnv) -> list[Figure]:
     return [
         Figure(NAME, "module 1 KB GET req/s straight (median)", round(direct_rps), "req/s"),
         Figure(NAME, "module 1 KB GET req/s through the proxy (median)", round(proxy_rps), "req/s"),
-        Figure(NAME, "proxy / straight request rate", round(ratio, 3), "", f">= {GOAL}", ratio >= GOAL),
+        Figure(NAME, "proxy / straight request rate", round(ratio, 3)),  # the 0.45 goal is retired
         Figure(NAME, "added latency p50, one call at a time", round(added_p50, 3), "ms", "<= 1", added_p50 <= 1.0),
         Figure(NAME, "added latency p99, one call at a time", round(added_p99, 3), "ms"),
         Figure(NAME, "p50 / p99 at 32 concurrent: straight",
