@@ -16,7 +16,7 @@ import resource
 import sys
 import traceback
 
-from bench.env import BenchEnv, Figure
+from bench.env import BenchEnv, Figure, table
 
 # limits last: its flood of wrong tokens blocks the loopback address for a few seconds.
 SCENARIOS = ["gateway", "chat", "events", "status", "proxy", "limits"]
@@ -25,17 +25,6 @@ SCENARIOS = ["gateway", "chat", "events", "status", "proxy", "limits"]
 def _available(names: list[str]) -> list[str]:
     here = os.path.dirname(__file__)
     return [n for n in names if os.path.exists(os.path.join(here, f"{n}.py"))]
-
-
-def _table(figures: list[Figure]) -> str:
-    rows = [("scenario", "figure", "value", "goal", "")]
-    for f in figures:
-        verdict = "" if f.ok is None else ("ok" if f.ok else "MISSED")
-        rows.append((f.scenario, f.name, f"{f.value} {f.unit}".strip(), f.goal, verdict))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 async def main(selected: list[str]) -> int:
@@ -59,7 +48,7 @@ async def main(selected: list[str]) -> int:
         await env.close()
     print()
     print(f"tentaculo bench on {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}")
-    print(_table(figures))
+    print(table(figures))
     return 1 if failed else 0
 
 

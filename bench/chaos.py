@@ -44,6 +44,7 @@ from typing import Any
 import aiohttp
 
 from bench.env import BenchEnv, Figure, Process
+from bench.env import table as figures_table
 from tentaculo.server import shutdown_total
 from tentaculo.settings import Settings
 from tests.faults import CuttableProxy, proxy_postgres, proxy_redis
@@ -727,14 +728,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def table(figures: list[Figure]) -> str:
-    rows = [("scenario", "figure", "value", "promise", "")]
-    for f in figures:
-        verdict = "" if f.ok is None else ("ok" if f.ok else "BROKEN")
-        rows.append((f.scenario, f.name, f"{f.value} {f.unit}".strip(), f.goal, verdict))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """The chaos table: each figure with the promise it is held to, ok or BROKEN."""
+    return figures_table(figures, goal="promise", failed="BROKEN")
 
 
 async def run(selected: list[str], sizes: Sizes) -> tuple[list[Figure], bool]:

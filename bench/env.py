@@ -40,6 +40,18 @@ class Figure:
     ok: bool | None = None
 
 
+def table(figures: list[Figure], *, goal: str = "goal", failed: str = "MISSED") -> str:
+    """The figures as one aligned text table; a figure held to a goal says ok or ``failed``."""
+    rows = [("scenario", "figure", "value", goal, "")]
+    for f in figures:
+        verdict = "" if f.ok is None else ("ok" if f.ok else failed)
+        rows.append((f.scenario, f.name, f"{f.value} {f.unit}".strip(), f.goal, verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 @dataclass
 class Process:
     """A child process serving HTTP on ``port``."""
