@@ -14,9 +14,8 @@ import os
 import platform
 import resource
 import sys
-import traceback
 
-from bench.env import BenchEnv, Figure, table
+from bench.env import BenchEnv, Figure, each_scenario, table
 
 # limits last: its flood of wrong tokens blocks the loopback address for a few seconds.
 SCENARIOS = ["gateway", "chat", "events", "status", "proxy", "limits"]
@@ -31,19 +30,14 @@ async def main(selected: list[str]) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     env = BenchEnv()
-    figures: list[Figure] = []
-    failed = False
     try:
         await env.setup()
-        for name in selected:
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            module = importlib.import_module(f"bench.{name}")
-            try:
-                figures += await module.run(env)
-            except Exception:  # one scenario failing must not hide the others' figures
-                traceback.print_exc()
-                figures.append(Figure(name, "scenario failed (see above)", "-", ok=False))
-                failed = True
+
+        async def run(name: str) -> list[Figure]:
+            figures: list[Figure] = await importlib.import_module(f"bench.{name}").run(env)
+            return figures
+
+        figures, failed = await each_scenario(selected, run, "bench")
     finally:
         await env.close()
     print()

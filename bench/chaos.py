@@ -34,7 +34,6 @@ import shutil
 import signal
 import sys
 import time
-import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.env import BenchEnv, Figure, Process
+from bench.env import BenchEnv, Figure, Process, each_scenario
 from bench.env import table as figures_table
 from tentaculo.server import shutdown_total
 from tentaculo.settings import Settings
@@ -739,16 +738,7 @@ async def run(selected: list[str], sizes: Sizes) -> tuple[list[Figure], bool]:
     failed = False
     try:
         await env.setup()
-        for name in selected:
-            print(f"chaos: {name} ...", file=sys.stderr, flush=True)
-            started = _now()
-            try:
-                figures += await SCENARIOS[name](env, sizes)
-            except Exception:  # one scenario failing must not hide the others' figures
-                traceback.print_exc()
-                figures.append(Figure(name, "scenario failed (see above)", "-", ok=False))
-                failed = True
-            print(f"chaos: {name} took {_now() - started:.1f} s", file=sys.stderr, flush=True)
+        figures, failed = await each_scenario(selected, lambda name: SCENARIOS[name](env, sizes), "chaos")
     finally:
         with contextlib.suppress(Exception):
             if env.redis_url:

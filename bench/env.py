@@ -13,7 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +52,28 @@ def table(figures: list[Figure], *, goal: str = "goal", failed: str = "MISSED") 
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+async def each_scenario(
+    names: list[str], run: Callable[[str], Awaitable[list[Figure]]], label: str
+) -> tuple[list[Figure], bool]:
+    """Run each named scenario in turn: all their figures, and whether any scenario itself failed.
+
+    One scenario failing must not hide the others' figures: it becomes a figure of its own.
+    """
+    figures: list[Figure] = []
+    failed = False
+    for name in names:
+        print(f"{label}: {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            figures += await run(name)
+        except Exception:
+            traceback.print_exc()
+            figures.append(Figure(name, "scenario failed (see above)", "-", ok=False))
+            failed = True
+        print(f"{label}: {name} took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return figures, failed
 
 
 @dataclass

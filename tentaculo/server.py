@@ -43,9 +43,9 @@ MAX_LINE_SIZE = 16 * 1024
 
 def raw_problem(problem: Problem, correlation_id: str) -> bytes:
     """A complete HTTP/1.1 answer for ``problem`` that closes the connection, for use before any request exists."""
-    body = orjson.dumps(problem.body(correlation_id))
-    title = problem.body(correlation_id)["title"]
-    head = [f"HTTP/1.1 {problem.status} {title}", "Content-Type: application/problem+json",
+    document = problem.body(correlation_id)
+    body = orjson.dumps(document)
+    head = [f"HTTP/1.1 {problem.status} {document['title']}", "Content-Type: application/problem+json",
             f"Content-Length: {len(body)}", "Connection: close", f"X-Correlation-ID: {correlation_id}",
             *(f"{k}: {v}" for k, v in BASE_HEADERS.items()), *(f"{k}: {v}" for k, v in problem.headers.items())]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
