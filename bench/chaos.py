@@ -44,7 +44,7 @@ import aiohttp
 
 from bench.env import BenchEnv, Figure, Process, each_scenario
 from bench.env import table as figures_table
-from tentaculo.server import shutdown_total
+from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 from tests.faults import CuttableProxy, proxy_postgres, proxy_redis
 

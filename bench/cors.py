@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from tentaculo.cors import ALLOW_HEADERS, EXPOSE_HEADERS, MAX_AGE, cors_headers, cors_preflight
+from tentaculo.http.cors import ALLOW_HEADERS, EXPOSE_HEADERS, MAX_AGE, cors_headers, cors_preflight
 
 ORIGIN = "http://127.0.0.1:5173"
 CALLS = 100_000

@@ -184,7 +184,7 @@ async def _client(url: str, token: str, clients: int, rounds: int, redis_url: st
 
     from redis.asyncio import Redis
 
-    from tentaculo.events import EventHub
+    from tentaculo.events.hub import EventHub
 
     _raise_fd_limit()
     loop = asyncio.get_running_loop()

@@ -24,7 +24,8 @@ from aiohttp.test_utils import make_mocked_request
 
 from bench.env import BenchEnv, Figure, cpu_seconds, wait_http
 from tentaculo import keys
-from tentaculo.auth import (
+from tentaculo.auth.limits import AuthFailureLimiter, SharedGcra
+from tentaculo.auth.tokens import (
     PUBLIC,
     QUERY_TOKEN_NAMES,
     TICKET_PARAM,
@@ -40,10 +41,9 @@ from tentaculo.auth import (
 )
 from tentaculo.db import queries
 from tentaculo.embedded import free_port
-from tentaculo.errors import Problem, database_unreachable
-from tentaculo.limits import AuthFailureLimiter, SharedGcra
-from tentaculo.middlewares import _check_feature, _passed_routing, add_rate_limit_headers, auth_middleware, presented_token
-from tentaculo.proxy import TrustedProxies
+from tentaculo.http.errors import Problem, database_unreachable
+from tentaculo.http.middlewares import _check_feature, _passed_routing, add_rate_limit_headers, auth_middleware, presented_token
+from tentaculo.proxy.transport import TrustedProxies
 
 NAME = "limits"
 ROUNDS = 3
@@ -97,7 +97,7 @@ async def baseline_auth(request: web.Request, handler):  # type: ignore[no-untyp
 def _serve_baseline() -> int:
     """``tentaculo run`` with the auth step of before the limits."""
     import tentaculo.app
-    import tentaculo.middlewares
+    import tentaculo.http.middlewares
     from tentaculo.cli import main
 
     original = tentaculo.app.create_app

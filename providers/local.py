@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from providers.openai_wire import OpenAIWireClient, models_or
 from tentaculo import __version__
-from tentaculo.providers import (
+from tentaculo.chat.registry import (
     INTERFACE_VERSION,
     ChatRequest,
     Chunk,

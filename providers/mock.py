@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from tentaculo import __version__
-from tentaculo.digest import sha256
-from tentaculo.providers import (
+from tentaculo.auth.digest import sha256
+from tentaculo.chat.registry import (
     INTERFACE_VERSION,
     ChatRequest,
     Chunk,

@@ -17,8 +17,7 @@ import aiohttp
 import orjson
 from aiohttp.http_exceptions import LineTooLong
 
-from tentaculo.errors import connect_reason
-from tentaculo.providers import (
+from tentaculo.chat.registry import (
     ChatRequest,
     Chunk,
     ProviderAuthError,
@@ -31,6 +30,7 @@ from tentaculo.providers import (
     ProviderUnavailable,
     Usage,
 )
+from tentaculo.http.errors import connect_reason
 
 ERROR_BODY_MAX = 4096
 # A JSON answer (server that ignored "stream": true) larger than this is refused.

@@ -13,17 +13,37 @@ import structlog
 from aiohttp import web
 
 from tentaculo import __version__, console, keys
-from tentaculo.audit import AuditWriter
-from tentaculo.auth import TokenStore
-from tentaculo.chatlog import ChatActionLog
-from tentaculo.cors import cors_headers
+from tentaculo.auth import views as tokens
+from tentaculo.auth.limits import AuthFailureLimiter, SharedGcra
+from tentaculo.auth.tickets import EventTickets
+from tentaculo.auth.tokens import TokenStore
+from tentaculo.chat import openai_views as openai_compat
+from tentaculo.chat import provider_views
+from tentaculo.chat import views as chat
+from tentaculo.chat.log import ChatActionLog
+from tentaculo.chat.registry import ProviderRegistry
 from tentaculo.db import DB_FAILURES, DB_UNREACHABLE
+from tentaculo.db.audit import AuditWriter
 from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
-from tentaculo.dependencies import DependencyMonitor
-from tentaculo.errors import failure_reason
-from tentaculo.events import DISABLED, EventHub, end_revoked_streams, hook_provider_events
-from tentaculo.features import (
+from tentaculo.db.redisconn import redis_client
+from tentaculo.events import views as events
+from tentaculo.events.hub import DISABLED, EventHub, end_revoked_streams, hook_provider_events
+from tentaculo.files import views as fs
+from tentaculo.files.sandbox import Sandbox
+from tentaculo.http import spec
+from tentaculo.http.cors import cors_headers
+from tentaculo.http.errors import failure_reason
+from tentaculo.http.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
+from tentaculo.proxy import views as proxy_views
+from tentaculo.proxy.transport import ModuleProxy, TrustedProxies
+from tentaculo.settings import Settings
+from tentaculo.status import feature_views, metrics_views
+from tentaculo.status import health_views as health
+from tentaculo.status import trace_views as trace
+from tentaculo.status import views as status_views
+from tentaculo.status.dependencies import DependencyMonitor
+from tentaculo.status.features import (
     FeatureFlags,
     Flag,
     chat_check,
@@ -31,24 +51,10 @@ from tentaculo.features import (
     events_check,
     registry_check,
 )
-from tentaculo.limits import AuthFailureLimiter, SharedGcra
-from tentaculo.metrics import RequestMetrics
-from tentaculo.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
-from tentaculo.providers import ProviderRegistry
-from tentaculo.proxy import ModuleProxy, TrustedProxies
-from tentaculo.redisconn import redis_client
-from tentaculo.rollup import MetricsRollup
-from tentaculo.sandbox import Sandbox
-from tentaculo.services import ServiceProber, ServiceRegistry, publish_service_status
-from tentaculo.settings import Settings
+from tentaculo.status.metrics import RequestMetrics
+from tentaculo.status.rollup import MetricsRollup
+from tentaculo.status.services import ServiceProber, ServiceRegistry, publish_service_status
 from tentaculo.tasks import stop_task
-from tentaculo.tickets import EventTickets
-from tentaculo.views import chat, events, fs, health, openai_compat, spec, tokens, trace
-from tentaculo.views import features as feature_views
-from tentaculo.views import metrics as metrics_views
-from tentaculo.views import providers as provider_views
-from tentaculo.views import proxy as proxy_views
-from tentaculo.views import status as status_views
 
 log = structlog.get_logger("tentaculo.app")
 

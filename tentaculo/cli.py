@@ -16,17 +16,17 @@ from typing import TextIO
 import asyncpg
 
 from tentaculo import __version__
-from tentaculo.auth import SCOPES, hash_token, new_token, ordered_scopes, parse_scopes
-from tentaculo.db import queries
-from tentaculo.db.migrate import MigrationError, migrate
-from tentaculo.settings import Settings, SettingsError, secret_values
-from tentaculo.views.tokens import (
+from tentaculo.auth.tokens import SCOPES, hash_token, new_token, ordered_scopes, parse_scopes
+from tentaculo.auth.views import (
     BOOTSTRAP_TOKEN_NAME,
     MAX_EXPIRES_IN,
     MAX_REQUESTS_PER_MINUTE,
     TOKEN_NAME,
     reserved_name,
 )
+from tentaculo.db import queries
+from tentaculo.db.migrate import MigrationError, migrate
+from tentaculo.settings import Settings, SettingsError, secret_values
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -190,7 +190,7 @@ async def _bootstrap_admin(settings: Settings) -> list[int]:
 
 def _run(settings: Settings) -> int:
     from tentaculo.app import create_app
-    from tentaculo.server import serve
+    from tentaculo.http.server import serve
 
     applied = asyncio.run(_bootstrap_admin(settings))
     if settings.workers > 1:
@@ -209,7 +209,7 @@ def _run(settings: Settings) -> int:
 def _run_worker(settings: Settings, number: int) -> int:
     """One worker of ``tentaculo.workers``' supervisor: serve on the shared port, nothing else."""
     from tentaculo.app import create_app
-    from tentaculo.server import serve
+    from tentaculo.http.server import serve
 
     if not settings.database_url or not settings.redis_url:
         print("tentaculo: --worker is for the processes TENTACULO_WORKERS starts; they are given "
@@ -338,7 +338,7 @@ async def list_providers(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Load every allowed provider plugin as the gateway would and print a line per provider."""
     import aiohttp
 
-    from tentaculo.providers import ProviderRegistry
+    from tentaculo.chat.registry import ProviderRegistry
 
     async with aiohttp.ClientSession() as http:
         registry = ProviderRegistry(settings, http)
@@ -405,8 +405,8 @@ def _service_errors(args: argparse.Namespace) -> list[str]:
 
 
 async def _service_command(settings: Settings, args: argparse.Namespace) -> int:
-    from tentaculo.services import public_address
     from tentaculo.settings import service_key
+    from tentaculo.status.services import public_address
 
     if args.service_command in ("set", "edge") and (errors := _service_errors(args)):
         for error in errors:

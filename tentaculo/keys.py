@@ -12,21 +12,21 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tentaculo.audit import AuditWriter
-from tentaculo.auth import Principal, TokenStore
-from tentaculo.chatlog import ChatActionLog
-from tentaculo.dependencies import DependencyMonitor
-from tentaculo.events import EventHub
-from tentaculo.features import FeatureFlags
-from tentaculo.limits import AuthFailureLimiter, BudgetFigures, SharedGcra
-from tentaculo.metrics import RequestMetrics
-from tentaculo.providers import ProviderRegistry
-from tentaculo.proxy import ModuleProxy
-from tentaculo.rollup import MetricsRollup
-from tentaculo.sandbox import Sandbox
-from tentaculo.services import ServiceProber, ServiceRegistry
+from tentaculo.auth.limits import AuthFailureLimiter, BudgetFigures, SharedGcra
+from tentaculo.auth.tickets import EventTickets
+from tentaculo.auth.tokens import Principal, TokenStore
+from tentaculo.chat.log import ChatActionLog
+from tentaculo.chat.registry import ProviderRegistry
+from tentaculo.db.audit import AuditWriter
+from tentaculo.events.hub import EventHub
+from tentaculo.files.sandbox import Sandbox
+from tentaculo.proxy.transport import ModuleProxy
 from tentaculo.settings import Settings
-from tentaculo.tickets import EventTickets
+from tentaculo.status.dependencies import DependencyMonitor
+from tentaculo.status.features import FeatureFlags
+from tentaculo.status.metrics import RequestMetrics
+from tentaculo.status.rollup import MetricsRollup
+from tentaculo.status.services import ServiceProber, ServiceRegistry
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tentaculo.cors import normalise_origin
+from tentaculo.http.cors import normalise_origin
 
 
 class SettingsError(ValueError):
@@ -91,10 +91,10 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     access_log: str = "auto"
-    # Origins whose pages may call the API from a browser: see tentaculo/cors.py.
+    # Origins whose pages may call the API from a browser: see tentaculo/http/cors.py.
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
-    # Slow and greedy clients: see tentaculo/server.py.
+    # Slow and greedy clients: see tentaculo/http/server.py.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     body_min_rate: int = 500
@@ -153,7 +153,7 @@ class Settings:
     local_model: str | None = None
     mock_delay_ms: float = 0.0
     mock_fail: str = ""
-    # VX11 modules: see tentaculo/services.py. service_urls: module name (dashes as "_") -> address.
+    # VX11 modules: see tentaculo/status/services.py. service_urls: module name (dashes as "_") -> address.
     service_urls: Mapping[str, str] = field(default_factory=dict, repr=False)
     services_reload_seconds: float = 10.0
     probe_interval_seconds: float = 5.0
@@ -162,7 +162,7 @@ class Settings:
     probe_slow_ms: float = 1000.0
     features_reload_seconds: float = 0.5
     dependency_check_seconds: float = 2.0
-    # Reverse proxy to the modules: see tentaculo/proxy.py. The per-module maps are keyed like service_urls.
+    # Reverse proxy to the modules: see tentaculo/proxy/. The per-module maps are keyed like service_urls.
     proxy_connect_timeout: float = 5.0
     proxy_read_timeout: float = 60.0
     proxy_pool_wait: float = 10.0
@@ -178,7 +178,7 @@ class Settings:
     service_allow: Mapping[str, tuple[AllowRule, ...]] = field(default_factory=dict)
     # Path prefixes under which a ``read`` token may open a WebSocket through the proxy.
     service_read_upgrades: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    # Failed authentications per client address: see tentaculo/limits.py.
+    # Failed authentications per client address: see tentaculo/auth/limits.py.
     auth_failure_burst: int = 20
     auth_failure_rate: float = 5.0
     # How often the tokens used since the last time get their last_used_at written (one UPDATE).

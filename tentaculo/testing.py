@@ -45,8 +45,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tentaculo.errors import PROBLEMS
-from tentaculo.providers import (
+from tentaculo.chat.registry import (
     INTERFACE_VERSION,
     STATUSES,
     Answer,
@@ -58,6 +57,7 @@ from tentaculo.providers import (
     ProviderError,
     collect,
 )
+from tentaculo.http.errors import PROBLEMS
 from tentaculo.settings import Settings
 
 CORRELATION_ID = "conformance-0001"

@@ -43,7 +43,7 @@ from types import FrameType
 
 import structlog
 
-from tentaculo.server import shutdown_total
+from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 
 log = structlog.get_logger("tentaculo.workers")

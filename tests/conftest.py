@@ -24,11 +24,11 @@ from redis.asyncio import Redis
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.auth import hash_token, new_token
+from tentaculo.auth.tokens import hash_token, new_token
 from tentaculo.db import queries
 from tentaculo.db.migrate import migrate
 from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
-from tentaculo.server import GatewayRunner
+from tentaculo.http.server import GatewayRunner
 from tentaculo.settings import Settings
 from tests.browser import CHROMIUM_ARGS, HOW_TO_INSTALL, chromium_executable
 from tests.proxy_upstreams import ModuleApp

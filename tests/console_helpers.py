@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tentaculo.app import create_app
-from tentaculo.auth import PUBLIC, requires
+from tentaculo.auth.tokens import PUBLIC, requires
 from tentaculo.settings import Settings
 from tests.conftest import AppClient, serve
 

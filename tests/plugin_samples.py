@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from tentaculo.providers import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, Usage
+from tentaculo.chat.registry import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, Usage
 
 
 class Working:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tentaculo.errors import PROBLEMS
-from tentaculo.views.spec import openapi_document
+from tentaculo.http.errors import PROBLEMS
+from tentaculo.http.spec import openapi_document
 
 ROOT = Path(__file__).resolve().parent.parent
 API_DOC = ROOT / "docs" / "api.md"

@@ -14,8 +14,8 @@ from aiohttp.http_parser import HttpRequestParserPy
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.audit import AuditWriter
-from tentaculo.auth import new_token
+from tentaculo.auth.tokens import new_token
+from tentaculo.db.audit import AuditWriter
 from tests.chat_helpers import chat_gateway
 from tests.conftest import audit_row_of, serve, wait_for
 from tests.faults import proxy_postgres

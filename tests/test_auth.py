@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tentaculo.auth import TokenStore, hash_token, new_token
+from tentaculo.auth.tokens import TokenStore, hash_token, new_token
 from tests.conftest import wait_for
 
 
@@ -210,7 +210,7 @@ async def test_expires_at_must_be_a_future_instant_with_an_offset_and_not_with_e
 async def test_the_token_cache_does_not_outlive_an_expiry(settings) -> None:
     import asyncpg
 
-    from tentaculo.auth import TokenExpired
+    from tentaculo.auth.tokens import TokenExpired
     from tentaculo.db import queries
 
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from tentaculo.chatlog import ChatActionLog
-from tentaculo.rowwriter import UNSTORABLE
+from tentaculo.chat.log import ChatActionLog
+from tentaculo.db.rowwriter import UNSTORABLE
 from tests.conftest import wait_for
 from tests.faults import proxy_postgres
 

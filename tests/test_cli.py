@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from tentaculo import __version__
-from tentaculo.auth import TokenStore
+from tentaculo.auth.tokens import TokenStore
 from tentaculo.embedded import free_port
 
 

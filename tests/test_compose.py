@@ -57,7 +57,7 @@ def test_no_secret_is_written_in_the_repository() -> None:
 
 
 def test_compose_gives_more_grace_than_a_stop_takes_and_trusts_only_its_balancer() -> None:
-    from tentaculo.server import shutdown_total
+    from tentaculo.http.server import shutdown_total
     from tentaculo.settings import Settings
 
     stack = yaml.safe_load(COMPOSE_FILE.read_text())

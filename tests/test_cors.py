@@ -15,8 +15,8 @@ from multidict import CIMultiDictProxy
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.cors import cors_headers
 from tentaculo.db import queries
+from tentaculo.http.cors import cors_headers
 from tentaculo.settings import Settings, SettingsError
 from tests.chat_helpers import chat_gateway
 from tests.conftest import ADMIN_TOKEN, audit_row_of, serve

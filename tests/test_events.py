@@ -21,12 +21,12 @@ from structlog.testing import capture_logs
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.auth import Principal
+from tentaculo.auth.tickets import EventTickets
+from tentaculo.auth.tokens import Principal
 from tentaculo.db import queries
-from tentaculo.events import EVENT_TYPES, EventHub
+from tentaculo.events.hub import EVENT_TYPES, EventHub
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings, SettingsError
-from tentaculo.tickets import EventTickets
 from tests.conftest import ADMIN_TOKEN, serve, wait_for
 from tests.faults import proxy_redis
 

@@ -15,7 +15,7 @@ import pytest
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.features import FEATURES, Flag
+from tentaculo.status.features import FEATURES, Flag
 from tests.conftest import serve, wait_for
 
 FEATURES_URL = "/operator/api/features"

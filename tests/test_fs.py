@@ -13,8 +13,8 @@ from yarl import URL
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.errors import Problem
-from tentaculo.sandbox import Sandbox, parse_path
+from tentaculo.files.sandbox import Sandbox, parse_path
+from tentaculo.http.errors import Problem
 from tentaculo.settings import Settings, SettingsError
 from tests.conftest import serve
 

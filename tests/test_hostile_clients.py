@@ -12,7 +12,7 @@ import structlog
 from aiohttp.test_utils import TestClient
 
 from tentaculo.app import create_app
-from tentaculo.auth import new_token
+from tentaculo.auth.tokens import new_token
 from tentaculo.settings import Settings
 from tests.conftest import ADMIN_TOKEN, AppClient, leaked_tokens, serve, wait_for
 

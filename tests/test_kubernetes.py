@@ -14,7 +14,7 @@ from kubernetes_validate.utils import latest_version
 
 from tentaculo import __version__
 from tentaculo.db.migrate import MIGRATION_TIMEOUT
-from tentaculo.server import shutdown_total
+from tentaculo.http.server import shutdown_total
 from tentaculo.settings import (
     ENV_NAMES,
     PLUGIN_PREFIX,

@@ -9,7 +9,7 @@ import uuid
 from aiohttp.test_utils import TestClient
 
 from tentaculo.app import create_app
-from tentaculo.auth import new_token
+from tentaculo.auth.tokens import new_token
 from tentaculo.embedded import free_port
 from tentaculo.settings import Settings
 from tests.conftest import serve, wait_for
@@ -212,8 +212,8 @@ async def test_without_redis_a_budget_still_holds_per_instance(aiohttp_client, s
 def test_the_counted_address_of_a_client() -> None:
     from aiohttp.test_utils import make_mocked_request
 
-    from tentaculo.limits import client_address
-    from tentaculo.proxy import TrustedProxies
+    from tentaculo.auth.limits import client_address
+    from tentaculo.proxy.transport import TrustedProxies
 
     def address(peer: str, forwarded: str | None = None, trusted: tuple[str, ...] = ()) -> str:
         headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}

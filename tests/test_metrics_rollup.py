@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.metrics import LATENCY_BOUNDS_MS, RequestMetrics, Series, quantile
-from tentaculo.rollup import COMPACT_SECONDS, MetricsRollup
 from tentaculo.settings import Settings
+from tentaculo.status.metrics import LATENCY_BOUNDS_MS, RequestMetrics, Series, quantile
+from tentaculo.status.rollup import COMPACT_SECONDS, MetricsRollup
 from tests.chat_helpers import chat_gateway
 from tests.conftest import AppClient, serve, wait_for
 from tests.faults import proxy_postgres

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tentaculo.app import create_app
-from tentaculo.views.spec import openapi_document
+from tentaculo.http.spec import openapi_document
 
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 
@@ -44,7 +44,7 @@ async def test_spec_is_served_as_json(gateway) -> None:
 
 
 def test_the_spec_lists_every_problem_code_the_gateway_sends() -> None:
-    from tentaculo.errors import PROBLEMS
+    from tentaculo.http.errors import PROBLEMS
 
     documented = openapi_document()["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
     assert sorted(documented) == sorted(PROBLEMS)

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from tentaculo.app import create_app
-from tentaculo.views.health import CHECK_TIMEOUT
+from tentaculo.status.health_views import CHECK_TIMEOUT
 from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres
 

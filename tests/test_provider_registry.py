@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from providers.mock import answer_text
-from tentaculo.providers import (
+from tentaculo.chat.registry import (
     ENTRY_POINT_GROUP,
     AllProvidersFailed,
     CircuitBreaker,

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.db import queries
-from tentaculo.proxy import _ModulePool
+from tentaculo.proxy.transport import _ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
 from tests.conftest import ADMIN_TOKEN, audit_row_of, serve, wait_for
 from tests.proxy_upstreams import GZIPPED, HOSTILE_HEADERS, ModuleApp, problem_of, raw_request

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.redisconn import SentinelRedis, redis_client
+from tentaculo.db.redisconn import SentinelRedis, redis_client
 from tentaculo.settings import Settings
 from tests.conftest import ADMIN_TOKEN, serve, wait_for
 from tests.test_events import open_stream

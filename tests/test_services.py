@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestServer
 
 from tentaculo import keys
 from tentaculo.app import create_app
-from tentaculo.errors import connect_reason
-from tentaculo.services import public_address
+from tentaculo.http.errors import connect_reason
 from tentaculo.settings import Settings, SettingsError
+from tentaculo.status.services import public_address
 from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres, proxy_redis
 from tests.proxy_upstreams import RawModule, garbage

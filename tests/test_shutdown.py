@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from tentaculo.embedded import free_port
-from tentaculo.server import shutdown_total
+from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 from tests.conftest import ADMIN_TOKEN, wait_for
 

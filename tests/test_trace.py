@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from tentaculo import keys
-from tentaculo.views.trace import in_time_order
+from tentaculo.status.trace_views import in_time_order
 from tests.chat_helpers import chat_gateway, new_cid
 from tests.conftest import wait_for
 

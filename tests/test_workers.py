@@ -22,7 +22,7 @@ import pytest
 
 from tentaculo.db.migrate import load_migrations
 from tentaculo.embedded import free_port
-from tentaculo.server import shutdown_total
+from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 from tentaculo.workers import Worker, check_address, worker_environment
 from tests.conftest import ADMIN_TOKEN, with_database

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tentaculo.auth import PUBLIC, requires
+from tentaculo.auth.tokens import PUBLIC, requires
 
 STATIC_DIR = Path(__file__).parent / "static"
 PREFIX = "/operator"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from tentaculo.providers import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, ProviderRejected, Usage
+from tentaculo.chat.registry import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, ProviderRejected, Usage
 
 __version__ = "0.1.0"
 

@@ -31,7 +31,7 @@ class TestEchoConformance(ProviderConformance):
 
 
 async def test_echoes_the_last_user_message(http):
-    from tentaculo.providers import collect
+    from tentaculo.chat.registry import collect
     from tentaculo.testing import chat_request
 
     provider = EchoProvider(make_context("echo", http, prefix="> "))

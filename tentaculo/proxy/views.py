@@ -1,0 +1,331 @@
+"""``* /operator/api/proxy/{service}/{path}``: the reverse proxy to the VX11 modules.
+
+Who may call what, in the order it is checked: the token's scope (``read`` for GET and HEAD,
+``operate`` for every other method and for a WebSocket upgrade, except under the paths of
+``TENTACULO_SERVICE_<NAME>_READ_UPGRADES``) and the ``proxy`` feature flag (middlewares), then the
+module (unknown: 404; disabled or without an address: 503 ``feature_disabled``), the path
+(``tentaculo/proxy/``), the module's allow-list (``TENTACULO_SERVICE_<NAME>_ALLOW``: a path
+outside it is 403 ``path_forbidden``, a method it does not list 405), a body on GET or HEAD
+(400 ``validation_error``) and the module's circuit breaker (open: 502 ``upstream_unavailable``
+with ``Retry-After``). The transport does the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from tentaculo import keys
+from tentaculo.auth.tokens import requires
+from tentaculo.http.errors import Problem
+from tentaculo.http.middlewares import CLIENT_CLOSED
+from tentaculo.proxy.transport import (
+    FAILURE_STATUSES,
+    WS_HEARTBEAT,
+    WS_MAX_MESSAGE,
+    BodyTooLarge,
+    ModuleProxy,
+    ModuleResponse,
+    RequestBody,
+    Upstream,
+    UpstreamUnavailable,
+    client_headers,
+    forwarded_query,
+    is_websocket,
+    module_path,
+    pump_websockets,
+    upstream_headers,
+)
+from tentaculo.settings import AllowRule, ModuleTimeouts, service_key, under_prefixes
+from tentaculo.status.features import feature
+from tentaculo.status.services import GATEWAY, ServiceRegistry, unconfigured_detail
+
+log = structlog.get_logger("tentaculo.proxy")
+
+NAME_MAX = 64
+# Bodies up to this size with a Content-Length are read whole and answered in one write.
+SMALL_BODY = 64 * 1024
+# Failures of the module while its body streams (the client already has the status line).
+_READ_FAILURES = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
+
+
+def proxy_scope(request: web.Request) -> str:
+    """GET and HEAD read; everything else, and a WebSocket outside the module's read-only paths, operates."""
+    if request.method not in ("GET", "HEAD"):
+        return "operate"
+    if "Upgrade" in request.headers and is_websocket(request):
+        # An open socket carries the client's messages to the module: that drives it, unless the
+        # module declared the path a read-only feed (TENTACULO_SERVICE_<NAME>_READ_UPGRADES).
+        name = request.match_info["service"]
+        prefixes = request.app[keys.SETTINGS].service_read_upgrades.get(service_key(name))
+        if prefixes is None:
+            return "operate"
+        try:
+            _, path = module_path(request.raw_path.partition("?")[0], name)
+        except Problem:
+            return "operate"  # a path the view refuses anyway is never read-only
+        return "read" if under_prefixes(prefixes, path) else "operate"
+    return "read"
+
+
+class Verdict:
+    """Reports one proxied call to the module's circuit breaker exactly once (a broken body may add a failure)."""
+
+    __slots__ = ("_name", "_registry", "given")
+
+    def __init__(self, registry: ServiceRegistry, name: str) -> None:
+        self._registry = registry
+        self._name = name
+        self.given = False
+
+    def ok(self) -> None:
+        if not self.given:
+            self.given = True
+            self._registry.proxy_succeeded(self._name)
+
+    def failed(self, reason: str) -> None:
+        self.given = True
+        self._registry.proxy_failed(self._name, reason)
+
+    def release(self) -> None:
+        if not self.given:
+            self.given = True
+            self._registry.proxy_released(self._name)
+
+
+@feature("proxy")
+@requires(proxy_scope)
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """Forward the call to the module named in the path and relay its answer as it streams."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    registry = app[keys.SERVICES]
+    name = request.match_info["service"]
+    entry = registry.get(name)
+    if entry is None or entry.name == GATEWAY:
+        shown = name if len(name) <= NAME_MAX else name[:NAME_MAX] + "..."
+        why = "the gateway does not proxy to itself" if entry is not None else "no module has this name"
+        raise Problem("not_found", f"cannot proxy to {shown!r}: {why}")
+    request[keys.SERVICE] = entry.name
+    address = entry.address
+    if entry.enabled and address is None:
+        raise Problem("module_unconfigured", unconfigured_detail(name), service=name)
+    if not entry.enabled or address is None:
+        _, reason = registry.status_of(name)
+        raise Problem("feature_disabled", f"module {name!r} is off: {reason}", feature="proxy", service=name)
+    transport = app[keys.PROXY]
+    try:
+        target = transport.upstream(address)
+    except ValueError:
+        raise Problem("not_found", f"module {name!r} does not speak HTTP: it cannot be proxied") from None
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    rest, path = module_path(raw_path, name)
+    key = service_key(name)
+    _check_allowed(settings.service_allow.get(key), request.method, path, name)
+    length = request.content_length
+    if request.method in ("GET", "HEAD") and (length or "Transfer-Encoding" in request.headers):
+        # RFC 9110 gives such a body no meaning: modules and caches disagree on whether it is there,
+        # and a read token must not deliver a payload. 400, not 422: the request itself is malformed.
+        raise Problem("validation_error", f"a {request.method} request must not carry a body", status=400)
+    if length is not None and length > settings.proxy_max_body_bytes:
+        raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes")
+    headers = upstream_headers(
+        request,
+        correlation_id=request[keys.CORRELATION_ID],
+        credential=settings.service_tokens.get(key),
+        trusted=transport.trusted,
+        public=transport.public,
+    )
+    query = forwarded_query(raw_query)
+    auth = None if key in settings.service_tokens else target.auth
+    timeouts = settings.service_timeouts.get(key)
+    websocket = is_websocket(request)
+    offered = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
+    if websocket and not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
+        raise Problem("validation_error", "the WebSocket handshake is not valid", status=400)
+
+    if not entry.breaker.allow():
+        retry_in = entry.breaker.snapshot()["retry_in_s"] or 0
+        raise UpstreamUnavailable(
+            f"module {name!r} is failing: its circuit is open after repeated failures",
+            headers={"Retry-After": str(max(1, math.ceil(retry_in)))},
+            service=name,
+        )
+    verdict = Verdict(registry, entry.name)
+    try:
+        if websocket:
+            return await _websocket(request, transport, verdict, name, target.url(rest, query), headers, offered,
+                                    auth, timeouts)
+        return await _forward(request, transport, verdict, name, target, rest, query, headers, auth, timeouts)
+    finally:
+        verdict.release()  # no-op once a verdict was given; frees a half-open trial otherwise
+
+
+def _check_allowed(rules: tuple[AllowRule, ...] | None, method: str, path: str, name: str) -> None:
+    """Apply the module's allow-list; no list: every path and method (scopes still apply)."""
+    if rules is None:
+        return
+    covering = [r for r in rules if r.covers(path)]
+    if not covering:
+        raise Problem("path_forbidden", f"module {name!r} does not allow proxied calls to this path")
+    wanted = {method, "GET"} if method == "HEAD" else {method}  # HEAD goes where GET may
+    allowed: set[str] = set()
+    for rule in covering:
+        if rule.methods is None or wanted & rule.methods:
+            return
+        allowed |= rule.methods
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    raise Problem(
+        "method_not_allowed",
+        f"module {name!r} does not allow {method} on this path; allowed: {', '.join(sorted(allowed))}",
+        headers={"Allow": ", ".join(sorted(allowed))},
+    )
+
+
+async def _forward(
+    request: web.Request,
+    transport: ModuleProxy,
+    verdict: Verdict,
+    name: str,
+    target: Upstream,
+    rest: str,
+    query: str,
+    headers: CIMultiDict[str],
+    auth: aiohttp.BasicAuth | None,
+    timeouts: ModuleTimeouts | None,
+) -> web.StreamResponse:
+    settings = request.app[keys.SETTINGS]
+    body = RequestBody(request.content, settings.proxy_max_body_bytes) if request.body_exists else None
+    if body is not None and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    try:
+        upstream = await transport.send(
+            name, request.method, target, rest, query, headers, body=body, auth=auth, timeouts=timeouts
+        )
+    except BodyTooLarge:
+        raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes") from None
+    except Problem as problem:
+        if body is not None and body.timed_out is not None:
+            raise body.timed_out from None  # the client's fault, not the module's: no verdict
+        if body is not None and body.client_failed:
+            log.info("proxy_client_gone", service=name, phase="request body")
+            return web.Response(status=CLIENT_CLOSED)
+        verdict.failed(problem.detail)
+        log.warning("proxy_upstream_failed", service=name, code=problem.code, detail=problem.detail)
+        raise
+    finished = False
+    try:
+        if upstream.status in FAILURE_STATUSES:
+            verdict.failed(f"answered HTTP {upstream.status}")
+        else:
+            verdict.ok()
+        headers = client_headers(upstream.headers, target, name)
+        length = upstream.content_length
+        if (length is not None and length <= SMALL_BODY and request.method != "HEAD"
+                and upstream.status not in (204, 304) and "Transfer-Encoding" not in upstream.headers):
+            # Small and sized: read it and answer in one write (no memory risk, a syscall saved);
+            # a module that breaks off here still gets a clean 502 instead of a truncated body.
+            try:
+                payload = await upstream.read()
+            except _READ_FAILURES as exc:
+                broke = transport.failure(name, exc, timeouts)
+                verdict.failed(broke.detail)
+                log.warning("proxy_upstream_broke_off", service=name, detail=broke.detail, sent=0)
+                raise broke from None
+            finished = True
+            return web.Response(body=payload, status=upstream.status, headers=headers)
+        response = await _relay(request, upstream, headers, verdict, name, timeouts)
+        finished = True
+        return response
+    finally:
+        if finished and upstream.content.is_eof():
+            upstream.release()
+        else:
+            upstream.close()  # a connection with an unread body is never reused
+
+
+async def _relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse | ModuleResponse,
+    headers: CIMultiDict[str],
+    verdict: Verdict,
+    name: str,
+    timeouts: ModuleTimeouts | None,
+) -> web.StreamResponse:
+    """Stream the module's body to the client chunk by chunk as it arrives."""
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
+        response.content_length = upstream.content_length
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        return response  # the client left before the status line went out
+    content = upstream.content
+    while True:
+        try:
+            chunk = await content.readany()
+        except _READ_FAILURES as exc:
+            problem = request.app[keys.PROXY].failure(name, exc, timeouts)
+            verdict.failed(problem.detail)
+            log.warning("proxy_upstream_broke_off", service=name, detail=problem.detail, sent=response.body_length)
+            # The status line is gone: the only honest signal left is an incomplete response.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if not chunk:
+            break
+        try:
+            await response.write(chunk)
+        except ConnectionError:
+            log.info("proxy_client_gone", service=name, phase="response body")
+            return response
+    try:
+        await response.write_eof()
+    except ConnectionError:
+        pass
+    return response
+
+
+async def _websocket(
+    request: web.Request,
+    transport: ModuleProxy,
+    verdict: Verdict,
+    name: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    offered: tuple[str, ...],
+    auth: aiohttp.BasicAuth | None,
+    timeouts: ModuleTimeouts | None,
+) -> web.StreamResponse:
+    try:
+        module_ws = await transport.websocket(
+            name, url, headers, protocols=offered, auth=auth, timeouts=timeouts
+        )
+    except Problem as problem:
+        status = problem.extra.get("upstream_status")
+        if status is None or status in FAILURE_STATUSES:
+            verdict.failed(problem.detail)
+        else:
+            verdict.ok()  # the module answered; it just does not upgrade this path
+        log.warning("proxy_upstream_failed", service=name, code=problem.code, detail=problem.detail)
+        raise
+    verdict.ok()
+    client_ws = web.WebSocketResponse(
+        protocols=(module_ws.protocol,) if module_ws.protocol else (),
+        heartbeat=WS_HEARTBEAT,
+        max_msg_size=WS_MAX_MESSAGE,
+    )
+    try:
+        await client_ws.prepare(request)
+    except (ConnectionError, asyncio.CancelledError):
+        await module_ws.close()
+        raise
+    await pump_websockets(client_ws, module_ws)
+    return client_ws
