@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SYSTEM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -50,8 +51,15 @@ def _playwright_download() -> str | None:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return None
-    with sync_playwright() as p:
-        path = p.chromium.executable_path
+
+    def where() -> str:
+        with sync_playwright() as p:
+            return p.chromium.executable_path
+
+    # Playwright's sync API refuses to run inside an event loop, which is where the suite's
+    # fixtures ask: a thread of its own has none.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        path = pool.submit(where).result()
     return path if path and Path(path).exists() else None
 
 
