@@ -17,8 +17,8 @@ from tentaculo.app import create_app
 from tentaculo.auth.tokens import new_token
 from tentaculo.db.audit import AuditWriter
 from tests.chat_helpers import chat_gateway
-from tests.conftest import audit_row_of, serve, wait_for
 from tests.faults import proxy_postgres
+from tests.helpers import audit_row_of, serve, wait_for
 
 
 async def _rows(db: asyncpg.Connection, instance: str) -> list[asyncpg.Record]:

@@ -17,7 +17,7 @@ from tentaculo.files.sandbox import Sandbox, parse_path
 from tentaculo.health import Health
 from tentaculo.http.errors import Problem
 from tentaculo.settings import Settings, SettingsError
-from tests.conftest import serve
+from tests.helpers import serve
 
 LIST = "/operator/api/fs/list"
 BIG = 100_000
