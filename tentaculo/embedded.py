@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pgserver import PostgresServer
+    from pgserver.postgres_server import PostgresServer
 
 EMBEDDED_DATABASE = "tentaculo"
 
@@ -49,7 +49,8 @@ class EmbeddedPostgres:
         pgserver = _import_pgserver()
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._server = server = pgserver.get_server(self.directory, cleanup_mode="stop")
+        server: PostgresServer = pgserver.get_server(self.directory, cleanup_mode="stop")
+        self._server = server
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
         if "1 row" not in exists:
             server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
@@ -81,7 +82,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class EmbeddedRedis:

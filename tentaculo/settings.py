@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -199,11 +199,11 @@ class Settings:
                           "service_read_upgrades"):
                 continue
             var = ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
+            parse = _parser(f.name, f.type, var)
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
-            raw = raw.strip()
-            values[f.name] = _parse(var, f.type, raw)
+            values[f.name] = parse(var, raw.strip())
         values["provider_options"] = _plugin_options(env)
         values["service_urls"] = _service_urls(env)
         values.update(_service_proxy_options(env))
@@ -570,32 +570,61 @@ def _validate_cors(s: Settings) -> None:
             raise SettingsError("TENTACULO_CORS_ORIGINS", f"{origin!r} is not written as a browser sends it")
 
 
-def _parse(var: str, annotation: object, raw: str) -> object:
-    if var == "TENTACULO_CORS_ORIGINS":
-        return _cors_origins(var, raw)
-    if var == "TENTACULO_WORKERS":
-        if raw.lower() == "auto":
-            return available_cores()
-        if not raw.isdigit():
-            raise SettingsError(var, f"expected a number of processes or auto, got {raw!r}")
-    kind = str(annotation)
+def _int(var: str, raw: str) -> int:
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        return int(raw)
     except ValueError:
         raise SettingsError(var, f"expected a number, got {raw!r}") from None
-    if kind == "bool":
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise SettingsError(var, f"expected true or false, got {raw!r}")
-    if kind in ("Path", "Path | None"):
-        return Path(raw)
-    if kind == "Mapping[str, Path]":
-        return _fs_roots(var, raw)
-    if kind == "tuple[str, ...]":
-        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _float(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(var, f"expected a number, got {raw!r}") from None
+
+
+def _bool(var: str, raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise SettingsError(var, f"expected true or false, got {raw!r}")
+
+
+def _text(var: str, raw: str) -> str:
     return raw
+
+
+def _path(var: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _items(var: str, raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _workers(var: str, raw: str) -> int:
+    if raw.lower() == "auto":
+        return available_cores()
+    if not raw.isdigit():
+        raise SettingsError(var, f"expected a number of processes or auto, got {raw!r}")
+    return _int(var, raw)
+
+
+# How ``from_env`` reads a field from its variable, by the field's annotation as written in Settings.
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "str": _text, "str | None": _text, "int": _int, "float": _float, "bool": _bool, "Path": _path,
+    "Path | None": _path, "Mapping[str, Path]": _fs_roots, "tuple[str, ...]": _items,
+}
+# Fields whose variable says more than their type does.
+_FIELD_PARSERS: dict[str, Callable[[str, str], object]] = {"cors_origins": _cors_origins, "workers": _workers}
+
+
+def _parser(name: str, annotation: object, var: str) -> Callable[[str, str], object]:
+    """The parser of field ``name``; TypeError for a type with none, rather than the raw string passed on."""
+    parse = _FIELD_PARSERS.get(name) or _PARSERS.get(str(annotation))
+    if parse is None:
+        raise TypeError(f"settings field {name!r} ({var}) has type {annotation}, which from_env cannot parse: "
+                        "add a parser to tentaculo.settings._PARSERS")
+    return parse

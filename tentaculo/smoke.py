@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -301,7 +301,10 @@ async def _run_one(smoke: Smoke, check: Check) -> tuple[bool, str]:
         return True, f"{resp.status} in {elapsed:.1f} ms"
 
 
-async def _outcome(smoke: Smoke, check: Check | Probe) -> tuple[str, str]:
+Verdict = Literal["PASS", "FAIL", "SKIP"]
+
+
+async def _outcome(smoke: Smoke, check: Check | Probe) -> tuple[Verdict, str]:
     try:
         if isinstance(check, Check):
             passed, detail = await _run_one(smoke, check)
@@ -320,7 +323,7 @@ async def _outcome(smoke: Smoke, check: Check | Probe) -> tuple[str, str]:
 async def run_smoke(base: str, token: str, *, out: Callable[[str], None] = print) -> int:
     """Run every check in order; print one line each; return the number of failures."""
     correlation_id = SMOKE_PREFIX + uuid.uuid4().hex[:12]
-    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    counts: dict[Verdict, int] = {"PASS": 0, "FAIL": 0, "SKIP": 0}
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         smoke = Smoke(session, base.rstrip("/"), token, correlation_id)

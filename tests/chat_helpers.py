@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from tentaculo.app import create_app
 from tentaculo.settings import Settings
-from tests.conftest import AppClient, serve, wait_for
+from tests.helpers import AppClient, serve, wait_for
 
 
 async def chat_gateway(aiohttp_client: AppClient, settings: Settings, **changes: Any) -> TestClient:

@@ -8,54 +8,44 @@ creates a fresh database and uses its own Redis key prefix.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import BaseRunner, TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.auth.tokens import hash_token, new_token
 from tentaculo.db import queries
-from tentaculo.db.migrate import migrate
 from tentaculo.embedded import EmbeddedPostgres, EmbeddedRedis
-from tentaculo.http.server import GatewayRunner
 from tentaculo.settings import Settings
 from tests.browser import CHROMIUM_ARGS, HOW_TO_INSTALL, chromium_executable
+
+# Tests import these from tests.helpers; they stay importable from here for tests written before
+# the helpers moved there.
+from tests.helpers import (  # noqa: F401
+    ADMIN_TOKEN,
+    CREATED_TOKEN,
+    AppClient,
+    GatewayTestServer,
+    audit_row_of,
+    execute,
+    inline_app,
+    leaked_tokens,
+    migrate_database,
+    serve,
+    wait_for,
+    with_database,
+)
+from tests.helpers import execute as _execute  # noqa: F401
+from tests.helpers import migrate_database as _migrate  # noqa: F401
 from tests.proxy_upstreams import ModuleApp
 
-ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
 RUN_ID = uuid.uuid4().hex[:10]
-
-
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _migrate(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +65,11 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def database_url(pg_server_dsn: str) -> Iterator[str]:
     """A fresh, migrated database for this run, dropped at the end."""
     name = f"tentaculo_test_{RUN_ID}"
-    asyncio.run(_execute(pg_server_dsn, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(pg_server_dsn, f'CREATE DATABASE "{name}"'))
     dsn = with_database(pg_server_dsn, name)
-    asyncio.run(_migrate(dsn))
+    asyncio.run(migrate_database(dsn))
     yield dsn
-    asyncio.run(_execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -131,28 +121,6 @@ def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
     )
 
 
-AppClient = Callable[..., Awaitable[TestClient]]
-
-
-class GatewayTestServer(TestServer):
-    """aiohttp's test server running the gateway's own server (its handler, limits and timeouts)."""
-
-    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._settings = settings
-
-    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        kwargs.pop("handler_cancellation", None)  # the gateway's server options set it
-        return GatewayRunner(self.app, self._settings, **kwargs)
-
-
-async def serve(aiohttp_client: AppClient, app: web.Application) -> TestClient:
-    """Serve the gateway ``app`` with its own server and return a client for it."""
-    server = GatewayTestServer(app, app[keys.SETTINGS])
-    await server.start_server()
-    return await aiohttp_client(server)
-
-
 @pytest.fixture
 async def gateway(aiohttp_client: AppClient, settings: Settings) -> TestClient:
     """A test client on a gateway built from ``settings``."""
@@ -184,35 +152,6 @@ async def make_token(db: asyncpg.Connection) -> Callable[..., Awaitable[str]]:
     return make
 
 
-async def wait_for(
-    predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.02
-) -> None:
-    """Poll a condition that has no event to await (rows written by another task, a counter moving);
-    the predicate may be a plain function or return an awaitable."""
-    async with asyncio.timeout(timeout):
-        while True:
-            outcome = predicate()
-            if await outcome if inspect.isawaitable(outcome) else outcome:
-                return
-            await asyncio.sleep(interval)
-
-
-async def audit_row_of(db: asyncpg.Connection, correlation_id: str) -> asyncpg.Record:
-    """The one audit row of a request, once the writer has written it."""
-
-    async def written() -> bool:
-        return len(await queries.audit_rows_for(db, correlation_id)) == 1
-
-    await wait_for(written)
-    [row] = await queries.audit_rows_for(db, correlation_id)
-    return row
-
-
-def inline_app(*middlewares: Callable[..., object]) -> web.Application:
-    """A tiny application with only the given middlewares, for middleware tests."""
-    return web.Application(middlewares=list(middlewares))
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """A headless Chromium driven by Playwright (``tests/browser.py`` says which one and why)."""
@@ -233,15 +172,6 @@ async def module() -> AsyncIterator[ModuleApp]:
     m = await ModuleApp().start()
     yield m
     await m.close()
-
-
-# Every token the suite creates has this shape (``new_token()``), or is the admin token above.
-CREATED_TOKEN = re.compile(r"vx11_[A-Za-z0-9_-]{43}|" + re.escape(ADMIN_TOKEN))
-
-
-def leaked_tokens(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(section title, the token's first characters) for each captured section holding a token."""
-    return [(title, m.group(0)[:9] + "...") for title, text in sections for m in [CREATED_TOKEN.search(text)] if m]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from tentaculo.app import create_app
 from tentaculo.auth.tokens import PUBLIC, requires
 from tentaculo.settings import Settings
-from tests.conftest import AppClient, serve
+from tests.helpers import AppClient, serve
 
 STATIC = Path(__file__).resolve().parent.parent / "tentaculo" / "console" / "static"
 HARNESS = Path(__file__).resolve().parent / "console_harness"

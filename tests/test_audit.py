@@ -15,10 +15,11 @@ from aiohttp.http_parser import HttpRequestParserPy
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.auth.tokens import new_token
+from tentaculo.db import queries
 from tentaculo.db.audit import AuditWriter
 from tests.chat_helpers import chat_gateway
-from tests.conftest import audit_row_of, serve, wait_for
 from tests.faults import proxy_postgres
+from tests.helpers import audit_row_of, serve, wait_for
 
 
 async def _rows(db: asyncpg.Connection, instance: str) -> list[asyncpg.Record]:
@@ -47,10 +48,27 @@ async def _count_is(db: asyncpg.Connection, instance: str, n: int) -> bool:
 
 
 async def test_reused_correlation_id_records_both_requests(gateway, settings, db, admin_headers) -> None:
-    headers = {**admin_headers, "X-Correlation-ID": "same-id-twice"}
-    await gateway.get("/operator/api/whoami", headers=headers)
-    await gateway.get("/operator/api/whoami", headers=headers)
-    await wait_for(lambda: _count_is(db, settings.instance, 2))
+    """A client that sends one correlation id twice gets two rows, each with its own request's facts."""
+    cid = f"twice-{uuid.uuid4().hex[:8]}"
+    headers = {**admin_headers, "X-Correlation-ID": cid}
+    first = await gateway.get("/operator/api/whoami", headers=headers)
+    second = await gateway.get("/operator/api/tokens", headers=headers)
+    assert (first.status, second.status) == (200, 200)
+    assert first.headers["X-Correlation-ID"] == second.headers["X-Correlation-ID"] == cid
+
+    async def both_written() -> bool:
+        return len(await queries.audit_rows_for(db, cid)) == 2
+
+    await wait_for(both_written)
+    rows = await queries.audit_rows_for(db, cid)
+    assert [(r["method"], r["route"], r["path"], r["status"]) for r in rows] == [
+        ("GET", "/operator/api/whoami", "/operator/api/whoami", 200),
+        ("GET", "/operator/api/tokens", "/operator/api/tokens", 200),
+    ]
+    for row in rows:
+        assert (row["correlation_id"], row["token_name"], row["instance"]) == (cid, "admin", settings.instance)
+        assert (row["client"], row["service"]) == ("127.0.0.1", None) and row["duration_ms"] >= 0
+    assert rows[0]["id"] != rows[1]["id"] and rows[0]["ts"] <= rows[1]["ts"]
 
 
 async def test_postgres_outage_requests_served_rows_written_after_return(
@@ -153,6 +171,8 @@ async def test_writer_batches_large_bursts(database_url, db) -> None:
     await wait_for(lambda: _count_is(db, instance, 1_234))
     await writer.close(timeout=5)
     assert writer.written == 1_234 and writer.dropped == 0
+    # Every row once: none lost or written twice across batches.
+    assert {r["correlation_id"] for r in await _rows(db, instance)} == {f"c{i}" for i in range(1_234)}
     await pool.close()
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tentaculo.auth.tokens import TokenStore, hash_token, new_token
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 async def test_missing_token_is_401_auth_required(gateway) -> None:
@@ -232,7 +232,7 @@ async def test_listing_shows_state_expiry_budget_and_a_coarse_last_use(aiohttp_c
 
     from tentaculo import keys
     from tentaculo.app import create_app
-    from tests.conftest import serve
+    from tests.helpers import serve
 
     # An hour between writes: nothing the requests below do may write last_used_at by itself.
     client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, token_last_used_seconds=3600)))
@@ -262,7 +262,7 @@ async def test_last_used_at_is_written_in_the_background(aiohttp_client, setting
     import dataclasses
 
     from tentaculo.app import create_app
-    from tests.conftest import serve
+    from tests.helpers import serve
 
     client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, token_last_used_seconds=0.05)))
     name, created = await _create(client, admin_headers)
@@ -278,7 +278,7 @@ async def test_expiry_ends_the_event_streams_the_token_opened(aiohttp_client, se
     import dataclasses
 
     from tentaculo.app import create_app
-    from tests.conftest import serve
+    from tests.helpers import serve
     from tests.test_events import EVENTS, SSE
 
     client = await serve(aiohttp_client, create_app(dataclasses.replace(

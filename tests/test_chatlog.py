@@ -10,8 +10,8 @@ import asyncpg
 
 from tentaculo.chat.log import ChatActionLog
 from tentaculo.db.rowwriter import UNSTORABLE
-from tests.conftest import wait_for
 from tests.faults import proxy_postgres
+from tests.helpers import wait_for
 
 
 def row(cid: str, status: str = "ok") -> tuple:

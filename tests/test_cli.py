@@ -91,7 +91,7 @@ async def test_first_run_still_creates_the_admin_token(pg_server_dsn: str, tmp_p
     """The reservation is for tokens made by hand: the first-run bootstrap token is the one named ``admin``."""
     from tentaculo.cli import ADMIN_TOKEN_FILE, _bootstrap_admin
     from tentaculo.settings import Settings
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     name = f"tentaculo_boot_{os.getpid()}_{time.monotonic_ns() % 100000}"
     admin = await asyncpg.connect(pg_server_dsn)
@@ -222,7 +222,7 @@ async def test_run_leaves_migrations_alone_when_told_to(pg_server_dsn: str, tmp_
     """With TENTACULO_MIGRATE_ON_START=false, migrations are `tentaculo migrate`'s job, not `run`'s."""
     from tentaculo.cli import _bootstrap_admin
     from tentaculo.settings import Settings
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     name = f"tentaculo_nomig_{os.getpid()}_{time.monotonic_ns() % 100000}"
     admin = await asyncpg.connect(pg_server_dsn)

@@ -22,7 +22,7 @@ from tentaculo.app import create_app
 from tentaculo.console.views import SECURITY_HEADERS, bundle
 from tentaculo.embedded import free_port
 from tentaculo.settings import Settings
-from tests.conftest import ADMIN_TOKEN, AppClient, serve
+from tests.helpers import ADMIN_TOKEN, AppClient, serve
 from tests.proxy_upstreams import ModuleApp
 
 CSP = SECURITY_HEADERS["Content-Security-Policy"]

@@ -20,8 +20,8 @@ import pytest
 from playwright.async_api import expect
 
 from tentaculo.settings import Settings
-from tests.conftest import ADMIN_TOKEN, AppClient, wait_for
 from tests.console_helpers import VIEWPORT, console_gateway, open_view, screenshot
+from tests.helpers import ADMIN_TOKEN, AppClient, wait_for
 
 pytestmark = pytest.mark.slow
 

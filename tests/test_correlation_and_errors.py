@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from tentaculo.http.errors import Problem
 from tentaculo.http.middlewares import add_correlation_header, correlation_middleware, error_middleware
-from tests.conftest import inline_app
+from tests.helpers import inline_app
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

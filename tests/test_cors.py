@@ -19,7 +19,7 @@ from tentaculo.db import queries
 from tentaculo.http.cors import cors_headers
 from tentaculo.settings import Settings, SettingsError
 from tests.chat_helpers import chat_gateway
-from tests.conftest import ADMIN_TOKEN, audit_row_of, serve
+from tests.helpers import ADMIN_TOKEN, audit_row_of, serve
 from tests.proxy_upstreams import ModuleApp
 
 PAGE = "http://127.0.0.1:5173"  # a frontend's dev server, as the browser names its origin

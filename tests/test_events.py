@@ -27,8 +27,8 @@ from tentaculo.db import queries
 from tentaculo.events.hub import EVENT_TYPES, EventHub
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings, SettingsError
-from tests.conftest import ADMIN_TOKEN, serve, wait_for
 from tests.faults import proxy_redis
+from tests.helpers import ADMIN_TOKEN, serve, wait_for
 
 EVENTS = "/operator/api/events"
 TICKET = "/operator/api/events/ticket"

@@ -16,7 +16,7 @@ import pytest
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.status.features import FEATURES, Flag
-from tests.conftest import serve, wait_for
+from tests.helpers import serve, wait_for
 
 FEATURES_URL = "/operator/api/features"
 CHAT_BODY = {"message": "hello", "provider": "mock"}

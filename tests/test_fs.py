@@ -14,9 +14,10 @@ from yarl import URL
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.files.sandbox import Sandbox, parse_path
+from tentaculo.health import Health
 from tentaculo.http.errors import Problem
 from tentaculo.settings import Settings, SettingsError
-from tests.conftest import serve
+from tests.helpers import serve
 
 LIST = "/operator/api/fs/list"
 BIG = 100_000
@@ -274,6 +275,11 @@ def test_roots_setting_is_parsed_and_checked() -> None:
         with pytest.raises(SettingsError, match="TENTACULO_FS_ROOTS"):
             Settings.from_env({"TENTACULO_FS_ROOTS": bad})
 
+
+
+def test_the_explorer_is_off_with_a_reason_until_a_root_is_configured(tree) -> None:
+    assert Sandbox({}, max_entries=100).health() == Health("off", "no roots configured")
+    assert Sandbox({"docs": tree / "docs"}, max_entries=100).health() == Health.ON
 
 def test_a_symlink_swapped_in_after_the_check_is_not_followed(tree, monkeypatch) -> None:
     docs = tree / "docs"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tentaculo.embedded import free_port
-from tests.conftest import _execute, _migrate, with_database
+from tests.helpers import execute, migrate_database, with_database
 
 SPEC = Path(__file__).resolve().parent.parent / "tentaculo" / "openapi.yaml"
 CHECKS = ",".join([
@@ -34,9 +34,9 @@ def fuzz_gateway(pg_server_dsn: str, redis_url: str, tmp_path: Path):
     name = f"tentaculo_fuzz_{uuid.uuid4().hex[:8]}"
     import asyncio
 
-    asyncio.run(_execute(pg_server_dsn, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(pg_server_dsn, f'CREATE DATABASE "{name}"'))
     dsn = with_database(pg_server_dsn, name)
-    asyncio.run(_migrate(dsn))
+    asyncio.run(migrate_database(dsn))
     port = free_port()
     token = "fuzz-" + uuid.uuid4().hex
     env = {
@@ -67,7 +67,7 @@ def fuzz_gateway(pg_server_dsn: str, redis_url: str, tmp_path: Path):
     yield f"http://127.0.0.1:{port}", token, tmp_path / "gateway.log"
     proc.terminate()
     proc.wait(30)
-    asyncio.run(_execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.mark.slow

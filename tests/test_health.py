@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from tentaculo import __version__
 from tentaculo.app import create_app
-from tests.conftest import serve
 from tests.faults import proxy_postgres, proxy_redis
+from tests.helpers import serve
 
 
 async def test_health_needs_no_token_and_reports_version(gateway: TestClient) -> None:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from tentaculo.app import create_app
 from tentaculo.auth.tokens import new_token
 from tentaculo.settings import Settings
-from tests.conftest import ADMIN_TOKEN, AppClient, leaked_tokens, serve, wait_for
+from tests.helpers import ADMIN_TOKEN, AppClient, leaked_tokens, serve, wait_for
 
 UUID_LEN = 36
 

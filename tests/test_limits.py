@@ -12,8 +12,8 @@ from tentaculo.app import create_app
 from tentaculo.auth.tokens import new_token
 from tentaculo.embedded import free_port
 from tentaculo.settings import Settings
-from tests.conftest import serve, wait_for
 from tests.faults import proxy_redis
+from tests.helpers import serve, wait_for
 
 WHOAMI = "/operator/api/whoami"
 

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from tentaculo.app import create_app
 from tentaculo.logging import REDACTED, SecretScrubber, configure_logging, shared_processors
-from tests.conftest import ADMIN_TOKEN, serve
+from tests.helpers import ADMIN_TOKEN, serve
 
 
 async def test_requests_with_tokens_log_no_token(aiohttp_client, settings, admin_headers, make_token) -> None:

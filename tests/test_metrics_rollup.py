@@ -18,8 +18,8 @@ from tentaculo.settings import Settings
 from tentaculo.status.metrics import LATENCY_BOUNDS_MS, RequestMetrics, Series, quantile
 from tentaculo.status.rollup import COMPACT_SECONDS, MetricsRollup
 from tests.chat_helpers import chat_gateway
-from tests.conftest import AppClient, serve, wait_for
 from tests.faults import proxy_postgres
+from tests.helpers import AppClient, serve, wait_for
 
 METRICS = "/operator/api/metrics"
 

@@ -10,15 +10,15 @@ import asyncpg
 import pytest
 
 from tentaculo.db.migrate import MigrationError, load_migrations, migrate, pending_migrations
-from tests.conftest import _execute, with_database
+from tests.helpers import execute, with_database
 
 
 @pytest.fixture
 async def empty_database(pg_server_dsn: str):
     name = f"tentaculo_mig_{uuid.uuid4().hex[:10]}"
-    await _execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
+    await execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
     yield with_database(pg_server_dsn, name)
-    await _execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_fresh_database_gets_every_migration_once(empty_database: str) -> None:

@@ -7,8 +7,8 @@ import dataclasses
 
 from tentaculo.app import create_app
 from tentaculo.status.health_views import CHECK_TIMEOUT
-from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres
+from tests.helpers import serve, wait_for
 
 DEADLINE = 1.0
 # What "within the deadline" allows on a loaded machine: the deadline, plus scheduling slack.

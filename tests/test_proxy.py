@@ -18,7 +18,7 @@ from tentaculo.app import create_app
 from tentaculo.db import queries
 from tentaculo.proxy.transport import _ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
-from tests.conftest import ADMIN_TOKEN, audit_row_of, serve, wait_for
+from tests.helpers import ADMIN_TOKEN, audit_row_of, serve, wait_for
 from tests.proxy_upstreams import GZIPPED, HOSTILE_HEADERS, ModuleApp, problem_of, raw_request
 
 MODULE_TOKEN = "module-own-credential-1234"

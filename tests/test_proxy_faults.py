@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.settings import ModuleTimeouts, Settings
-from tests.conftest import audit_row_of, serve, wait_for
+from tests.helpers import audit_row_of, serve, wait_for
 from tests.proxy_upstreams import RawModule, drop_first, early_hints, garbage
 
 Gateway = Callable[..., Awaitable[TestClient]]

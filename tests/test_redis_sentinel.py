@@ -17,7 +17,7 @@ from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.db.redisconn import SentinelRedis, redis_client
 from tentaculo.settings import Settings
-from tests.conftest import ADMIN_TOKEN, serve, wait_for
+from tests.helpers import ADMIN_TOKEN, serve, wait_for
 from tests.test_events import open_stream
 from tests.test_redis_tls import REDIS_SERVER, free_port, make_certificates, start_redis, stop
 

@@ -20,7 +20,7 @@ import pytest
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.settings import Settings
-from tests.conftest import serve, wait_for
+from tests.helpers import serve, wait_for
 from tests.test_events import open_stream
 
 REDIS_SERVER = shutil.which("redis-server")

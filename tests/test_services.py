@@ -23,8 +23,8 @@ from tentaculo.app import create_app
 from tentaculo.http.errors import connect_reason
 from tentaculo.settings import Settings, SettingsError
 from tentaculo.status.services import public_address
-from tests.conftest import serve, wait_for
 from tests.faults import proxy_postgres, proxy_redis
+from tests.helpers import serve, wait_for
 from tests.proxy_upstreams import RawModule, garbage
 
 STATUS = "/operator/api/status"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,19 @@ def test_values_are_parsed_by_type() -> None:
     )
     assert s.port == 9001 and s.audit_flush_seconds == 0.5 and s.migrate_on_start is False
     assert s.state_dir == Path("/var/lib/tentaculo") and s.database_url == "postgresql://u@db/tentaculo"
+
+
+
+@dataclass(frozen=True, slots=True)
+class _WithAList(Settings):
+    retry_delays: list[float] = field(default_factory=list)
+
+
+def test_a_field_of_a_type_it_cannot_parse_is_an_error_naming_it_not_a_raw_string() -> None:
+    # Raised whether or not the variable is set: a new field of such a type fails at once, not in production.
+    for env in ({"TENTACULO_RETRY_DELAYS": "1,2"}, {}):
+        with pytest.raises(TypeError, match=r"'retry_delays' \(TENTACULO_RETRY_DELAYS\) has type list\[float\]"):
+            _WithAList.from_env(env)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 from tentaculo.embedded import free_port
 from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
-from tests.conftest import ADMIN_TOKEN, wait_for
+from tests.helpers import ADMIN_TOKEN, wait_for
 
 DRAIN, TIMEOUT, FLUSH = 1.0, 2.5, 2.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from tentaculo.app import create_app
 from tentaculo.embedded import free_port
 from tentaculo.smoke import checks, run_smoke
-from tests.conftest import ADMIN_TOKEN, serve
+from tests.helpers import ADMIN_TOKEN, serve
 
 
 def _lines_of(lines: list[str], verdict: str) -> dict[str, str]:

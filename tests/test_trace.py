@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from tentaculo import keys
 from tentaculo.status.trace_views import in_time_order
 from tests.chat_helpers import chat_gateway, new_cid
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 TRACE = "/operator/api/trace/"
 

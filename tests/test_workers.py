@@ -25,7 +25,7 @@ from tentaculo.embedded import free_port
 from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 from tentaculo.workers import Worker, check_address, worker_environment
-from tests.conftest import ADMIN_TOKEN, with_database
+from tests.helpers import ADMIN_TOKEN, with_database
 
 DRAIN, TIMEOUT, FLUSH = 0.5, 1.0, 1.0
 STOP_BOUND = shutdown_total(Settings(drain_seconds=DRAIN, shutdown_timeout=TIMEOUT, shutdown_flush_seconds=FLUSH))

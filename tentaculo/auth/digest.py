@@ -7,12 +7,17 @@ request on the gateway's hot path. Other interpreters fall back to ``hashlib``.
 
 from __future__ import annotations
 
-try:
-    from _sha2 import sha256  # CPython 3.12+
-except ImportError:
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the same signature; the private modules have no type stubs
+    from hashlib import sha256
+else:
     try:
-        from _sha256 import sha256  # CPython 3.11
+        from _sha2 import sha256  # CPython 3.12+
     except ImportError:
-        from hashlib import sha256
+        try:
+            from _sha256 import sha256  # CPython 3.11
+        except ImportError:
+            from hashlib import sha256
 
 __all__ = ["sha256"]

@@ -24,6 +24,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tentaculo.health import Status
 from tentaculo.http.errors import Problem, failure_reason
 from tentaculo.proxy.transport import TrustedProxies
 
@@ -143,7 +144,7 @@ class SharedGcra:
         self._recovery: asyncio.Task[None] | None = None
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         """``on`` while counting in Redis, ``degraded`` while counting per instance."""
         return "on" if self.degraded_since is None else "degraded"
 

@@ -37,9 +37,10 @@ async def copy_audit_rows(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ..
 
 async def audit_rows_for(db: Executor, correlation_id: str) -> list[asyncpg.Record]:
     """Audit rows of one correlation id, oldest first."""
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         "SELECT * FROM audit_logs WHERE correlation_id = $1 ORDER BY ts, id", correlation_id
     )
+    return rows
 
 
 async def insert_token(
@@ -61,7 +62,7 @@ async def insert_token(
         "UPDATE api_tokens SET revoked_at = expires_at WHERE name = $1 AND revoked_at IS NULL AND expires_at <= now()",
         name,
     )
-    return await db.fetchval(
+    token_id: int = await db.fetchval(
         "INSERT INTO api_tokens (name, token_hash, scopes, created_by, expires_at, requests_per_minute)"
         " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         name,
@@ -71,6 +72,7 @@ async def insert_token(
         expires_at,
         requests_per_minute,
     )
+    return token_id
 
 
 async def find_active_token(db: Executor, token_hash: bytes) -> asyncpg.Record | None:
@@ -92,7 +94,7 @@ async def token_is_active(db: Executor, token_id: int) -> bool:
 
 async def list_tokens(db: Executor) -> list[asyncpg.Record]:
     """Every token, newest first, without hashes; ``state`` is active, expired or revoked."""
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         """
         SELECT name, scopes, created_at, revoked_at, created_by, expires_at, last_used_at, requests_per_minute,
                CASE WHEN revoked_at IS NOT NULL AND (expires_at IS NULL OR revoked_at < expires_at) THEN 'revoked'
@@ -101,6 +103,7 @@ async def list_tokens(db: Executor) -> list[asyncpg.Record]:
         FROM api_tokens ORDER BY created_at DESC, id DESC
         """
     )
+    return rows
 
 
 async def revoke_token(db: Executor, name: str) -> list[int]:
@@ -118,7 +121,8 @@ async def touch_tokens(db: Executor, token_ids: Sequence[int]) -> None:
 
 async def count_active_tokens(db: Executor) -> int:
     """How many tokens are not revoked."""
-    return await db.fetchval("SELECT count(*) FROM api_tokens WHERE revoked_at IS NULL")
+    count: int = await db.fetchval("SELECT count(*) FROM api_tokens WHERE revoked_at IS NULL")
+    return count
 
 
 async def shared_secret(db: Executor, name: str, candidate: bytes) -> bytes:
@@ -175,23 +179,25 @@ async def insert_chat_actions(db: Executor, rows: Sequence[tuple[Any, ...]]) -> 
 
 async def audit_trace(db: Executor, correlation_id: str, limit: int) -> list[asyncpg.Record]:
     """The first ``limit`` audit rows of one correlation id, oldest first."""
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         "SELECT ts, method, route, path, status, duration_ms, token_name, client, instance, service"
         " FROM audit_logs WHERE correlation_id = $1 ORDER BY ts, id LIMIT $2",
         correlation_id,
         limit,
     )
+    return rows
 
 
 async def chat_trace(db: Executor, correlation_id: str, limit: int) -> list[asyncpg.Record]:
     """The first ``limit`` chat action rows of one correlation id, oldest first."""
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         "SELECT ts, message_id, session_id, token_name, provider, model, status, finish_reason, prompt_tokens,"
         " completion_tokens, latency_ms, degraded, streamed, attempts, error, instance"
         " FROM copilot_actions_log WHERE correlation_id = $1 ORDER BY ts, id LIMIT $2",
         correlation_id,
         limit,
     )
+    return rows
 
 
 PERFORMANCE_COLUMNS = (
@@ -222,7 +228,7 @@ async def performance_window(db: Executor, since: Any) -> list[asyncpg.Record]:
 
     Histograms are added bucket by bucket; ``provider`` is '' for request rows.
     """
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         """
         WITH w AS (
             SELECT route, method, status_class, coalesce(provider, '') AS provider, instance, count, error_count,
@@ -246,11 +252,13 @@ async def performance_window(db: Executor, since: Any) -> list[asyncpg.Record]:
         """,
         since,
     )
+    return rows
 
 
 async def try_performance_maintenance_lock(conn: asyncpg.Connection) -> bool:
     """Take the rollup maintenance lock for the current transaction, if no other instance holds it."""
-    return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PERFORMANCE_MAINTENANCE_LOCK)
+    taken: bool = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PERFORMANCE_MAINTENANCE_LOCK)
+    return taken
 
 
 async def compact_performance_logs(conn: asyncpg.Connection, before: Any, bucket_seconds: int) -> int:
@@ -304,15 +312,17 @@ SERVICE_CONFIGS_CHANNEL = "tentaculo_service_configs"
 
 async def list_service_configs(db: Executor) -> list[asyncpg.Record]:
     """Every VX11 module's configuration, by name."""
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         "SELECT name, display_name, role, base_url, health_path, enabled, description, updated_at"
         " FROM service_configs ORDER BY name"
     )
+    return rows
 
 
 async def list_topology_edges(db: Executor) -> list[asyncpg.Record]:
     """Every edge between modules."""
-    return await db.fetch("SELECT source, target, kind FROM topology_edges ORDER BY source, target")
+    rows: list[asyncpg.Record] = await db.fetch("SELECT source, target, kind FROM topology_edges ORDER BY source, target")
+    return rows
 
 
 async def set_service_config(
@@ -378,7 +388,7 @@ async def add_topology_edge(conn: asyncpg.Connection, source: str, target: str, 
 async def remove_topology_edge(conn: asyncpg.Connection, source: str, target: str) -> bool:
     """Remove an edge and tell running instances; False when there was none."""
     async with conn.transaction():
-        status = await conn.execute("DELETE FROM topology_edges WHERE source = $1 AND target = $2", source, target)
+        status: str = await conn.execute("DELETE FROM topology_edges WHERE source = $1 AND target = $2", source, target)
         removed = status.split()[-1] != "0"
         if removed:
             await conn.execute("SELECT pg_notify($1, $2)", SERVICE_CONFIGS_CHANNEL, source)
@@ -387,9 +397,10 @@ async def remove_topology_edge(conn: asyncpg.Connection, source: str, target: st
 
 async def list_feature_flags(db: Executor) -> list[asyncpg.Record]:
     """Every feature flag as stored."""
-    return await db.fetch(
+    rows: list[asyncpg.Record] = await db.fetch(
         "SELECT name, status, reason, description, updated_at, updated_by FROM feature_flags ORDER BY name"
     )
+    return rows
 
 
 async def update_feature_flag(

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import structlog
 
+from tentaculo.health import Health, Status
 from tentaculo.http.errors import Problem
 
 log = structlog.get_logger("tentaculo.sandbox")
@@ -144,11 +145,16 @@ class Sandbox:
         self.max_entries = max_entries
         self._slots = asyncio.Semaphore(concurrency)
 
-    def status(self) -> tuple[str, str | None]:
-        """The file explorer's own status: ``off`` with no roots configured."""
+    def health(self) -> Health:
+        """The file explorer's own health: ``off`` with no roots configured."""
         if not self.roots:
-            return "off", "no roots configured"
-        return "on", None
+            return Health("off", "no roots configured")
+        return Health.ON
+
+    def status(self) -> tuple[Status, str | None]:
+        """:meth:`health` as the pair ``tentaculo/app.py`` still unpacks; goes once it reads ``health()``."""
+        health = self.health()
+        return health.status, health.reason
 
     async def list(self, raw: str | None) -> Listing:
         """The listing of ``raw`` (``<root>/<relative>``; empty: the roots themselves)."""

@@ -17,7 +17,8 @@ from tentaculo.http.jsonio import json_response
 def openapi_document() -> dict[str, Any]:
     """The packaged spec, parsed once."""
     text = resources.files("tentaculo").joinpath("openapi.yaml").read_text()
-    return yaml.safe_load(text)
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
 
 
 @requires(PUBLIC)

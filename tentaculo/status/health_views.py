@@ -12,6 +12,7 @@ from tentaculo import __version__, keys
 from tentaculo.auth.tokens import PUBLIC, requires
 from tentaculo.db import queries
 from tentaculo.db.migrate import pending_migrations
+from tentaculo.health import Status
 from tentaculo.http.jsonio import json_response
 from tentaculo.status.dependencies import timed_check
 
@@ -44,7 +45,7 @@ def audit_check(app: web.Application) -> dict[str, Any]:
                        f"{audit['oldest_queued_s']:.1f} s")
     if audit["dropped"]:
         reasons.append(f"{audit['dropped']} rows dropped")
-    status = "on" if not reasons else ("error" if audit["dropped"] else "degraded")
+    status: Status = "on" if not reasons else ("error" if audit["dropped"] else "degraded")
     return {
         "status": status,
         "reason": "; ".join(reasons) or None,

@@ -72,7 +72,7 @@ def in_time_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def when(item: dict[str, Any]) -> datetime:
         ts: datetime = item["ts"]
         if item["kind"] == "event" and item["type"] == "chat":
-            row = chats.get((item["data"] or {}).get("message_id"))
+            row: datetime | None = chats.get((item["data"] or {}).get("message_id"))
             if row is not None and row >= ts:
                 return row + _MICROSECOND
         return ts

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from tentaculo import __version__, keys
 from tentaculo.auth.tokens import requires
+from tentaculo.health import Status
 from tentaculo.http.jsonio import json_response
 from tentaculo.status.health_views import audit_check
 
@@ -46,7 +47,7 @@ def overall(
     features: dict[str, dict[str, Any]],
     providers: list[dict[str, Any]],
     dependencies: dict[str, dict[str, Any]],
-) -> tuple[str, list[str]]:
+) -> tuple[Status, list[str]]:
     """The instance's status and why: ``error`` without PostgreSQL, ``degraded`` while anything
     enabled is failing, ``off`` while draining, else ``on``."""
     if draining:
