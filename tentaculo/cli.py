@@ -1,4 +1,4 @@
-"""The ``tentaculo`` command: run, migrate, token, service, providers, smoke."""
+"""The ``tentaculo`` command: run, migrate, token, service, policy, providers, smoke."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from tentaculo.auth.views import (
 )
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
+from tentaculo.policy_cli import policy_command, policy_parser
 from tentaculo.settings import Settings, SettingsError, secret_values
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = tsub.add_parser("revoke", help="revoke the active token with this name")
     revoke.add_argument("name")
     _service_parser(sub)
+    policy_parser(sub)
     return parser
 
 
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             if args.command == "service":
                 return asyncio.run(_service_command(settings, args))
+            if args.command == "policy":
+                return asyncio.run(policy_command(settings, args))
             return asyncio.run(_token_command(settings, args))
     except MigrationError as exc:
         print(f"tentaculo: {exc}", file=sys.stderr)
@@ -473,3 +477,4 @@ async def _edge_command(conn: asyncpg.Connection, args: argparse.Namespace) -> i
         return 1
     print(f"{'added' if created else 'updated'} edge {where} ({args.kind}); running gateways reload it now")
     return 0
+

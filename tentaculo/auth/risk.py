@@ -43,6 +43,8 @@ PATTERN_MAX = 256
 REASON_MAX = 500
 _BAD_PATTERN = re.compile(r"//|\\|%|\s|(^|/)\.\.?(/|$)|\*\*\*")
 DEFAULT_RELOAD_SECONDS = 5.0
+RULE_FIELDS = ("module", "method", "pattern", "risk", "reason")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -63,6 +65,31 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         else:
             parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
     return re.compile("^" + "".join(parts) + "/?$", re.IGNORECASE)
+
+
+def rule_errors(data: dict[str, object]) -> list[dict[str, str]]:
+    """What is wrong with a rule sent to the API or the CLI, field by field."""
+    errors = []
+    module, method, pattern, risk = (data.get(f) for f in ("module", "method", "pattern", "risk"))
+    if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
+        errors.append({"field": "module", "message": "a module name (lower-case letters, digits, '-', '_') or *"})
+    if not isinstance(method, str) or not METHOD.fullmatch(method):
+        errors.append({"field": "method", "message": "an HTTP method in capitals, or *"})
+    if not isinstance(pattern, str):
+        errors.append({"field": "pattern", "message": "a path pattern such as /**/stop/** or /jobs/*"})
+    else:
+        try:
+            compile_pattern(pattern)
+        except ValueError as exc:
+            errors.append({"field": "pattern", "message": str(exc)})
+    if not isinstance(risk, str) or risk not in RISKS:
+        errors.append({"field": "risk", "message": f"one of {', '.join(RISKS)}"})
+    reason = data.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > REASON_MAX or _CONTROL.search(reason):
+        errors.append({"field": "reason", "message": f"one line of text, at most {REASON_MAX} characters"})
+    for key in sorted(set(data) - set(RULE_FIELDS)):
+        errors.append({"field": key, "message": "unknown field; send module, method, pattern, risk, reason"})
+    return errors
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 import asyncpg
 from aiohttp import web
 
 from tentaculo import keys
-from tentaculo.auth.risk import ANY, METHOD, MODULE_NAME, REASON_MAX, RISKS, compile_pattern
+from tentaculo.auth.risk import ANY, rule_errors
 from tentaculo.auth.tokens import requires
 from tentaculo.db import queries
 from tentaculo.http.errors import Problem, ValidationFailed
 from tentaculo.http.jsonio import json_response, read_json_object
 from tentaculo.status.policies import policies, publish_change
-
-_FIELDS = ("module", "method", "pattern", "risk", "reason")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @requires("read")
@@ -31,31 +26,6 @@ async def list_rules(request: web.Request) -> web.Response:
     rules = request.app[keys.RISK_RULES]
     return json_response({"rules": [r.view() for r in rules.rules], "loaded_at": rules.loaded_at,
                           "load_error": rules.load_error})
-
-
-def rule_errors(data: dict[str, object]) -> list[dict[str, str]]:
-    """What is wrong with a rule sent to the API or the CLI, field by field."""
-    errors = []
-    module, method, pattern, risk = (data.get(f) for f in ("module", "method", "pattern", "risk"))
-    if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
-        errors.append({"field": "module", "message": "a module name (lower-case letters, digits, '-', '_') or *"})
-    if not isinstance(method, str) or not METHOD.fullmatch(method):
-        errors.append({"field": "method", "message": "an HTTP method in capitals, or *"})
-    if not isinstance(pattern, str):
-        errors.append({"field": "pattern", "message": "a path pattern such as /**/stop/** or /jobs/*"})
-    else:
-        try:
-            compile_pattern(pattern)
-        except ValueError as exc:
-            errors.append({"field": "pattern", "message": str(exc)})
-    if not isinstance(risk, str) or risk not in RISKS:
-        errors.append({"field": "risk", "message": f"one of {', '.join(RISKS)}"})
-    reason = data.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > REASON_MAX or _CONTROL.search(reason):
-        errors.append({"field": "reason", "message": f"one line of text, at most {REASON_MAX} characters"})
-    for key in sorted(set(data) - set(_FIELDS)):
-        errors.append({"field": key, "message": "unknown field; send module, method, pattern, risk, reason"})
-    return errors
 
 
 @requires("admin")
