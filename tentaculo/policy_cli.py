@@ -53,9 +53,9 @@ async def policy_command(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{'ID':<6} {'MODULE':<16} {'METHOD':<8} {'RISK':<7} {'SOURCE':<9} {'PATTERN':<28} REASON")
             for r in rows:
                 source = "default" if r["created_by"] == "default" else "database"
-                locked = " (locked)" if r["locked"] else ""
+                mark = " (locked)" if r["locked"] else ""
                 print(f"{r['id']:<6} {r['module']:<16} {r['method']:<8} {r['risk']:<7} {source:<9} "
-                      f"{r['pattern']:<28} {r['reason']}{locked}")
+                      f"{r['pattern']:<28} {r['reason']}{mark}")
             return 0
         if args.policy_command == "remove":
             if await queries.delete_risk_rule(conn, args.id) is None:

@@ -36,7 +36,7 @@ def _default(name: str) -> Any:
     f = _FIELDS[name]
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()  # type: ignore[operator]
 
 
 def setting_source(settings: Settings, *names: str) -> str:
