@@ -18,7 +18,7 @@ import sys
 from bench.env import BenchEnv, Figure, each_scenario, table
 
 # limits last: its flood of wrong tokens blocks the loopback address for a few seconds.
-SCENARIOS = ["gateway", "chat", "events", "status", "proxy", "limits"]
+SCENARIOS = ["gateway", "chat", "events", "status", "proxy", "policies", "limits"]
 
 
 def _available(names: list[str]) -> list[str]:

@@ -38,7 +38,7 @@ from tentaculo.http.middlewares import add_correlation_header, add_rate_limit_he
 from tentaculo.proxy import views as proxy_views
 from tentaculo.proxy.transport import ModuleProxy, TrustedProxies
 from tentaculo.settings import Settings
-from tentaculo.status import feature_views, metrics_views
+from tentaculo.status import feature_views, metrics_views, policy_views
 from tentaculo.status import health_views as health
 from tentaculo.status import trace_views as trace
 from tentaculo.status import views as status_views
@@ -52,6 +52,7 @@ from tentaculo.status.features import (
     registry_check,
 )
 from tentaculo.status.metrics import RequestMetrics
+from tentaculo.status.policies import policies_ctx
 from tentaculo.status.rollup import MetricsRollup
 from tentaculo.status.services import ServiceProber, ServiceRegistry, publish_service_status
 from tentaculo.tasks import stop_task
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(metrics_ctx)
     app.cleanup_ctx.append(proxy_ctx)
     app.cleanup_ctx.append(limits_ctx)
+    app.cleanup_ctx.append(policies_ctx)
     _add_routes(app)
     return app
 
@@ -111,6 +113,10 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_views.prometheus)
     app.router.add_get("/operator/api/fs/list", fs.list_dir)
     app.router.add_get("/operator/api/trace/{correlation_id}", trace.trace)
+    app.router.add_get("/operator/api/policies", policy_views.list_policies)
+    app.router.add_get("/operator/api/policies/rules", policy_views.list_rules)
+    app.router.add_post("/operator/api/policies/rules", policy_views.set_rule)
+    app.router.add_delete("/operator/api/policies/rules/{id}", policy_views.remove_rule)
     app.router.add_route("*", "/operator/api/proxy/{service}/{path:.*}", proxy_views.proxy)
     console.setup(app)  # last: its view addresses must not shadow any /operator/api/ route
 

@@ -1,4 +1,4 @@
-"""The ``tentaculo`` command: run, migrate, token, service, providers, smoke."""
+"""The ``tentaculo`` command: run, migrate, token, service, policy, providers, smoke."""
 
 from __future__ import annotations
 
@@ -16,16 +16,19 @@ from typing import TextIO
 import asyncpg
 
 from tentaculo import __version__
-from tentaculo.auth.tokens import SCOPES, hash_token, new_token, ordered_scopes, parse_scopes
-from tentaculo.auth.views import (
-    BOOTSTRAP_TOKEN_NAME,
+from tentaculo.auth.tokens import (
     MAX_EXPIRES_IN,
     MAX_REQUESTS_PER_MINUTE,
-    TOKEN_NAME,
-    reserved_name,
+    SCOPES,
+    hash_token,
+    new_token,
+    ordered_scopes,
+    parse_scopes,
 )
+from tentaculo.auth.views import BOOTSTRAP_TOKEN_NAME, TOKEN_NAME, reserved_name
 from tentaculo.db import queries
 from tentaculo.db.migrate import MigrationError, migrate
+from tentaculo.policy_cli import policy_command, policy_parser
 from tentaculo.settings import Settings, SettingsError, secret_values
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -57,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = tsub.add_parser("revoke", help="revoke the active token with this name")
     revoke.add_argument("name")
     _service_parser(sub)
+    policy_parser(sub)
     return parser
 
 
@@ -104,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             if args.command == "service":
                 return asyncio.run(_service_command(settings, args))
+            if args.command == "policy":
+                return asyncio.run(policy_command(settings, args))
             return asyncio.run(_token_command(settings, args))
     except MigrationError as exc:
         print(f"tentaculo: {exc}", file=sys.stderr)
@@ -473,3 +479,4 @@ async def _edge_command(conn: asyncpg.Connection, args: argparse.Namespace) -> i
         return 1
     print(f"{'added' if created else 'updated'} edge {where} ({args.kind}); running gateways reload it now")
     return 0
+

@@ -12,7 +12,9 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from tentaculo.auth.confirm import Confirmations
 from tentaculo.auth.limits import AuthFailureLimiter, BudgetFigures, SharedGcra
+from tentaculo.auth.risk import RiskRules
 from tentaculo.auth.tickets import EventTickets
 from tentaculo.auth.tokens import Principal, TokenStore
 from tentaculo.chat.log import ChatActionLog
@@ -96,6 +98,8 @@ FEATURES = web.AppKey("features", FeatureFlags)
 DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
 RATE_COUNTER = web.AppKey("rate_counter", SharedGcra)
 AUTH_LIMITER = web.AppKey("auth_limiter", AuthFailureLimiter)
+RISK_RULES = web.AppKey("risk_rules", RiskRules)
+CONFIRMATIONS = web.AppKey("confirmations", Confirmations)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -161,6 +161,8 @@ class Settings:
     probe_timeout: float = 2.0
     probe_slow_ms: float = 1000.0
     features_reload_seconds: float = 0.5
+    # Risk rules are re-read this often in case a policy_change event was missed (or the CLI changed them).
+    policy_reload_seconds: float = 5.0
     dependency_check_seconds: float = 2.0
     # Reverse proxy to the modules: see tentaculo/proxy/. The per-module maps are keyed like service_urls.
     proxy_connect_timeout: float = 5.0
@@ -334,7 +336,7 @@ def _validate_services(s: Settings) -> None:
             raise SettingsError(f"{SERVICE_PREFIX}{key.upper()}{SERVICE_SUFFIX}",
                                 "must be an http://, https://, redis:// or rediss:// URL")
     for name in ("services_reload_seconds", "probe_interval_seconds", "probe_connect_timeout", "probe_timeout",
-                 "probe_slow_ms", "features_reload_seconds", "dependency_check_seconds"):
+                 "probe_slow_ms", "features_reload_seconds", "dependency_check_seconds", "policy_reload_seconds"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
 

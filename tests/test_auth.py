@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tentaculo.auth.tokens import TokenStore, hash_token, new_token
+from tests.confirm_helpers import confirmed
 from tests.helpers import wait_for
 
 
@@ -68,7 +69,7 @@ async def test_revoked_token_is_refused(gateway, admin_headers) -> None:
     token = (await created.json())["token"]
     assert (await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": token})).status == 200
 
-    revoked = await gateway.delete(f"/operator/api/tokens/{name}", headers=admin_headers)
+    revoked = await confirmed(gateway, "DELETE", f"/operator/api/tokens/{name}", headers=admin_headers)
     assert revoked.status == 204
     resp = await gateway.get("/operator/api/whoami", headers={"X-VX11-Token": token})
     assert resp.status == 401
@@ -238,7 +239,7 @@ async def test_listing_shows_state_expiry_budget_and_a_coarse_last_use(aiohttp_c
     client = await serve(aiohttp_client, create_app(dataclasses.replace(settings, token_last_used_seconds=3600)))
     name, created = await _create(client, admin_headers, expires_in=3600, requests_per_minute=600)
     revoked_name, _ = await _create(client, admin_headers)
-    assert (await client.delete(f"/operator/api/tokens/{revoked_name}", headers=admin_headers)).status == 204
+    assert (await confirmed(client, "DELETE", f"/operator/api/tokens/{revoked_name}", headers=admin_headers)).status == 204
     for _ in range(5):
         assert (await client.get("/operator/api/whoami", headers={"X-VX11-Token": created["token"]})).status == 200
 

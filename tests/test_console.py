@@ -22,6 +22,7 @@ from tentaculo.app import create_app
 from tentaculo.console.views import SECURITY_HEADERS, bundle
 from tentaculo.embedded import free_port
 from tentaculo.settings import Settings
+from tests.confirm_helpers import confirmed
 from tests.helpers import ADMIN_TOKEN, AppClient, serve
 from tests.proxy_upstreams import ModuleApp
 
@@ -216,7 +217,7 @@ async def test_overview_shows_every_part_with_its_reason_and_follows_feature_tog
     # A feature turned off elsewhere shows here at once, with the admin's reason: no reload, no polling.
     metrics = features.locator('[data-name="metrics"]')
     await expect(metrics).to_have_attribute("data-status", "on")
-    resp = await client.put("/operator/api/features/metrics", json={"status": "off", "reason": "console test"},
+    resp = await confirmed(client, "PUT", "/operator/api/features/metrics", json={"status": "off", "reason": "console test"},
                             headers=admin_headers)
     assert resp.status == 200
     try:
@@ -357,7 +358,7 @@ async def test_a_revoked_token_returns_to_sign_in_with_the_reason(
     token = await make_token("read", name=name)
     v = await signed_in(browser, client, token)
     await expect(v.page.locator(".who")).to_contain_text(name)
-    resp = await client.delete(f"/operator/api/tokens/{name}", headers=admin_headers)
+    resp = await confirmed(client, "DELETE", f"/operator/api/tokens/{name}", headers=admin_headers)
     assert resp.status in (200, 204)
     # Open another view's address: the stream may already have signed the operator out (the gateway
     # ends a revoked token's streams); if not, the first call does. Either way the reason is shown.
@@ -436,7 +437,7 @@ async def test_a_dropped_stream_shows_lost_then_resumes_with_a_fresh_ticket(
     cid = (await resp.json())["correlation_id"]
     await expect(page.locator(f'[data-testid="event-trace"][href="/operator/trace/{cid}"]')).to_have_count(1)
     # Turning live events off ends every stream: the console says so and keeps trying.
-    resp = await client.put("/operator/api/features/events", json={"status": "off", "reason": "console test"},
+    resp = await confirmed(client, "PUT", "/operator/api/features/events", json={"status": "off", "reason": "console test"},
                             headers=admin_headers)
     assert resp.status == 200
     try:
@@ -489,7 +490,7 @@ async def test_lost_history_is_marked_with_a_reset_line(
 
     seen = await chat("seen before the drop")
     await expect(page.locator(f'[data-testid="event-trace"][href="/operator/trace/{seen}"]')).to_have_count(1)
-    resp = await client.put("/operator/api/features/events", json={"status": "off", "reason": "console test"},
+    resp = await confirmed(client, "PUT", "/operator/api/features/events", json={"status": "off", "reason": "console test"},
                             headers=admin_headers)
     assert resp.status == 200
     try:

@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import expect
 
 from tentaculo.settings import Settings
+from tests.confirm_helpers import confirmed
 from tests.console_helpers import VIEWPORT, console_gateway, open_view, screenshot
 from tests.helpers import ADMIN_TOKEN, AppClient, wait_for
 
@@ -128,9 +129,9 @@ async def test_chat_says_when_the_chat_feature_is_turned_off(
     note = page.get_by_test_id("chat-feature")
     await expect(note).to_be_hidden()
     try:
-        async with client.put("/operator/api/features/chat", json={"status": "off", "reason": "provider bill overdue"},
-                              headers=headers) as resp:
-            assert resp.status == 200
+        resp = await confirmed(client, "PUT", "/operator/api/features/chat",
+                               json={"status": "off", "reason": "provider bill overdue"}, headers=headers)
+        assert resp.status == 200
         await expect(note).to_contain_text("Chat is turned off by admin: provider bill overdue")
         await page.get_by_test_id("chat-input").fill("hello")
         await page.get_by_test_id("chat-send").click()
@@ -213,6 +214,14 @@ async def test_feature_turned_off_shows_at_once_on_another_open_console(
         await expect(mine).to_be_checked()
         await admin.locator("[data-testid=feature-reason][data-name=metrics]").fill("disk maintenance")
         await mine.uncheck()
+        # Turning a feature off is high risk: a dialog names the action and its risk before anything is done.
+        dialog = admin.get_by_test_id("confirm-dialog")
+        await expect(dialog).to_be_visible()
+        await expect(dialog.get_by_test_id("confirm-dialog-action")).to_have_text("PUT /operator/api/features/metrics")
+        await expect(dialog.get_by_test_id("confirm-dialog-risk")).to_have_text("high risk")
+        await expect(theirs).to_be_checked()  # nothing done yet
+        await dialog.get_by_test_id("confirm-dialog-confirm").click()
+        await expect(dialog).to_have_count(0)
         await expect(mine).not_to_be_checked()
         row = other.locator("[data-testid=feature-row][data-name=metrics]")
         await expect(theirs).not_to_be_checked()
@@ -222,9 +231,9 @@ async def test_feature_turned_off_shows_at_once_on_another_open_console(
             assert resp.status == 503
         # A change made elsewhere shows here too, and leaves a reason being typed alone.
         await admin.locator("[data-testid=feature-reason][data-name=chat]").fill("half-written")
-        async with client.put("/operator/api/features/proxy", json={"status": "off", "reason": "elsewhere"},
-                              headers=headers) as resp:
-            assert resp.status == 200
+        resp = await confirmed(client, "PUT", "/operator/api/features/proxy",
+                               json={"status": "off", "reason": "elsewhere"}, headers=headers)
+        assert resp.status == 200
         await expect(admin.locator("[data-testid=feature-toggle][data-name=proxy]")).not_to_be_checked()
         await expect(admin.locator("[data-testid=feature-row][data-name=proxy]")).to_contain_text("elsewhere")
         await expect(admin.locator("[data-testid=feature-reason][data-name=chat]")).to_have_value("half-written")
@@ -281,7 +290,24 @@ async def test_token_secret_is_shown_once_and_revoke_removes_the_token(
     await expect(row.get_by_test_id("token-revoke")).to_be_visible()
     await row.get_by_test_id("token-revoke").click()
     await row.get_by_test_id("token-revoke-confirm").click()
+    # Revoking is high risk: the gateway asks, and the console's dialog names the action and its risk.
+    dialog = page.get_by_test_id("confirm-dialog")
+    await expect(dialog.get_by_test_id("confirm-dialog-action")).to_have_text(f"DELETE /operator/api/tokens/{name}")
+    await expect(dialog.get_by_test_id("confirm-dialog-risk")).to_have_text("high risk")
+    await expect(dialog).to_contain_text("revoking a token locks its holder out")
+    await dialog.get_by_test_id("confirm-dialog-cancel").click()  # cancelled: nothing done
+    await expect(page.get_by_test_id("token-error")).to_contain_text("not confirmed")
+    async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
+        assert resp.status == 200
+    await row.get_by_test_id("token-revoke").click()
+    async with page.expect_request(lambda r: r.method == "DELETE" and "X-VX11-Confirm".lower() in r.headers) as sent:
+        await row.get_by_test_id("token-revoke-confirm").click()
+        await dialog.get_by_test_id("confirm-dialog-confirm").click()
+    confirmation = (await sent.value).headers["x-vx11-confirm"]
     await expect(row).to_have_count(0)
+    assert confirmation not in await page.content()
+    stored = await page.evaluate("() => JSON.stringify(sessionStorage) + JSON.stringify(localStorage)")
+    assert confirmation not in stored  # the console never keeps a confirmation token
     async with client.get("/operator/api/whoami", headers={"X-VX11-Token": secret}) as resp:
         assert resp.status == 401
 

@@ -24,7 +24,7 @@ from tests.proxy_upstreams import ModuleApp
 
 PAGE = "http://127.0.0.1:5173"  # a frontend's dev server, as the browser names its origin
 OTHER = "http://127.0.0.1:5174"
-API_HEADERS = ("X-VX11-Token", "Authorization", "Content-Type", "Last-Event-ID", "X-Correlation-ID")
+API_HEADERS = ("X-VX11-Token", "Authorization", "Content-Type", "Last-Event-ID", "X-Correlation-ID", "X-VX11-Confirm")
 EXPOSED = ("X-Correlation-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 Gateway = Callable[..., Awaitable[TestClient]]
 

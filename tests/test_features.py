@@ -16,6 +16,7 @@ import pytest
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.status.features import FEATURES, Flag
+from tests.confirm_helpers import CONFIRM_HEADER
 from tests.helpers import serve, wait_for
 
 FEATURES_URL = "/operator/api/features"
@@ -30,7 +31,12 @@ async def flags_back_on(db: asyncpg.Connection) -> AsyncIterator[None]:
 
 
 async def _put(client: Any, name: str, body: Any, headers: dict[str, str]) -> Any:
-    return await client.put(f"{FEATURES_URL}/{name}", data=orjson.dumps(body), headers=headers)
+    """Set a flag; turning one off is confirmed the way a client must (the second call carries the token)."""
+    resp = await client.put(f"{FEATURES_URL}/{name}", data=orjson.dumps(body), headers=headers)
+    if resp.status != 428:
+        return resp
+    token = (await resp.json())["confirmation"]["token"]
+    return await client.put(f"{FEATURES_URL}/{name}", data=orjson.dumps(body), headers={**headers, CONFIRM_HEADER: token})
 
 
 async def test_every_feature_is_listed_with_its_effective_status(gateway, admin_headers) -> None:

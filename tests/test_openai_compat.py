@@ -9,6 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.chat_helpers import chat_gateway, chat_rows, new_cid
+from tests.confirm_helpers import confirmed
 
 
 @pytest.fixture
@@ -87,8 +88,8 @@ async def test_refusals_before_the_handler_carry_the_openai_error_too(gw, client
     assert refused.value.body["code"] == "invalid_token"
     # The SDK's message is the error member's, not the whole document.
     assert refused.value.message.endswith(" - the token is unknown, revoked or malformed")
-    off = await gw.put("/operator/api/features/chat", json={"status": "off", "reason": "maintenance window"},
-                       headers=admin_headers)
+    off = await confirmed(gw, "PUT", "/operator/api/features/chat", json={"status": "off", "reason": "maintenance window"},
+                          headers=admin_headers)
     assert off.status == 200
     try:
         with pytest.raises(openai.InternalServerError) as disabled:

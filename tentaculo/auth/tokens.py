@@ -18,6 +18,9 @@ from tentaculo.http.errors import failure_reason
 from tentaculo.tasks import within
 
 SCOPES = ("read", "chat", "operate", "admin")
+# Longest lifetime and largest budget a token may be given (ten years; a million a minute).
+MAX_EXPIRES_IN = 10 * 365 * 86_400
+MAX_REQUESTS_PER_MINUTE = 1_000_000
 PUBLIC = "public"
 TOKEN_MIN, TOKEN_MAX = 16, 512
 TOKEN_SHAPE = re.compile(rf"^[A-Za-z0-9._~+/=-]{{{TOKEN_MIN},{TOKEN_MAX}}}$")

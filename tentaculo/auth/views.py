@@ -11,7 +11,17 @@ import asyncpg
 from aiohttp import web
 
 from tentaculo import keys
-from tentaculo.auth.tokens import hash_token, new_token, ordered_scopes, parse_scopes, requires
+from tentaculo.auth.actions import guard
+from tentaculo.auth.risk import REVOKE_TOKEN, Verdict
+from tentaculo.auth.tokens import (
+    MAX_EXPIRES_IN,
+    MAX_REQUESTS_PER_MINUTE,
+    hash_token,
+    new_token,
+    ordered_scopes,
+    parse_scopes,
+    requires,
+)
 from tentaculo.db import queries
 from tentaculo.http.errors import Problem, ValidationFailed
 from tentaculo.http.jsonio import json_response, read_json_object
@@ -89,11 +99,16 @@ async def create_token(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def revoke_token(request: web.Request) -> web.Response:
-    """Revoke the active token with this name."""
+    """Revoke the active token with this name (high risk: confirmed first)."""
     name = request.match_info["name"]
+    action = await guard(request, "tentaculo", Verdict("high", REVOKE_TOKEN))
     # Shielded: a client leaving mid-call must not leave the row revoked but the cache and streams not.
     if not await asyncio.shield(_revoke(request.app, name)):
+        if action is not None:
+            action.done(404)
         raise Problem("not_found", f"no active token named {name!r}")
+    if action is not None:
+        action.done(204)
     return web.Response(status=204)
 
 
@@ -120,9 +135,6 @@ def _token_view(row: asyncpg.Record) -> dict[str, object]:
     }
 
 
-# Longest lifetime and largest budget a token may be given (ten years; a million a minute).
-MAX_EXPIRES_IN = 10 * 365 * 86_400
-MAX_REQUESTS_PER_MINUTE = 1_000_000
 
 
 def _positive_int(value: object, most: int) -> int | None:

@@ -419,3 +419,44 @@ async def update_feature_flag(
         reason,
         updated_by,
     )
+
+
+_RISK_RULE_COLUMNS = "id, module, method, pattern, risk, reason, locked, created_at, created_by"
+
+
+async def list_risk_rules(db: Executor) -> list[asyncpg.Record]:
+    """Every risk rule, oldest first."""
+    rows: list[asyncpg.Record] = await db.fetch(f"SELECT {_RISK_RULE_COLUMNS} FROM risk_rules ORDER BY id")
+    return rows
+
+
+async def upsert_risk_rule(
+    db: Executor, module: str, method: str, pattern: str, risk: str, reason: str, created_by: str
+) -> tuple[asyncpg.Record, bool]:
+    """Add a rule, or change the risk and reason of the one with this module, method and pattern;
+    (row, created). A locked rule keeps its risk: it only ever rises."""
+    row = await db.fetchrow(
+        f"""
+        INSERT INTO risk_rules (module, method, pattern, risk, reason, created_by) VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (module, method, pattern) DO UPDATE SET
+            risk = CASE WHEN risk_rules.locked THEN risk_rules.risk ELSE EXCLUDED.risk END,
+            reason = CASE WHEN risk_rules.locked THEN risk_rules.reason ELSE EXCLUDED.reason END,
+            created_by = CASE WHEN risk_rules.locked THEN risk_rules.created_by ELSE EXCLUDED.created_by END,
+            created_at = CASE WHEN risk_rules.locked THEN risk_rules.created_at ELSE now() END
+        RETURNING {_RISK_RULE_COLUMNS}, (xmax = 0) AS created
+        """,
+        module, method, pattern, risk, reason, created_by,
+    )
+    return row, bool(row["created"])
+
+
+async def delete_risk_rule(db: Executor, rule_id: int) -> asyncpg.Record | None:
+    """Remove an unlocked rule; its row, or None when no unlocked rule has this id."""
+    return await db.fetchrow(
+        f"DELETE FROM risk_rules WHERE id = $1 AND NOT locked RETURNING {_RISK_RULE_COLUMNS}", rule_id
+    )
+
+
+async def risk_rule(db: Executor, rule_id: int) -> asyncpg.Record | None:
+    """One rule by id."""
+    return await db.fetchrow(f"SELECT {_RISK_RULE_COLUMNS} FROM risk_rules WHERE id = $1", rule_id)

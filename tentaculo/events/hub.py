@@ -49,7 +49,8 @@ from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.events")
 
-EVENT_TYPES = ("service_status", "feature_toggle", "provider_status", "chat", "metrics")
+EVENT_TYPES = ("service_status", "feature_toggle", "provider_status", "chat", "metrics", "policy_change",
+               "operator_action")
 SEVERITIES = ("info", "warning", "error")
 # Control events the stream itself sends; not publishable, not filterable.
 RESET, ERROR = "reset", "error"

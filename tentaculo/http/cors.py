@@ -37,7 +37,7 @@ ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 # The proxy route accepts any method; these are the ones a page can have a reason to send.
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # The request headers the API reads that are not CORS-safelisted.
-ALLOW_HEADERS = "X-VX11-Token, Authorization, Content-Type, Last-Event-ID, X-Correlation-ID"
+ALLOW_HEADERS = "X-VX11-Token, Authorization, Content-Type, Last-Event-ID, X-Correlation-ID, X-VX11-Confirm"
 # Response headers a page may read besides the safelisted ones.
 EXPOSE_HEADERS = "X-Correlation-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
 # Chromium caps a preflight's cache at 2 h. A long cache is safe: an origin taken off the list

@@ -33,6 +33,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "upstream_unavailable": (502, "Upstream unavailable"),
     "upstream_timeout": (504, "Upstream timeout"),
     "path_forbidden": (403, "Path forbidden"),
+    "confirmation_required": (428, "Confirmation required"),
+    "confirmation_invalid": (403, "Confirmation invalid"),
     "invalid_path": (400, "Invalid path"),
     "internal_error": (500, "Internal error"),
 }

@@ -6,14 +6,16 @@ Who may call what, in the order it is checked: the token's scope (``read`` for G
 module (unknown: 404; disabled or without an address: 503 ``feature_disabled``), the path
 (``tentaculo/proxy/``), the module's allow-list (``TENTACULO_SERVICE_<NAME>_ALLOW``: a path
 outside it is 403 ``path_forbidden``, a method it does not list 405), a body on GET or HEAD
-(400 ``validation_error``) and the module's circuit breaker (open: 502 ``upstream_unavailable``
-with ``Retry-After``). The transport does the rest.
+(400 ``validation_error``), the call's risk (``tentaculo/auth/risk.py``: a high-risk call waits for
+its confirmation, 428 ``confirmation_required``) and the module's circuit breaker (open: 502
+``upstream_unavailable`` with ``Retry-After``). The transport does the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
@@ -22,6 +24,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from tentaculo import keys
+from tentaculo.auth.actions import Action, guard
+from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER
 from tentaculo.auth.tokens import requires
 from tentaculo.http.errors import Problem
 from tentaculo.http.middlewares import CLIENT_CLOSED
@@ -135,6 +139,13 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise Problem("validation_error", f"a {request.method} request must not carry a body", status=400)
     if length is not None and length > settings.proxy_max_body_bytes:
         raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes")
+    risk = app[keys.RISK_RULES].classify(entry.name, request.method, path)
+    buffered: bytes | None = None
+    action: Action | None = None
+    if risk.risk != "low":
+        if risk.risk == "high":
+            buffered = await request.read()  # at most TENTACULO_MAX_BODY_BYTES; its hash binds the confirmation
+        action = await guard(request, entry.name, risk, buffered)
     headers = upstream_headers(
         request,
         correlation_id=request[keys.CORRELATION_ID],
@@ -142,6 +153,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         trusted=transport.trusted,
         public=transport.public,
     )
+    headers.popall(CONFIRM_HEADER, None)  # the gateway's own: the module never sees it
     query = forwarded_query(raw_query)
     auth = None if key in settings.service_tokens else target.auth
     timeouts = settings.service_timeouts.get(key)
@@ -160,11 +172,35 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     verdict = Verdict(registry, entry.name)
     try:
         if websocket:
-            return await _websocket(request, transport, verdict, name, target.url(rest, query), headers, offered,
-                                    auth, timeouts)
-        return await _forward(request, transport, verdict, name, target, rest, query, headers, auth, timeouts)
+            response = await _websocket(request, transport, verdict, name, target.url(rest, query), headers,
+                                        offered, auth, timeouts)
+        else:
+            response = await _forward(request, transport, verdict, name, target, rest, query, headers, auth,
+                                      timeouts, buffered)
+    except Problem as problem:
+        if action is not None:
+            action.done(problem.status)
+        raise
     finally:
         verdict.release()  # no-op once a verdict was given; frees a half-open trial otherwise
+    if action is not None:
+        action.done(response.status)
+    return response
+
+
+class _ReadBody(RequestBody):
+    """A body already read whole (a high-risk call's, bound to its confirmation by its hash)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.sent = 0
+        self.too_large = False
+        self.client_failed = False
+        self.timed_out = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.sent = len(self._data)
+        yield self._data
 
 
 def _check_allowed(rules: tuple[AllowRule, ...] | None, method: str, path: str, name: str) -> None:
@@ -200,11 +236,19 @@ async def _forward(
     headers: CIMultiDict[str],
     auth: aiohttp.BasicAuth | None,
     timeouts: ModuleTimeouts | None,
+    buffered: bytes | None = None,
 ) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
-    body = RequestBody(request.content, settings.proxy_max_body_bytes) if request.body_exists else None
-    if body is not None and request.content_length is not None:
-        headers["Content-Length"] = str(request.content_length)
+    body: RequestBody | None = None
+    if buffered is not None:
+        if request.body_exists:
+            body = _ReadBody(buffered)
+            headers.popall("Transfer-Encoding", None)
+            headers["Content-Length"] = str(len(buffered))
+    elif request.body_exists:
+        body = RequestBody(request.content, settings.proxy_max_body_bytes)
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
     try:
         upstream = await transport.send(
             name, request.method, target, rest, query, headers, body=body, auth=auth, timeouts=timeouts

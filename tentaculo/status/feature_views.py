@@ -7,10 +7,13 @@ import re
 from aiohttp import web
 
 from tentaculo import keys
+from tentaculo.auth.actions import guard
+from tentaculo.auth.risk import FEATURE_OFF, Verdict
 from tentaculo.auth.tokens import requires
 from tentaculo.http.errors import Problem, ValidationFailed
 from tentaculo.http.jsonio import json_response, read_json_object
 from tentaculo.status.features import FLAG_STATUSES, REASON_MAX, UnknownFeature
+from tentaculo.status.policies import publish_change
 
 _FIELDS = ("status", "reason")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -53,8 +56,12 @@ async def set_feature(request: web.Request) -> web.Response:
     if errors or not isinstance(status, str):
         raise ValidationFailed(errors)
     principal = request[keys.PRINCIPAL]
+    action = await guard(request, "tentaculo", Verdict("high", FEATURE_OFF)) if status == "off" else None
     try:
         _, previous = await flags.set(name, status, reason, principal.name)
     except UnknownFeature:
         raise _unknown(name, flags.names()) from None
+    if action is not None:
+        action.done(200)
+    publish_change(request.app, "feature", "changed", {"feature": name, "status": status, "previous_status": previous})
     return json_response({**flags.snapshot(name), "previous_status": previous})

@@ -17,6 +17,7 @@ from tentaculo.auth.tokens import requires
 from tentaculo.health import Status
 from tentaculo.http.jsonio import json_response
 from tentaculo.status.health_views import audit_check
+from tentaculo.status.policies import policies
 
 _TROUBLE = ("degraded", "error")
 
@@ -73,7 +74,7 @@ def overall(
 
 @requires("read")
 async def status(request: web.Request) -> web.Response:
-    """The whole instance at a glance: services, features, providers and dependencies, from memory."""
+    """The whole instance at a glance: services, features, providers, dependencies and policies, from memory."""
     app = request.app
     settings = app[keys.SETTINGS]
     lifecycle = app[keys.LIFECYCLE]
@@ -94,6 +95,7 @@ async def status(request: web.Request) -> web.Response:
         "features": features,
         "providers": providers,
         "dependencies": dependencies,
+        "policies": policies(app),
     })
 
 

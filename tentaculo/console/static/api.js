@@ -32,11 +32,20 @@ function networkError(err) {
 }
 
 // getToken() -> the token or null; onUnauthorized(reason) is told of every 401.
-export function createApi({ getToken, onUnauthorized }) {
-  async function call(method, path, body, { signal, accept = "application/json", token } = {}) {
+// onConfirm(problem) -> Promise<boolean>: asked when the gateway answers 428 confirmation_required
+// (a high-risk action); when it resolves true the identical call is repeated once with the
+// one-time token and the same correlation id, so both steps share one audit trail. The token is
+// only ever held in this call's local variables.
+export function createApi({ getToken, onUnauthorized, onConfirm }) {
+  async function call(method, path, body, options = {}, confirmation = null) {
+    const { signal, accept = "application/json", token } = options;
     const headers = { Accept: accept };
     const secret = token ?? getToken();
     if (secret) headers["X-VX11-Token"] = secret;
+    if (confirmation) {
+      headers["X-VX11-Confirm"] = confirmation.token;
+      headers["X-Correlation-ID"] = confirmation.correlation_id;
+    }
     const init = { method, headers, signal, cache: "no-store", credentials: "omit" };
     if (body !== undefined && body !== null) {
       headers["Content-Type"] = "application/json";
@@ -50,6 +59,13 @@ export function createApi({ getToken, onUnauthorized }) {
     }
     if (!response.ok) {
       const problem = await problemOf(response);
+      if (response.status === 428 && problem && problem.code === "confirmation_required" && problem.confirmation
+          && !confirmation && onConfirm) {
+        const { confirmation: granted, ...asked } = problem;
+        if (await onConfirm(asked)) return call(method, path, body, options, granted);
+        throw new ApiError(428, { ...asked, code: "confirmation_declined", detail: "not confirmed: nothing was done" });
+      }
+      if (problem && problem.confirmation) delete problem.confirmation;
       const error = new ApiError(response.status, problem);
       if (response.status === 401 && token === undefined) onUnauthorized(error.message);
       throw error;

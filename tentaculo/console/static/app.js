@@ -27,7 +27,36 @@ let session = null; // {name, scopes, stream, main, cleanup, routeSeq}
 
 const token = () => sessionStorage.getItem(TOKEN_KEY);
 
-const api = createApi({ getToken: token, onUnauthorized: (reason) => signOut(`Signed out: ${reason}`) });
+const api = createApi({
+  getToken: token,
+  onUnauthorized: (reason) => signOut(`Signed out: ${reason}`),
+  onConfirm: askConfirmation,
+});
+
+// A high-risk action (428 confirmation_required) waits for the operator: a dialog names the
+// action and its risk; only "Confirm" repeats the call. The token never reaches the page.
+function askConfirmation(problem) {
+  return new Promise((resolve) => {
+    const action = problem.action || {};
+    const confirm = h("button", { type: "button", class: "danger", "data-testid": "confirm-dialog-confirm" }, "Confirm");
+    const cancel = h("button", { type: "button", "data-testid": "confirm-dialog-cancel" }, "Cancel");
+    const dialog = h("dialog", { class: "confirm-dialog", "data-testid": "confirm-dialog",
+      "aria-labelledby": "confirm-dialog-title", "aria-describedby": "confirm-dialog-text" },
+      h("h2", { id: "confirm-dialog-title" }, `Confirm a ${problem.risk || "high"}-risk action`),
+      h("p", { id: "confirm-dialog-text" },
+        h("code", { "data-testid": "confirm-dialog-action" }, `${action.method || ""} ${action.path || ""}`.trim()),
+        " is ", h("strong", { "data-testid": "confirm-dialog-risk" }, `${problem.risk || "high"} risk`),
+        problem.reason ? `: ${problem.reason}.` : "."),
+      h("div", { class: "confirm-dialog-buttons" }, cancel, " ", confirm));
+    const finish = (answer) => { dialog.close(); dialog.remove(); resolve(answer); };
+    confirm.addEventListener("click", () => finish(true));
+    cancel.addEventListener("click", () => finish(false));
+    dialog.addEventListener("cancel", (event) => { event.preventDefault(); finish(false); });
+    document.body.append(dialog);
+    dialog.showModal();
+    cancel.focus();
+  });
+}
 
 // ---- sign-in -------------------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""Risk rules: how dangerous a call is (``low``, ``medium`` or ``high``), read from PostgreSQL.
+
+A rule names a module (or ``*``), a method (or ``*``) and a path pattern relative to the module's
+base: ``/`` separates segments, ``*`` matches within one segment and a ``**`` segment matches any
+number of segments (none included), so ``/**/stop/**`` matches ``/stop``, ``/jobs/7/stop`` and
+``/stop/now`` but not ``/stopped``. Patterns match case-insensitively: a module that does not
+care about case must not let ``/STOP`` pass for a read.
+
+A call's risk is the highest of the rules that match it (none: ``low``). Raising a risk is adding
+a rule; lowering one is removing the rule that raised it. Locked rules (stopping or deleting
+madre, and the gateway's own destructive calls) cannot be removed.
+
+``RiskRules`` keeps the rules in memory: changes made through the API reload it here at once and
+on every other instance when their ``policy_change`` event arrives; a periodic re-read
+(``TENTACULO_POLICY_RELOAD_SECONDS``) catches what an event missed and the CLI's changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from tentaculo.db import DB_FAILURES, queries
+from tentaculo.http.errors import failure_reason
+from tentaculo.tasks import stop_task
+
+log = structlog.get_logger("tentaculo.risk")
+
+RISKS = ("low", "medium", "high")
+RANK = {risk: rank for rank, risk in enumerate(RISKS)}
+ANY = "*"
+GATEWAY_MODULE = "tentaculo"
+MODULE_NAME = re.compile(r"\*|[a-z0-9][a-z0-9_-]{0,63}")
+METHOD = re.compile(r"\*|[A-Z][A-Z-]{0,31}")
+PATTERN_MAX = 256
+REASON_MAX = 500
+_BAD_PATTERN = re.compile(r"//|\\|%|\s|(^|/)\.\.?(/|$)|\*\*\*")
+DEFAULT_RELOAD_SECONDS = 5.0
+RULE_FIELDS = ("module", "method", "pattern", "risk", "reason")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a rule's path pattern (see the module docstring).
+
+    Raises ValueError for a pattern that does not start with ``/``, is too long, or holds an
+    empty, ``.`` or ``..`` segment, ``%``, ``\\`` or spaces.
+    """
+    if not pattern.startswith("/") or len(pattern) > PATTERN_MAX or _BAD_PATTERN.search(pattern):
+        raise ValueError("a pattern starts with '/', is at most 256 characters and holds no empty, '.' or '..' "
+                         "segment, '%', '\\', spaces or '***'")
+    parts = []
+    for segment in pattern.strip("/").split("/") if pattern != "/" else []:
+        if segment == "**":
+            parts.append("(?:/[^/]*)*")
+        elif "**" in segment:
+            raise ValueError("'**' stands for whole segments only, as in /**/stop/**")
+        else:
+            parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
+    return re.compile("^" + "".join(parts) + "/?$", re.IGNORECASE)
+
+
+def rule_errors(data: dict[str, object]) -> list[dict[str, str]]:
+    """What is wrong with a rule sent to the API or the CLI, field by field."""
+    errors = []
+    module, method, pattern, risk = (data.get(f) for f in ("module", "method", "pattern", "risk"))
+    if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
+        errors.append({"field": "module", "message": "a module name (lower-case letters, digits, '-', '_') or *"})
+    if not isinstance(method, str) or not METHOD.fullmatch(method):
+        errors.append({"field": "method", "message": "an HTTP method in capitals, or *"})
+    if not isinstance(pattern, str):
+        errors.append({"field": "pattern", "message": "a path pattern such as /**/stop/** or /jobs/*"})
+    else:
+        try:
+            compile_pattern(pattern)
+        except ValueError as exc:
+            errors.append({"field": "pattern", "message": str(exc)})
+    if not isinstance(risk, str) or risk not in RISKS:
+        errors.append({"field": "risk", "message": f"one of {', '.join(RISKS)}"})
+    reason = data.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > REASON_MAX or _CONTROL.search(reason):
+        errors.append({"field": "reason", "message": f"one line of text, at most {REASON_MAX} characters"})
+    for key in sorted(set(data) - set(RULE_FIELDS)):
+        errors.append({"field": key, "message": "unknown field; send module, method, pattern, risk, reason"})
+    return errors
+
+
+@dataclass(frozen=True, slots=True)
+class RiskRule:
+    """One rule; ``id`` None for the gateway's own built-in rules (not stored, always locked)."""
+
+    id: int | None
+    module: str
+    method: str
+    pattern: str
+    risk: str
+    reason: str
+    locked: bool
+    created_by: str
+    created_at: datetime | None
+    regex: re.Pattern[str]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RiskRule:
+        return cls(row["id"], row["module"], row["method"], row["pattern"], row["risk"], row["reason"],
+                   row["locked"], row["created_by"], row["created_at"], compile_pattern(row["pattern"]))
+
+    @property
+    def source(self) -> str:
+        """``default`` for the shipped rules, ``database`` for those an admin added."""
+        return "default" if self.created_by == "default" else "database"
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method == ANY or self.method == method) and self.regex.match(path) is not None
+
+    def view(self) -> dict[str, Any]:
+        """The rule as the API and ``policy_change`` show it."""
+        return {"id": self.id, "module": self.module, "method": self.method, "pattern": self.pattern,
+                "risk": self.risk, "reason": self.reason, "locked": self.locked, "source": self.source,
+                "created_by": self.created_by, "created_at": self.created_at}
+
+
+def _builtin(method: str, pattern: str, reason: str) -> RiskRule:
+    return RiskRule(None, GATEWAY_MODULE, method, pattern, "high", reason, True, "default", None,
+                    compile_pattern(pattern))
+
+
+# The gateway's own destructive admin calls: always high, whatever the table says.
+REVOKE_TOKEN = _builtin("DELETE", "/operator/api/tokens/*", "revoking a token locks its holder out")
+FEATURE_OFF = _builtin("PUT", "/operator/api/features/*", "turning a feature off (status off) stops it everywhere")
+GATEWAY_RULES = (REVOKE_TOKEN, FEATURE_OFF)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How risky one call is and the rule that made it so (None: no rule matched, low)."""
+
+    risk: str
+    rule: RiskRule | None
+
+    @property
+    def reason(self) -> str:
+        return self.rule.reason if self.rule is not None else "no rule matches"
+
+
+LOW = Verdict("low", None)
+
+
+def classify(rules: Iterable[RiskRule], method: str, path: str) -> Verdict:
+    """The highest-risk rule among ``rules`` matching ``method`` and ``path`` (a decoded module path)."""
+    best = LOW
+    for rule in rules:
+        if RANK[rule.risk] > RANK[best.risk] and rule.matches(method, path):
+            best = Verdict(rule.risk, rule)
+            if rule.risk == "high":
+                break
+    return best
+
+
+class RiskRules:
+    """Every risk rule in memory, kept in step across instances; see the module docstring."""
+
+    def __init__(self, pool: asyncpg.Pool, *, reload_seconds: float = DEFAULT_RELOAD_SECONDS) -> None:
+        self._pool = pool
+        self.reload_seconds = reload_seconds
+        self.rules: tuple[RiskRule, ...] = ()
+        # module -> the rules that may apply to it (its own and '*'), highest risk first.
+        self._by_module: dict[str, tuple[RiskRule, ...]] = {}
+        self.loaded_at: datetime | None = None
+        self.load_error: str | None = "not read yet"
+        self.on_change: list[Callable[[], Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._reload_now = asyncio.Event()
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Read the rules (waiting up to ``wait`` s for PostgreSQL), then keep them fresh."""
+        try:
+            async with asyncio.timeout(wait):
+                await self.reload()
+        except DB_FAILURES as exc:
+            self._failed(exc)
+        self._task = asyncio.create_task(self._run(), name="risk-rules")
+
+    async def close(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+
+    def reload_soon(self) -> None:
+        """Re-read the rules now, in the background (another instance changed them)."""
+        self._reload_now.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.reload_seconds):
+                    await self._reload_now.wait()
+            except TimeoutError:
+                pass
+            self._reload_now.clear()
+            try:
+                async with asyncio.timeout(max(self.reload_seconds, 2.0)):
+                    await self.reload()
+            except DB_FAILURES as exc:
+                self._failed(exc)
+            except Exception:  # isolation boundary: the refresh must outlive a bug
+                log.exception("risk_rules_reload_error")
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = failure_reason(exc)
+        if self.load_error != reason:
+            log.warning("risk_rules_reload_failed", error=reason)
+        self.load_error = reason
+
+    async def reload(self) -> None:
+        """Read every rule from PostgreSQL."""
+        rows = await queries.list_risk_rules(self._pool)
+        self.apply([RiskRule.from_row(r) for r in rows])
+        self.load_error = None
+
+    def apply(self, rules: list[RiskRule]) -> None:
+        """Hold ``rules`` from now on (the per-module index is rebuilt once, not per call)."""
+        changed = [r.view() for r in rules] != [r.view() for r in self.rules]
+        self.rules = tuple(rules)
+        self._by_module = {}
+        self.loaded_at = datetime.now().astimezone()
+        if changed:
+            for callback in list(self.on_change):
+                try:
+                    callback()
+                except Exception:  # isolation boundary
+                    log.exception("risk_rules_change_callback_failed")
+
+    def _candidates(self, module: str) -> tuple[RiskRule, ...]:
+        found = self._by_module.get(module)
+        if found is None:
+            found = tuple(sorted((r for r in self.rules if r.module in (ANY, module)),
+                                 key=lambda r: -RANK[r.risk]))
+            if len(self._by_module) < 1024:  # module names come from the registry, but stay bounded
+                self._by_module[module] = found
+        return found
+
+    def classify(self, module: str, method: str, path: str) -> Verdict:
+        """How risky ``method`` on ``path`` (decoded, relative to the module's base) of ``module`` is."""
+        return classify(self._candidates(module), method, path)
+
+    def for_module(self, module: str) -> list[RiskRule]:
+        """The rules that apply to ``module`` (its own and those for every module), in table order."""
+        return [r for r in self.rules if r.module in (ANY, module)]

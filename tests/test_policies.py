@@ -1,0 +1,320 @@
+"""Policies as data, risk rules and the confirmation of high-risk calls, against real PostgreSQL,
+Redis and a loopback module."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tentaculo.app import create_app
+from tentaculo.auth.confirm import Confirmations
+from tentaculo.auth.risk import compile_pattern
+from tentaculo.auth.tokens import Principal
+from tentaculo.cli import main as cli_main
+from tentaculo.db import queries
+from tentaculo.settings import Settings
+from tests.confirm_helpers import CONFIRM_HEADER, confirmed
+from tests.helpers import ADMIN_TOKEN, serve, wait_for
+from tests.proxy_upstreams import ModuleApp
+
+POLICIES = "/operator/api/policies"
+RULES = "/operator/api/policies/rules"
+EVENTS = "/operator/api/events"
+SECTIONS = {"auth", "limits", "proxy", "chat", "events", "audit", "files", "cors", "risk"}
+Gateway = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def start_gateway(aiohttp_client, settings: Settings, module: ModuleApp) -> Gateway:
+    """A gateway whose ``madre`` and ``hermes`` modules are ``module`` under ``/base``."""
+
+    async def start(**changes: object) -> TestClient:
+        changes.setdefault("service_urls", {"madre": module.url + "/base/", "hermes": module.url + "/base/"})
+        return await serve(aiohttp_client, create_app(dataclasses.replace(settings, **changes)))  # type: ignore[arg-type]
+
+    return start
+
+
+def proxy(path: str) -> str:
+    return "/operator/api/proxy/" + path
+
+
+def leaves(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every policy entry ({value, source}) of a section, per-module entries included."""
+    found = []
+    for key, entry in section.items():
+        if key == "modules":
+            for module in entry.values():
+                found.extend(module.values())
+        else:
+            found.append(entry)
+    return found
+
+
+async def actions(gw: TestClient, correlation_id: str, count: int) -> list[dict[str, Any]]:
+    """The operator_action events of a correlation id, oldest first, once ``count`` are in history."""
+    seen: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        resp = await gw.get(f"{EVENTS}?types=operator_action&correlation_id={correlation_id}&limit=20",
+                            headers={"X-VX11-Token": ADMIN_TOKEN, "Accept": "application/json"})
+        seen[:] = (await resp.json())["events"][::-1]
+        return len(seen) >= count
+
+    await wait_for(arrived)
+    return [e["data"] for e in seen]
+
+
+# ------------------------------------------------------------------ policies as data
+
+
+async def test_policies_list_every_section_with_sources_and_no_secret_or_address(
+    start_gateway, module, make_token
+) -> None:
+    gw = await start_gateway(cors_origins=("https://ops.example.com",), service_tokens={"madre": "module-secret-42"},
+                             fs_roots={"logs": Path("/var/log/secret-dir")})
+    reader = {"X-VX11-Token": await make_token("read")}
+    resp = await gw.get(POLICIES, headers=reader)
+    assert resp.status == 200
+    text = await resp.text()
+    policies = orjson.loads(text)["policies"]
+    assert set(policies) == SECTIONS
+    for name, section in policies.items():
+        for entry in leaves(section):
+            assert set(entry) == {"value", "source"}, (name, entry)
+            assert entry["source"] in ("default", "environment", "database")
+    # What the operator changed says so; what they did not, says default.
+    assert policies["cors"]["origins"] == {"value": ["https://ops.example.com"], "source": "environment"}
+    assert policies["audit"]["buffer"]["source"] == "environment"  # the test settings flush every 50 ms
+    assert policies["limits"]["body_bytes"] == {"value": 1024 * 1024, "source": "default"}
+    assert policies["auth"]["schemes"]["value"] == ["X-VX11-Token", "Authorization: Bearer"]
+    assert policies["chat"]["provider_chain"]["value"] == ["deepseek", "local"]
+    assert policies["files"]["roots"] == {"value": ["logs"], "source": "environment"}
+    madre = policies["proxy"]["modules"]["madre"]
+    assert madre["own_credential"] == {"value": True, "source": "environment"}
+    stop = [r for r in madre["risk_rules"]["value"] if r["module"] == "madre" and r["pattern"] == "/**/stop/**"]
+    assert stop and stop[0]["risk"] == "high" and stop[0]["locked"] and stop[0]["source"] == "default"
+    assert {r["risk"] for r in policies["risk"]["rules"]["value"]} == {"low", "medium", "high"}
+    # No secret, no address: not the module's credential, its URL, a host path or a token.
+    for secret in ("module-secret-42", module.url, "127.0.0.1", "/var/log", ADMIN_TOKEN):
+        assert secret not in text
+    status = await (await gw.get("/operator/api/status", headers=reader)).json()
+    assert status["policies"] == policies
+
+
+async def test_a_changed_rule_shows_on_two_instances_at_once(start_gateway, admin_headers) -> None:
+    one, two = await start_gateway(), await start_gateway()
+    added = await one.post(RULES, json={"module": "hermes", "method": "POST", "pattern": "/echo/jobs/*/purge",
+                                        "risk": "high", "reason": "purges a queue"}, headers=admin_headers)
+    assert added.status == 201
+    rule = await added.json()
+    assert (rule["source"], rule["created_by"]) == ("database", "admin")
+
+    async def shown_on(gw: TestClient, present: bool) -> bool:
+        policies = (await (await gw.get(POLICIES, headers=admin_headers)).json())["policies"]
+        status = (await (await gw.get("/operator/api/status", headers=admin_headers)).json())["policies"]
+        ids = [r["id"] for r in policies["proxy"]["modules"]["hermes"]["risk_rules"]["value"]]
+        ids_in_status = [r["id"] for r in status["risk"]["rules"]["value"]]
+        return (rule["id"] in ids and rule["id"] in ids_in_status) == present
+
+    assert await shown_on(one, True)  # the instance that made the change holds it before answering
+    await wait_for(lambda: shown_on(two, True))
+    # The rule is enforced on the other instance too.
+    asked = await two.post(proxy("hermes/echo/jobs/7/purge"), data=b"", headers=admin_headers)
+    assert (asked.status, (await asked.json())["code"]) == (428, "confirmation_required")
+    assert (await two.delete(f"{RULES}/{rule['id']}", headers=admin_headers)).status == 204
+    await wait_for(lambda: shown_on(one, False))
+    assert (await one.post(proxy("hermes/echo/jobs/7/purge"), data=b"", headers=admin_headers)).status == 200
+
+
+async def test_rule_changes_publish_policy_change(start_gateway, admin_headers) -> None:
+    gw = await start_gateway()
+    cid = f"rule-{uuid.uuid4().hex[:8]}"
+    resp = await gw.post(RULES, json={"pattern": "/**/wipe/**", "risk": "high"},
+                         headers={**admin_headers, "X-Correlation-ID": cid})
+    assert resp.status == 201
+
+    async def published() -> bool:
+        page = await (await gw.get(f"{EVENTS}?types=policy_change&correlation_id={cid}",
+                                   headers={**admin_headers, "Accept": "application/json"})).json()
+        return bool(page["events"])
+
+    await wait_for(published)
+
+
+async def test_locked_rules_cannot_be_removed_or_lowered_and_bad_rules_are_named(start_gateway, admin_headers) -> None:
+    gw = await start_gateway()
+    rules = (await (await gw.get(RULES, headers=admin_headers)).json())["rules"]
+    [locked] = [r for r in rules if r["module"] == "madre" and r["pattern"] == "/**/stop/**"]
+    removed = await gw.delete(f"{RULES}/{locked['id']}", headers=admin_headers)
+    assert (removed.status, (await removed.json())["code"]) == (409, "conflict")
+    lowered = await gw.post(RULES, json={"module": "madre", "method": "*", "pattern": "/**/stop/**", "risk": "low"},
+                            headers=admin_headers)
+    assert lowered.status == 409
+    bad = await gw.post(RULES, json={"module": "Madre!", "pattern": "stop", "risk": "urgent", "x": 1},
+                        headers=admin_headers)
+    assert bad.status == 422
+    assert {e["field"] for e in (await bad.json())["errors"]} == {"module", "pattern", "risk", "x"}
+    assert (await gw.delete(f"{RULES}/999999999", headers=admin_headers)).status == 404
+
+
+def test_patterns_match_whole_segments_in_any_case() -> None:
+    stop = compile_pattern("/**/stop/**")
+    assert all(stop.match(p) for p in ("/stop", "/jobs/7/stop", "/stop/now", "/STOP/", "/a/Stop"))
+    assert not any(stop.match(p) for p in ("/stopped", "/nonstop", "/jobs/stop-all"))
+    jobs = compile_pattern("/jobs/*")
+    assert jobs.match("/jobs/7") and not jobs.match("/jobs/7/x") and not jobs.match("/jobs")
+
+
+# ------------------------------------------------------------------ confirmation through the proxy
+
+
+async def test_a_high_risk_delete_waits_for_its_confirmation_and_runs_once(
+    start_gateway, module, make_token, db
+) -> None:
+    gw = await start_gateway()
+    operator = {"X-VX11-Token": await make_token("operate"), "X-Correlation-ID": f"del-{uuid.uuid4().hex[:8]}"}
+    cid = operator["X-Correlation-ID"]
+    asked = await gw.delete(proxy("madre/echo/jobs/7"), headers=operator)
+    problem = await asked.json()
+    assert asked.status == 428 and asked.content_type == "application/problem+json"
+    assert problem["code"] == "confirmation_required" and problem["risk"] == "high"
+    assert problem["action"] == {"method": "DELETE", "path": "/operator/api/proxy/madre/echo/jobs/7",
+                                 "service": "madre"}
+    confirmation = problem["confirmation"]
+    assert (confirmation["header"], confirmation["expires_in"], confirmation["correlation_id"]) == (
+        CONFIRM_HEADER, 60, cid)
+    assert module.seen == []  # not forwarded
+
+    done = await gw.delete(proxy("madre/echo/jobs/7"), headers={**operator, CONFIRM_HEADER: confirmation["token"]})
+    assert done.status == 200
+    assert [(s.method, s.raw_path) for s in module.seen] == [("DELETE", "/base/echo/jobs/7")]
+    assert CONFIRM_HEADER.lower() not in module.seen[0].headers  # the module never sees it
+
+    replayed = await gw.delete(proxy("madre/echo/jobs/7"), headers={**operator, CONFIRM_HEADER: confirmation["token"]})
+    assert (replayed.status, (await replayed.json())["code"]) == (403, "confirmation_invalid")
+    assert len(module.seen) == 1  # exactly one call reached the module
+
+    # Every step is audited under the one correlation id, and each published operator_action.
+    async def audited() -> bool:
+        return len(await queries.audit_rows_for(db, cid)) == 3
+
+    await wait_for(audited)
+    assert sorted(r["status"] for r in await queries.audit_rows_for(db, cid)) == [200, 403, 428]
+    events = await actions(gw, cid, 3)
+    assert [e["outcome"] for e in events] == ["confirmation_required", "performed", "refused"]
+    assert all(e["risk"] == "high" and e["who"].startswith("t-") for e in events)
+    assert events[1]["action"]["method"] == "DELETE" and events[1]["status"] == 200 and events[1]["confirmed"]
+
+
+async def test_a_confirmation_fits_one_caller_body_path_and_method(start_gateway, module, make_token) -> None:
+    gw = await start_gateway()
+    alice = {"X-VX11-Token": await make_token("operate")}
+    bob = {"X-VX11-Token": await make_token("operate")}
+    target = proxy("madre/echo/db/reset")
+    asked = await gw.post(target, data=b'{"keep": false}', headers=alice)
+    token = (await asked.json())["confirmation"]["token"]
+    attempts = [
+        (target, b'{"keep": true}', alice),  # another body
+        (proxy("madre/echo/cache/reset"), b'{"keep": false}', alice),  # another path
+        (target + "?all=1", b'{"keep": false}', alice),  # another query
+        (target, b'{"keep": false}', bob),  # another caller
+        (target, b'{"keep": false}', {**alice, CONFIRM_HEADER: "not-a-token"}),  # not a token
+    ]
+    for path, body, headers in attempts:
+        resp = await gw.post(path, data=body, headers={CONFIRM_HEADER: token, **headers})
+        assert (resp.status, (await resp.json())["code"]) == (403, "confirmation_invalid"), path
+    wrong_method = await gw.put(target, data=b'{"keep": false}', headers={**alice, CONFIRM_HEADER: token})
+    assert wrong_method.status == 403
+    assert module.seen == []
+    done = await gw.post(target, data=b'{"keep": false}', headers={**alice, CONFIRM_HEADER: token})
+    assert done.status == 200 and (await done.json())["size"] == 15  # the body the confirmation was bound to
+
+
+async def test_an_expired_confirmation_is_refused(settings, db, redis_url) -> None:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    now = [time.time()]
+    confirmations = Confirmations(db, redis, prefix=settings.redis_prefix, clock=lambda: now[0])
+    caller = Principal("ops", frozenset({"operate"}), 7)
+    try:
+        token = await confirmations.issue(caller, "DELETE", "/x", "h")
+        now[0] += 61
+        with pytest.raises(Exception, match="expired") as refused:
+            await confirmations.redeem(token, caller, "DELETE", "/x", "h")
+        assert getattr(refused.value, "code", None) == "confirmation_invalid"
+        now[0] -= 61
+        await confirmations.redeem(token, caller, "DELETE", "/x", "h")  # within its life: accepted once
+    finally:
+        await redis.aclose()
+
+
+async def test_medium_and_low_calls_pass_and_medium_ones_are_told(start_gateway, module, make_token) -> None:
+    gw = await start_gateway()
+    cid = f"mid-{uuid.uuid4().hex[:8]}"
+    operator = {"X-VX11-Token": await make_token("operate", "read"), "X-Correlation-ID": cid}
+    assert (await gw.patch(proxy("madre/echo/jobs/7"), data=b"{}", headers=operator)).status == 200
+    assert (await gw.post(proxy("madre/echo/jobs/7/restart"), headers=operator)).status == 200
+    assert (await gw.get(proxy("madre/echo/jobs/7"), headers=operator)).status == 200
+    assert (await gw.post(proxy("madre/echo/jobs"), data=b"{}", headers=operator)).status == 200
+    assert [s.method for s in module.seen] == ["PATCH", "POST", "GET", "POST"]
+    events = await actions(gw, cid, 2)
+    assert [(e["action"]["method"], e["risk"], e["outcome"], e["status"]) for e in events] == [
+        ("PATCH", "medium", "performed", 200), ("POST", "medium", "performed", 200)]
+
+
+# ------------------------------------------------------------------ the gateway's own destructive calls
+
+
+async def test_revoking_a_token_and_turning_a_feature_off_wait_for_confirmation(
+    start_gateway, admin_headers, make_token
+) -> None:
+    gw = await start_gateway()
+    name = f"victim-{uuid.uuid4().hex[:6]}"
+    victim = {"X-VX11-Token": await make_token("read", name=name)}
+    first = await gw.delete(f"/operator/api/tokens/{name}", headers=admin_headers)
+    assert (first.status, (await first.json())["code"]) == (428, "confirmation_required")
+    assert (await gw.get("/operator/api/whoami", headers=victim)).status == 200  # not revoked yet
+    assert (await confirmed(gw, "DELETE", f"/operator/api/tokens/{name}", headers=admin_headers)).status == 204
+    assert (await gw.get("/operator/api/whoami", headers=victim)).status == 401
+
+    off = await gw.put("/operator/api/features/metrics", json={"status": "off"}, headers=admin_headers)
+    assert off.status == 428
+    features = (await (await gw.get("/operator/api/features", headers=admin_headers)).json())["features"]
+    assert next(f for f in features if f["name"] == "metrics")["flag"] == "on"  # not turned off yet
+    done = await confirmed(gw, "PUT", "/operator/api/features/metrics", json={"status": "off", "reason": "test"},
+                           headers=admin_headers)
+    assert done.status == 200 and (await done.json())["status"] == "off"
+    back = await gw.put("/operator/api/features/metrics", json={"status": "on"}, headers=admin_headers)
+    assert back.status == 200  # turning a feature on is not destructive
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_lists_sets_and_removes_rules(settings, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TENTACULO_DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("TENTACULO_LOG_FORMAT", "json")
+    pattern = f"/cli-{uuid.uuid4().hex[:6]}/**"
+    assert cli_main(["policy", "set", "--module", "hermes", "--method", "post", pattern, "high",
+                     "--reason", "from the CLI"]) == 0
+    capsys.readouterr()
+    assert cli_main(["policy", "list"]) == 0
+    listed = capsys.readouterr().out
+    [line] = [row for row in listed.splitlines() if pattern in row]
+    assert "hermes" in line and "POST" in line and "high" in line and "from the CLI" in line
+    rule_id = line.split()[0]
+    assert cli_main(["policy", "remove", rule_id]) == 0
+    capsys.readouterr()
+    assert cli_main(["policy", "list"]) == 0
+    assert pattern not in capsys.readouterr().out
+    assert cli_main(["policy", "set", "stop", "urgent"]) == 2
