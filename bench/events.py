@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bench.env import BenchEnv, Figure, cpu_seconds
+from bench.load import run_fast
 
 NAME = "events"
 # Fewer clients or more rounds for a quick comparison on a busy machine; the goals hold at the defaults.
@@ -285,13 +286,7 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", required=True)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(_client(args.url, args.token, args.clients, args.rounds, args.redis_url, args.prefix))
+    run_fast(_client(args.url, args.token, args.clients, args.rounds, args.redis_url, args.prefix))
 
 
 if __name__ == "__main__":

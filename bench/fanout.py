@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bench.events import EventStream, Tally, open_streams
+from bench.load import run_fast
 
 WARM_SECONDS = 0.5
 WAIT_SECONDS = 5.0  # an event not on every stream by then is counted missed where it is absent
@@ -136,13 +137,7 @@ def main() -> None:
     target.add_argument("--hub", metavar="PREFIX", help="publish through the event hub under this Redis prefix")
     target.add_argument("--channel", help="publish on this plain Redis channel")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(_run(args))
+    run_fast(_run(args))
 
 
 if __name__ == "__main__":
