@@ -74,17 +74,17 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 async def events(request: web.Request) -> web.StreamResponse:
     queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(QUEUE_SIZE)
     clients = request.app[CLIENTS]
-    clients.add(queue)
-    try:
-        async with sse_response(request, send_timeout=None) as sse:
-            await sse.write(b"retry: 3000\r\n\r\n")
+    async with sse_response(request, send_timeout=None) as sse:
+        clients.add(queue)
+        try:
+            await sse.write(b"retry: 3000\r\n\r\n")  # subscribed: the client may count this stream
             while True:
                 event_id, event_type, text = await queue.get()
                 await sse.send(text, id=event_id, event=event_type)
-    except (ConnectionError, TimeoutError):
-        pass
-    finally:
-        clients.discard(queue)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away
+        finally:
+            clients.discard(queue)
     return sse
 
 
