@@ -15,7 +15,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -48,8 +48,15 @@ def table(figures: list[Figure], *, goal: str = "goal", failed: str = "MISSED") 
     for f in figures:
         verdict = "" if f.ok is None else ("ok" if f.ok else failed)
         rows.append((f.scenario, f.name, f"{f.value} {f.unit}".strip(), f.goal, verdict))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+    return grid(rows)
+
+
+def grid(rows: list[tuple[str, ...]], *, right: Iterable[int] = ()) -> str:
+    """Rows of cells as an aligned text table, the first row its header; columns in ``right`` aligned right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = set(right)
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             .rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -108,9 +115,26 @@ class Process:
 
 
 def cpu_seconds(proc: Process) -> float:
-    """User + system CPU time a running process has used (Linux /proc)."""
-    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a running process and its running descendants have used (Linux /proc).
+
+    A gateway with ``TENTACULO_WORKERS`` is a supervisor and its worker processes: this is their sum.
+    """
+    parents: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended meanwhile
+        pid = int(stat.parent.name)
+        parents.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [proc.popen.pid]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += parents.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu() -> float:
@@ -134,6 +158,7 @@ class BenchEnv:
     redis_prefix: str = field(default_factory=lambda: f"tentaculo-bench-{uuid.uuid4().hex[:8]}:")
     _server_dsn: str = ""
     _db_name: str = ""
+    summary: str = ""  # the baseline table, printed last (bench.baseline)
     _embedded: list[object] = field(default_factory=list)
     _processes: list[Process] = field(default_factory=list)
 
@@ -202,9 +227,10 @@ class BenchEnv:
         await wait_http(f"{proc.url}/health", proc)
         return proc
 
-    async def start_bare(self) -> Process:
+    async def start_bare(self, *args: str) -> Process:
+        """The bare aiohttp app (``bench.bare``; ``args`` add its other routes)."""
         port = free_port()
-        proc = self.spawn(["-m", "bench.bare", str(port)], port=port, name="bare")
+        proc = self.spawn(["-m", "bench.bare", str(port), *args], port=port, name="bare")
         await wait_http(f"{proc.url}/operator/api/whoami", proc)
         return proc
 

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bench.env import BenchEnv, Figure, cpu_seconds
+from bench.load import run_fast
 
 NAME = "events"
 # Fewer clients or more rounds for a quick comparison on a busy machine; the goals hold at the defaults.
@@ -120,7 +121,7 @@ async def _warm_up(url: str, token: str) -> None:
 # -- the load client (its own process) -----------------------------------------------------
 
 
-class _Tally:
+class Tally:
     """How many streams got each event; resolves a future when all of them have."""
 
     def __init__(self) -> None:
@@ -135,10 +136,10 @@ class _Tally:
             waiter.set_result(None)
 
 
-class _Stream(asyncio.Protocol):
+class EventStream(asyncio.Protocol):
     """One SSE connection with next to no client-side work: find the marker, note the time."""
 
-    def __init__(self, request: bytes, tally: _Tally, opened: asyncio.Future[int]) -> None:
+    def __init__(self, request: bytes, tally: Tally, opened: asyncio.Future[int]) -> None:
         self.request = request
         self.tally = tally
         self.opened = opened
@@ -179,12 +180,9 @@ class _Stream(asyncio.Protocol):
             self.opened.set_result(0)
 
 
-async def _client(url: str, token: str, clients: int, rounds: int, redis_url: str, prefix: str) -> None:
+async def open_streams(url: str, token: str, clients: int) -> tuple[list[EventStream], Tally, dict[str, int], float]:
+    """Open ``clients`` event streams in batches: the ones answered 200, their tally, all statuses, seconds taken."""
     from urllib.parse import urlsplit
-
-    from redis.asyncio import Redis
-
-    from tentaculo.events.hub import EventHub
 
     _raise_fd_limit()
     loop = asyncio.get_running_loop()
@@ -193,14 +191,14 @@ async def _client(url: str, token: str, clients: int, rounds: int, redis_url: st
         f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nX-VX11-Token: {token}\r\n"
         "Accept: text/event-stream\r\n\r\n"
     ).encode()
-    streams: list[_Stream] = []
-    tally = _Tally()
+    streams: list[EventStream] = []
+    tally = Tally()
     statuses: dict[str, int] = {}
     started = time.perf_counter()
 
     async def open_one() -> None:
         opened: asyncio.Future[int] = loop.create_future()
-        stream = _Stream(request, tally, opened)
+        stream = EventStream(request, tally, opened)
         try:
             await loop.create_connection(lambda: stream, parts.hostname, parts.port)
             status = await asyncio.wait_for(opened, 30)
@@ -212,7 +210,16 @@ async def _client(url: str, token: str, clients: int, rounds: int, redis_url: st
 
     for first in range(0, clients, CONNECT_BATCH):
         await asyncio.gather(*(open_one() for _ in range(min(CONNECT_BATCH, clients - first))))
-    seconds = round(time.perf_counter() - started, 2)
+    return streams, tally, statuses, round(time.perf_counter() - started, 2)
+
+
+async def _client(url: str, token: str, clients: int, rounds: int, redis_url: str, prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    from tentaculo.events.hub import EventHub
+
+    loop = asyncio.get_running_loop()
+    streams, tally, statuses, seconds = await open_streams(url, token, clients)
     print(json.dumps({"connected": len(streams), "statuses": statuses, "seconds": seconds}), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # the parent reads the gateway's memory now
     # The client's own garbage collection would delay every arrival alike: do it now, not mid-round.
@@ -279,13 +286,7 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", required=True)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(_client(args.url, args.token, args.clients, args.rounds, args.redis_url, args.prefix))
+    run_fast(_client(args.url, args.token, args.clients, args.rounds, args.redis_url, args.prefix))
 
 
 if __name__ == "__main__":

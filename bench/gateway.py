@@ -1,4 +1,7 @@
-"""Authenticated, audited GET through the gateway vs. the same GET on a bare aiohttp app."""
+"""Authenticated, audited GET through the gateway vs. the same GET on a bare aiohttp app, every answer audited.
+
+The same GET with two worker processes is a row of the baseline table (bench.baseline).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ async def run(env: BenchEnv) -> list[Figure]:
         gw_cpu.append((cpu_seconds(gateway) - before) / gw_runs[-1]["requests"] * 1e6)
     bare.stop()
     exit_code = gateway.stop()  # Ctrl-C: the audit queue is flushed before exit
-    two = await _two_workers(env, headers)
     # The load generator stops after its last answer, so every answered request must have a row.
     answered = warm["requests"] + sum(r["requests"] for r in gw_runs)
     conn = await env.db()
@@ -59,23 +61,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                f"{statistics.median(gw_cpu):.1f} / {statistics.median(bare_cpu):.1f}", "us"),
         Figure(NAME, "non-200 answers", non_200, "", "0", non_200 == 0),
         Figure(NAME, f"audit rows lost of {answered} answered", lost, "", "0", lost == 0 and exit_code == 0),
-        Figure(NAME, "req/s with 1 worker / 2 workers (TENTACULO_WORKERS)", f"{round(gw_rps)} / {round(two['rps'])}",
-               "req/s"),
-        Figure(NAME, "2 workers p50 / p99 latency", f"{two['p50_ms']} / {two['p99_ms']}", "ms"),
     ]
-
-
-async def _two_workers(env: BenchEnv, headers: list[str]) -> dict:
-    """The same GET against one instance served by two worker processes (the load generator shares the cores)."""
-    gateway = await env.start_gateway("bench-gateway-2w", TENTACULO_WORKERS="2")
-    try:
-        await env.load(gateway.url + PATH, duration=1, headers=headers)
-        runs = [await env.load(gateway.url + PATH, concurrency=CONCURRENCY, duration=SECONDS, headers=headers)
-                for _ in range(ROUNDS)]
-    finally:
-        gateway.stop()
-    return {"rps": statistics.median(r["rps"] for r in runs), "p50_ms": _median(runs, "p50_ms"),
-            "p99_ms": _median(runs, "p99_ms")}
 
 
 def _median(runs: list[dict], key: str) -> float:

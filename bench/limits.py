@@ -107,7 +107,7 @@ def _serve_baseline() -> int:
         app.on_response_prepare.remove(add_rate_limit_headers)
         return app
 
-    tentaculo.middlewares.auth_middleware = baseline_auth  # type: ignore[assignment]
+    tentaculo.http.middlewares.auth_middleware = baseline_auth  # type: ignore[assignment]
     tentaculo.app.create_app = create_app  # type: ignore[assignment]
     TokenStore._usable = lambda self, principal: principal  # type: ignore[method-assign]
     return main(["run"])

@@ -31,7 +31,7 @@ PAYLOAD = b'{"items": [' + b",".join(b'{"id": %4d, "name": "item-%04d"}' % (i, i
 
 
 async def run(env: BenchEnv) -> list[Figure]:
-    module = await _start_module(env)
+    module = await start_module(env)
     gateway = await env.start_gateway("bench-proxy", TENTACULO_SERVICE_MADRE_URL=module.url)
     headers = [f"X-VX11-Token: {env.admin_token}"]
     direct = module.url + JSON_PATH
@@ -108,7 +108,8 @@ async def run(env: BenchEnv) -> list[Figure]:
     ]
 
 
-async def _start_module(env: BenchEnv) -> Process:
+async def start_module(env: BenchEnv) -> Process:
+    """The module the proxy runs against (this file, as its own process), ready to serve."""
     port = free_port()
     proc = env.spawn(["-m", "bench.proxy", str(port)], port=port, name="module")
     await wait_http(f"{proc.url}/health", proc)
