@@ -23,14 +23,14 @@ async def upstream() -> AsyncIterator[OpenAIWireServer]:
     await server.close()
 
 
-async def deepseek_gateway(aiohttp_client, settings, upstream, **changes):
-    base = {"providers": ("deepseek",), "provider_chain": ("deepseek",), "deepseek_api_key": KEY,
-            "deepseek_base_url": upstream.base_url}
+async def deepseek_gateway(aiohttp_client, settings, upstream, key: str | None = KEY, **changes):
+    options = {"base_url": upstream.base_url, **({"api_key": key} if key else {})}
+    base = {"providers": ("deepseek",), "provider_chain": ("deepseek",), "provider_options": {"deepseek": options}}
     return await chat_gateway(aiohttp_client, settings, **{**base, **changes})
 
 
 async def test_no_key_means_off_and_never_called(aiohttp_client, settings, admin_headers, upstream) -> None:
-    gw = await deepseek_gateway(aiohttp_client, settings, upstream, deepseek_api_key=None)
+    gw = await deepseek_gateway(aiohttp_client, settings, upstream, key=None)
     listing = await (await gw.get("/operator/api/providers", headers=admin_headers)).json()
     [deepseek] = listing["providers"]
     assert deepseek["status"] == "off" and deepseek["reason"] == "no API key"
@@ -98,7 +98,7 @@ async def test_http_errors_map_to_clear_attempts(aiohttp_client, settings, admin
 
 
 async def test_rejected_key_makes_the_provider_error(aiohttp_client, settings, admin_headers, upstream) -> None:
-    gw = await deepseek_gateway(aiohttp_client, settings, upstream, deepseek_api_key="sk-wrong-key-000000")
+    gw = await deepseek_gateway(aiohttp_client, settings, upstream, key="sk-wrong-key-000000")
     assert (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).status == 503
     [deepseek] = (await (await gw.get("/operator/api/providers", headers=admin_headers)).json())["providers"]
     assert deepseek["status"] == "error" and "rejected" in deepseek["reason"]
