@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
+from tentaculo.settings import Settings
 from tests.chat_helpers import chat_gateway, chat_rows, new_cid, parse_sse
 from tests.openai_server import Answer, Drop, Hang, OpenAIWireServer, Stall, Status
 
@@ -39,6 +40,18 @@ async def test_no_key_means_off_and_never_called(aiohttp_client, settings, admin
     assert (await resp.json())["attempts"] == [
         {"provider": "deepseek", "status": "skipped", "error": "off: no API key", "latency_ms": 0.0}]
     assert upstream.requests == []
+
+
+async def test_the_contracts_variable_names_still_configure_it(aiohttp_client, settings, admin_headers,
+                                                              upstream) -> None:
+    named = Settings.from_env({"DEEPSEEK_API_KEY": KEY, "DEEPSEEK_BASE_URL": upstream.base_url})
+    gw = await chat_gateway(aiohttp_client, settings, providers=("deepseek",), provider_chain=("deepseek",),
+                            provider_options=named.provider_options,
+                            provider_option_sources=named.provider_option_sources)
+    body = await (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).json()
+    assert body["provider"] == "deepseek" and body["content"]
+    [sent] = upstream.requests
+    assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
 
 
 async def test_streams_reasoning_then_content(aiohttp_client, settings, admin_headers, upstream, db) -> None:
