@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from importlib.metadata import EntryPoint
 
 from tentaculo.chat.options import Option
 from tentaculo.chat.plugin import (
+    ENTRY_POINT_GROUP,
     INTERFACE_VERSION,
     BaseProvider,
     ChatRequest,
@@ -15,6 +17,11 @@ from tentaculo.chat.plugin import (
     ProviderUnavailable,
     Usage,
 )
+
+
+def ep(name: str, value: str) -> EntryPoint:
+    """An entry point of the providers' group, as an installed plugin would declare it."""
+    return EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
 
 
 class Working:

@@ -14,19 +14,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from tentaculo.chat.options import OptionError
-from tentaculo.chat.registry import ENTRY_POINT_GROUP, ProviderRegistry, collect
+from tentaculo.chat.registry import ProviderRegistry, collect
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings
 from tentaculo.testing import chat_request, make_context
 from tests.chat_helpers import chat_gateway
 from tests.conftest import ADMIN_TOKEN
-from tests.plugin_samples import Declares
+from tests.plugin_samples import Declares, ep
 
 LICENCE = "lic-7f3a9c0e1b2d4f68"  # a secret whose option name ("licence") does not sound like one
-
-
-def ep(name: str, value: str) -> EntryPoint:
-    return EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
 
 
 @pytest.fixture

@@ -27,12 +27,9 @@ from tentaculo.chat.registry import (
 from tentaculo.settings import Settings, SettingsError
 from tentaculo.testing import chat_request
 from tests.chat_helpers import chat_gateway
+from tests.plugin_samples import ep
 
 BASE = Settings(provider_start_timeout=0.5, provider_retry_backoff=0.0)
-
-
-def ep(name: str, value: str) -> EntryPoint:
-    return EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
 
 
 @pytest.fixture
