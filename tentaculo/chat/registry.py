@@ -115,7 +115,7 @@ class ProviderSlot:
     failures: int = 0
     last_error: str | None = None
     published: tuple[str, str] | None = None
-    # The gateway's secrets and this plugin's secret options: kept out of its reason, never in a repr.
+    # The gateway's secrets and every plugin's secret options: kept out of its reason, never in a repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -223,6 +223,8 @@ class ProviderRegistry:
                 slot.distribution, slot.distribution_version = dist.metadata["Name"], dist.version
             self._slots[ep.name] = slot
             self._load(slot, ep)
+        for slot in self._slots.values():  # every plugin's secret is kept out of every plugin's text
+            slot.secrets = self._secrets
         for name in allowed - set(self._slots):
             log.warning("provider_not_installed", provider=name)
         await asyncio.gather(*(self._start(slot) for slot in self._slots.values() if slot.provider is not None))
@@ -236,7 +238,6 @@ class ProviderRegistry:
             self._observe(slot)
 
     def _load(self, slot: ProviderSlot, ep: importlib.metadata.EntryPoint) -> None:
-        slot.secrets = self._secrets
         try:
             factory = ep.load()
         except Exception as exc:  # isolation boundary: a plugin that cannot even be imported
@@ -250,13 +251,13 @@ class ProviderRegistry:
             log.error("provider_options_invalid", provider=ep.name, error=slot.load_error)
             return
         # Before the plugin runs: whatever it or its errors say, its secrets are scrubbed from logs.
-        slot.secrets = (*self._secrets, *options.secret_values())
-        redact_also(slot.secrets)
+        self._secrets = (*self._secrets, *options.secret_values())
+        redact_also(options.secret_values())
         context = ProviderContext(ep.name, self._http, options, timeouts=self.timeouts)
         try:
             provider = factory(context)
         except Exception as exc:  # isolation boundary
-            slot.load_error = shorten(f"failed to create: {type(exc).__name__}: {exc}", secrets=slot.secrets)
+            slot.load_error = shorten(f"failed to create: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_create_failed", provider=ep.name)
             return
         version = getattr(provider, "interface_version", None)
@@ -286,7 +287,7 @@ class ProviderRegistry:
             slot.provider = None
             log.error("provider_start_timeout", provider=slot.name, seconds=limit)
         except Exception as exc:  # isolation boundary
-            slot.load_error = shorten(f"failed to start: {type(exc).__name__}: {exc}", secrets=slot.secrets)
+            slot.load_error = shorten(f"failed to start: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_start_failed", provider=slot.name)
             await self._close_one(slot)
             slot.provider = None
@@ -418,7 +419,7 @@ class ProviderRegistry:
                     stream = await self._first_delta(slot, request)
                 except ProviderError as exc:
                     latency = round((self._clock() - started) * 1000, 3)
-                    attempts.append(Attempt(name, "error", self.describe(exc, slot), latency))
+                    attempts.append(Attempt(name, "error", self.describe(exc), latency))
                     self._failed(slot, exc)
                     last = exc
                     if exc.retryable and try_no < retries:
@@ -436,9 +437,9 @@ class ProviderRegistry:
                 return stream
         raise AllProvidersFailed(attempts, last)
 
-    def describe(self, exc: ProviderError, slot: ProviderSlot | None = None) -> str:
+    def describe(self, exc: ProviderError) -> str:
         """``kind: message`` of a provider error, fit to show and store (no secret, no control character)."""
-        return f"{exc.kind}: {shorten(str(exc), secrets=slot.secrets if slot is not None else self._secrets)}"
+        return f"{exc.kind}: {shorten(str(exc), secrets=self._secrets)}"
 
     def _backoff(self, try_no: int, retry_after: float | None) -> float:
         delay = self.settings.provider_retry_backoff * (2**try_no)
@@ -449,7 +450,7 @@ class ProviderRegistry:
     def _failed(self, slot: ProviderSlot, exc: ProviderError) -> None:
         slot.calls += 1
         slot.failures += 1
-        slot.last_error = self.describe(exc, slot)
+        slot.last_error = self.describe(exc)
         if exc.trips_breaker:
             slot.breaker.failure()
         else:
