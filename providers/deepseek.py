@@ -1,8 +1,10 @@
 """DeepSeek through its OpenAI-compatible API: ``deepseek-chat`` and ``deepseek-reasoner``
 (whose thinking streams as ``reasoning_content``).
 
-``DEEPSEEK_API_KEY`` enables it; without a key it is ``off`` ("no API key") and never called.
-``DEEPSEEK_BASE_URL`` points it elsewhere (a proxy, or a test server).
+Options: ``api_key`` (secret; ``TENTACULO_PLUGIN_DEEPSEEK__API_KEY`` or ``DEEPSEEK_API_KEY``) enables
+it; without a key it is ``off`` ("no API key") and never called. ``base_url``
+(``TENTACULO_PLUGIN_DEEPSEEK__BASE_URL`` or ``DEEPSEEK_BASE_URL``) points it elsewhere (a proxy, or
+a test server).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from collections.abc import AsyncIterator
 
 from providers.openai_wire import OpenAIWireClient
 from tentaculo import __version__
-from tentaculo.chat.registry import (
-    INTERFACE_VERSION,
+from tentaculo.chat.options import Option, http_url
+from tentaculo.chat.plugin import (
+    BaseProvider,
     ChatRequest,
     Chunk,
     ProviderAuthError,
@@ -24,29 +27,30 @@ from tentaculo.chat.registry import (
 MODELS = ("deepseek-chat", "deepseek-reasoner")
 
 
-class DeepSeekProvider:
+class DeepSeekProvider(BaseProvider):
     """The ``deepseek`` provider."""
 
-    interface_version = INTERFACE_VERSION
     version = __version__
     models = MODELS
     default_model: str | None = "deepseek-chat"
+    options = (
+        Option("api_key", secret=True),
+        Option("base_url", default="https://api.deepseek.com", check=http_url),
+    )
+    needs_key = "api_key"
 
     def __init__(self, context: ProviderContext) -> None:
-        settings = context.settings
-        self.status = "on"
-        self.reason: str | None = None
+        super().__init__(context)
         self._client: OpenAIWireClient | None = None
-        if not settings.deepseek_api_key:
-            self.status, self.reason = "off", "no API key"
+        if self.status == "off":
             return
         self._client = OpenAIWireClient(
             label=context.name,
             http=context.http,
-            base_url=settings.deepseek_base_url,
-            api_key=settings.deepseek_api_key,
-            connect_timeout=settings.provider_connect_timeout,
-            read_timeout=settings.provider_read_timeout,
+            base_url=context.options["base_url"],
+            api_key=context.options["api_key"],
+            connect_timeout=context.timeouts.connect,
+            read_timeout=context.timeouts.read,
         )
 
     async def start(self) -> None:
@@ -66,6 +70,3 @@ class DeepSeekProvider:
             raise
         if self.status == "error":
             self.status, self.reason = "on", None
-
-    async def close(self) -> None:
-        """The HTTP session is the gateway's."""

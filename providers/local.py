@@ -1,7 +1,8 @@
 """A local OpenAI-compatible model server: Ollama, llama.cpp server, vLLM, LM Studio.
 
-``TENTACULO_LOCAL_BASE_URL`` (default Ollama's ``http://127.0.0.1:11434/v1``) and
-``TENTACULO_LOCAL_MODEL`` (default: the first model the server lists). An unreachable server
+Options: ``base_url`` (``TENTACULO_PLUGIN_LOCAL__BASE_URL`` or ``TENTACULO_LOCAL_BASE_URL``; default
+Ollama's ``http://127.0.0.1:11434/v1``) and ``model`` (``TENTACULO_PLUGIN_LOCAL__MODEL`` or
+``TENTACULO_LOCAL_MODEL``; default: the first model the server lists). An unreachable server
 makes the provider ``error`` -- the chain moves on -- and a later success makes it ``on`` again.
 """
 
@@ -11,8 +12,9 @@ from collections.abc import AsyncIterator
 
 from providers.openai_wire import OpenAIWireClient, models_or
 from tentaculo import __version__
-from tentaculo.chat.registry import (
-    INTERFACE_VERSION,
+from tentaculo.chat.options import Option, http_url
+from tentaculo.chat.plugin import (
+    BaseProvider,
     ChatRequest,
     Chunk,
     ProviderContext,
@@ -24,28 +26,30 @@ from tentaculo.chat.registry import (
 PROBE_TIMEOUT = 3.0
 
 
-class LocalProvider:
+class LocalProvider(BaseProvider):
     """The ``local`` provider."""
 
-    interface_version = INTERFACE_VERSION
     version = __version__
+    options = (
+        Option("base_url", default="http://127.0.0.1:11434/v1", check=http_url),
+        Option("model"),
+    )
 
     def __init__(self, context: ProviderContext) -> None:
-        settings = context.settings
-        self.status = "on"
-        self.reason: str | None = None
-        self._configured = settings.local_model
-        self.default_model: str | None = settings.local_model
-        self.models: list[str] = models_or([settings.local_model], [])
+        super().__init__(context)
+        model: str | None = context.options["model"]
+        self._configured = model
+        self.default_model = model
+        self.models: list[str] = models_or([model], [])
         self._client = OpenAIWireClient(
             label=context.name,
             http=context.http,
-            base_url=settings.local_base_url,
+            base_url=context.options["base_url"],
             api_key=None,
-            connect_timeout=settings.provider_connect_timeout,
-            read_timeout=settings.provider_read_timeout,
+            connect_timeout=context.timeouts.connect,
+            read_timeout=context.timeouts.read,
         )
-        self._probe_timeout = min(PROBE_TIMEOUT, settings.provider_start_timeout)
+        self._probe_timeout = min(PROBE_TIMEOUT, context.timeouts.start)
 
     async def start(self) -> None:
         """Ask the server which models it has; unreachable is ``error``, not a start-up failure."""
@@ -86,6 +90,3 @@ class LocalProvider:
                 self.status, self.reason = "error", str(exc)
             raise
         self.status, self.reason = "on", None
-
-    async def close(self) -> None:
-        """The HTTP session is the gateway's."""

@@ -6,7 +6,8 @@ answers as ``mock``: it is never an implicit fallback (it is in the chain only w
 puts it there).
 
 It can be told to misbehave, per request through ``metadata.mock`` or for every request through
-settings (``TENTACULO_MOCK_DELAY_MS``, ``TENTACULO_MOCK_FAIL``)::
+its options (``TENTACULO_PLUGIN_MOCK__DELAY_MS`` and ``TENTACULO_PLUGIN_MOCK__FAIL``, also read as
+``TENTACULO_MOCK_DELAY_MS`` and ``TENTACULO_MOCK_FAIL``)::
 
     {"metadata": {"mock": {"delay_ms": 20, "fail": "midstream", "words": 50}}}
 
@@ -25,8 +26,9 @@ from typing import Any
 
 from tentaculo import __version__
 from tentaculo.auth.digest import sha256
-from tentaculo.chat.registry import (
-    INTERFACE_VERSION,
+from tentaculo.chat.options import Option
+from tentaculo.chat.plugin import (
+    BaseProvider,
     ChatRequest,
     Chunk,
     ProviderAuthError,
@@ -36,12 +38,12 @@ from tentaculo.chat.registry import (
     ProviderUnavailable,
     Usage,
 )
-from tentaculo.settings import MOCK_FAILURES
 
 MODELS = ("mock", "mock-reasoner")
 DEFAULT_WORDS = 12
 MAX_WORDS = 4096
 MAX_DELAY_MS = 30_000.0
+FAILURES = ("before", "midstream", "stall", "hang", "rate_limited", "auth", "bug")
 VOCABULARY = (
     "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor",
     "indigo", "juniper", "kelp", "lagoon", "meadow", "nectar", "onyx", "pebble",
@@ -79,22 +81,21 @@ def answer_text(request: ChatRequest, model: str, words: int = DEFAULT_WORDS) ->
     return content, reasoning
 
 
-class MockProvider:
+class MockProvider(BaseProvider):
     """The ``mock`` provider."""
 
-    interface_version = INTERFACE_VERSION
     version = __version__
     models = MODELS
     default_model: str | None = "mock"
+    options = (
+        Option("delay_ms", float, default=0.0, minimum=0),  # pause before each chunk
+        Option("fail", str, default="", choices=FAILURES),  # misbehave on every request
+    )
 
     def __init__(self, context: ProviderContext) -> None:
-        self.status = "on"
-        self.reason: str | None = None
-        self._delay_ms = context.settings.mock_delay_ms
-        self._fail = context.settings.mock_fail
-
-    async def start(self) -> None:
-        """Nothing to set up."""
+        super().__init__(context)
+        self._delay_ms: float = context.options["delay_ms"]
+        self._fail: str = context.options["fail"]
 
     def _behaviour(self, metadata: Mapping[str, Any]) -> tuple[float, str, int]:
         told = metadata.get("mock") or {}
@@ -105,8 +106,8 @@ class MockProvider:
         words = told.get("words", DEFAULT_WORDS)
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY_MS:
             raise ProviderRejected(f"mock: metadata.mock.delay_ms must be a number from 0 to {MAX_DELAY_MS:g}")
-        if fail not in MOCK_FAILURES:
-            raise ProviderRejected(f"mock: metadata.mock.fail must be one of {', '.join(f for f in MOCK_FAILURES if f)}")
+        if fail and fail not in FAILURES:
+            raise ProviderRejected(f"mock: metadata.mock.fail must be one of {', '.join(FAILURES)}")
         if isinstance(words, bool) or not isinstance(words, int) or not 1 <= words <= MAX_WORDS:
             raise ProviderRejected(f"mock: metadata.mock.words must be an integer from 1 to {MAX_WORDS}")
         return float(delay), fail, words
@@ -143,6 +144,3 @@ class MockProvider:
                     await asyncio.Event().wait()
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
         yield Chunk(finish_reason=finish, usage=Usage(prompt_tokens, len(content) + len(reasoning)), model=model)
-
-    async def close(self) -> None:
-        """Nothing to release."""

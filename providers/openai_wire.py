@@ -2,8 +2,8 @@
 llama.cpp server, vLLM). Shared by the ``deepseek`` and ``local`` providers.
 
 Requests always stream (``"stream": true`` with usage in the last chunk); the server's SSE is
-turned into :class:`tentaculo.providers.Chunk` objects, and HTTP or network failures into
-:class:`tentaculo.providers.ProviderError` subclasses with messages that name the cause and
+turned into :class:`tentaculo.chat.plugin.Chunk` objects, and HTTP or network failures into
+:class:`tentaculo.chat.plugin.ProviderError` subclasses with messages that name the cause and
 never a secret.
 """
 
@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from aiohttp.http_exceptions import LineTooLong
 
-from tentaculo.chat.registry import (
+from tentaculo.chat.plugin import (
     ChatRequest,
     Chunk,
     ProviderAuthError,

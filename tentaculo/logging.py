@@ -23,6 +23,10 @@ class SecretScrubber:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = tuple(s for s in secrets if s)
 
+    def add(self, secrets: Iterable[str]) -> None:
+        """Scrub these values too from now on."""
+        self.secrets = tuple(dict.fromkeys((*self.secrets, *(s for s in secrets if s))))
+
     def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
         for key, value in event.items():
             if key.lower() in SECRET_KEYS:
@@ -53,6 +57,14 @@ def shared_processors(secrets: Iterable[str]) -> list[Any]:
     ]
 
 
+def redact_also(secrets: Iterable[str]) -> None:
+    """Scrub these values too from every log line from now on: secrets known only later, such as a
+    plugin's secret options once the registry has read its declarations."""
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, SecretScrubber):
+            processor.add(secrets)
+
+
 def resolve_log_format(log_format: str) -> str:
     """``auto`` means console on a terminal, JSON otherwise."""
     if log_format == "auto":
@@ -67,7 +79,8 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     renderer: Any
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
-        pre_render: list[Any] = [structlog.processors.format_exc_info]
+        # A traceback quotes exception messages, which may hold a secret: scrub it once it is text.
+        pre_render: list[Any] = [structlog.processors.format_exc_info, pre[-1]]
     else:
         renderer = structlog.dev.ConsoleRenderer()
         pre_render = []

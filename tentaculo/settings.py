@@ -141,18 +141,15 @@ class Settings:
     provider_start_timeout: float = 10.0
     provider_retries: int = 1
     provider_retry_backoff: float = 0.25
-    # Plugins' options may hold their secrets (an API key): never in a repr.
+    # Plugins' options (plugin key -> option -> raw value) may hold their secrets: never in a repr.
+    # Each plugin declares and checks its own (tentaculo/chat/options.py); the gateway only gathers them.
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
+    # The variable that set an option when it was an alias (DEEPSEEK_API_KEY), for error messages.
+    provider_option_sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     breaker_failures: int = 5
     breaker_reset_seconds: float = 30.0
     chat_max_chars: int = 200_000
     chat_max_messages: int = 256
-    deepseek_api_key: str | None = field(default=None, repr=False)
-    deepseek_base_url: str = "https://api.deepseek.com"
-    local_base_url: str = "http://127.0.0.1:11434/v1"
-    local_model: str | None = None
-    mock_delay_ms: float = 0.0
-    mock_fail: str = ""
     # VX11 modules: see tentaculo/status/services.py. service_urls: module name (dashes as "_") -> address.
     service_urls: Mapping[str, str] = field(default_factory=dict, repr=False)
     services_reload_seconds: float = 10.0
@@ -197,16 +194,16 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name in ("provider_options", "service_urls", "service_tokens", "service_timeouts", "service_allow",
-                          "service_read_upgrades"):
+            if f.name in ("provider_options", "provider_option_sources", "service_urls", "service_tokens",
+                          "service_timeouts", "service_allow", "service_read_upgrades"):
                 continue
-            var = ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
+            var = f"TENTACULO_{f.name.upper()}"
             parse = _parser(f.name, f.type, var)
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = parse(var, raw.strip())
-        values["provider_options"] = _plugin_options(env)
+        values["provider_options"], values["provider_option_sources"] = _plugin_options(env)
         values["service_urls"] = _service_urls(env)
         values.update(_service_proxy_options(env))
         settings = cls(**values)  # type: ignore[arg-type]
@@ -281,33 +278,57 @@ class Settings:
             raise SettingsError("TENTACULO_EVENT_TICKET_SECRET", "must be at least 32 characters")
 
 
-# Variables whose names the contract fixes outside the TENTACULO_ prefix.
-ENV_NAMES = {"deepseek_api_key": "DEEPSEEK_API_KEY", "deepseek_base_url": "DEEPSEEK_BASE_URL"}
 PLUGIN_PREFIX = "TENTACULO_PLUGIN_"
-MOCK_FAILURES = ("", "before", "midstream", "stall", "hang", "rate_limited", "auth", "bug")
+# Names the contract fixed for options of the built-in plugins before every plugin option became
+# TENTACULO_PLUGIN_<NAME>__<OPTION>; they keep working, and the TENTACULO_PLUGIN_ name wins over them.
+PLUGIN_ALIASES = {
+    "DEEPSEEK_API_KEY": ("deepseek", "api_key"),
+    "DEEPSEEK_BASE_URL": ("deepseek", "base_url"),
+    "TENTACULO_LOCAL_BASE_URL": ("local", "base_url"),
+    "TENTACULO_LOCAL_MODEL": ("local", "model"),
+    "TENTACULO_MOCK_DELAY_MS": ("mock", "delay_ms"),
+    "TENTACULO_MOCK_FAIL": ("mock", "fail"),
+}
 
 
 SECRET_OPTION_WORDS = ("key", "token", "secret", "password")
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """Every secret the settings hold, for the log scrubber: the gateway's own and plugins' secret-named options."""
-    own = [settings.admin_token, settings.deepseek_api_key, settings.event_ticket_secret,
-           *settings.service_tokens.values()]
+    """Every secret the settings hold, for the log scrubber: the gateway's own and plugins' secret-named options.
+
+    Options a plugin declares secret under another name are added when the registry loads it.
+    """
+    own = [settings.admin_token, settings.event_ticket_secret, *settings.service_tokens.values()]
     plugins = [value for options in settings.provider_options.values() for name, value in options.items()
                if any(word in name for word in SECRET_OPTION_WORDS)]
     return [value for value in (*own, *plugins) if value]
 
 
-def _plugin_options(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """``TENTACULO_PLUGIN_<NAME>__<OPTION>=value`` -> {name: {option: value}}, names lower-cased."""
+def plugin_key(name: str) -> str:
+    """How a plugin's name appears in ``TENTACULO_PLUGIN_<NAME>__<OPTION>``, lower-cased: dashes become ``_``."""
+    return name.replace("-", "_").lower()
+
+
+def _plugin_options(env: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """``TENTACULO_PLUGIN_<NAME>__<OPTION>=value`` and the aliases -> ({name: {option: value}}, {name: {option: alias}}).
+
+    Names are lower-cased; empty values are left out (unset). A plugin variable's value is kept as
+    given (a prefix may end in a space); an alias's is stripped, as every other setting's.
+    """
     options: dict[str, dict[str, str]] = {}
+    sources: dict[str, dict[str, str]] = {}
     for var, value in env.items():
-        if var.startswith(PLUGIN_PREFIX) and "__" in var[len(PLUGIN_PREFIX):]:
+        if var.startswith(PLUGIN_PREFIX) and "__" in var[len(PLUGIN_PREFIX):] and value.strip():
             name, _, option = var[len(PLUGIN_PREFIX):].partition("__")
             if name and option:
                 options.setdefault(name.lower(), {})[option.lower()] = value
-    return options
+    for var, (name, option) in PLUGIN_ALIASES.items():
+        value = env.get(var, "").strip()
+        if value and option not in options.get(name, {}):
+            options.setdefault(name, {})[option] = value
+            sources.setdefault(name, {})[option] = var
+    return options, sources
 
 
 SERVICE_PREFIX, SERVICE_SUFFIX = "TENTACULO_SERVICE_", "_URL"
@@ -504,17 +525,12 @@ def _validate_providers(s: Settings) -> None:
                  "breaker_reset_seconds"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"TENTACULO_{name.upper()}", "must be positive")
-    for name in ("provider_retries", "provider_retry_backoff", "mock_delay_ms"):
+    for name in ("provider_retries", "provider_retry_backoff"):
         if getattr(s, name) < 0:
             raise SettingsError(f"TENTACULO_{name.upper()}", "must not be negative")
     for name in ("breaker_failures", "chat_max_chars", "chat_max_messages"):
         if getattr(s, name) < 1:
             raise SettingsError(f"TENTACULO_{name.upper()}", "must be at least 1")
-    for var, url in (("DEEPSEEK_BASE_URL", s.deepseek_base_url), ("TENTACULO_LOCAL_BASE_URL", s.local_base_url)):
-        if not url.startswith(("http://", "https://")):
-            raise SettingsError(var, "must be an http:// or https:// URL")
-    if s.mock_fail not in MOCK_FAILURES:
-        raise SettingsError("TENTACULO_MOCK_FAIL", f"must be one of {', '.join(m for m in MOCK_FAILURES if m)}")
 
 
 FS_ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -14,7 +14,7 @@ Subclass :class:`ProviderConformance` in a module pytest collects, with a name s
         async def provider(self):
             # a started provider that answers normally
             async with aiohttp.ClientSession() as http:
-                provider = EchoProvider(make_context("echo", http))
+                provider = EchoProvider(make_context("echo", http, EchoProvider))
                 await provider.start()
                 yield provider
                 await provider.close()
@@ -30,7 +30,7 @@ Subclass :class:`ProviderConformance` in a module pytest collects, with a name s
 Optional fixtures: ``upstream_released`` (an ``asyncio.Event`` your fake upstream sets when the
 provider's request to it ends; the cancellation tests then check the provider really let go),
 ``correlation_ids_seen`` (a list your fake upstream appends each ``X-Correlation-ID`` to) and
-``conformance_request`` (the :class:`~tentaculo.providers.ChatRequest` used).
+``conformance_request`` (the :class:`~tentaculo.chat.plugin.ChatRequest` used).
 
 It needs pytest and pytest-asyncio (pytest-aiohttp brings both); the tests are marked for
 pytest-asyncio, and in its strict mode async fixtures are declared with ``@pytest_asyncio.fixture``.
@@ -45,7 +45,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tentaculo.chat.registry import (
+from tentaculo.chat.options import declared_options, resolve_options
+from tentaculo.chat.plugin import (
     INTERFACE_VERSION,
     STATUSES,
     Answer,
@@ -55,20 +56,31 @@ from tentaculo.chat.registry import (
     Provider,
     ProviderContext,
     ProviderError,
+    ProviderTimeouts,
     collect,
 )
 from tentaculo.http.errors import PROBLEMS
-from tentaculo.settings import Settings
 
 CORRELATION_ID = "conformance-0001"
 STEP_TIMEOUT = 5.0
 
 
 def make_context(
-    name: str, http: aiohttp.ClientSession, settings: Settings | None = None, **options: str
+    name: str,
+    http: aiohttp.ClientSession,
+    factory: object = None,
+    *,
+    timeouts: ProviderTimeouts | None = None,
+    **options: Any,
 ) -> ProviderContext:
-    """A :class:`ProviderContext` as the registry would build it (default settings unless given)."""
-    return ProviderContext(name=name, settings=settings or Settings(), http=http, options=dict(options))
+    """A :class:`ProviderContext` as the registry would build it.
+
+    ``options`` are given as in the environment (``max_words="3"``) or already typed; with the
+    plugin's ``factory``, they are checked against its declared options (defaults filled in, a
+    refused value raises :class:`~tentaculo.chat.options.OptionError`), as the registry does.
+    """
+    return ProviderContext(name=name, http=http, options=resolve_options(name, declared_options(factory), options),
+                           timeouts=timeouts or ProviderTimeouts())
 
 
 async def stream_all(provider: Provider, request: ChatRequest, *, timeout: float = STEP_TIMEOUT) -> list[Chunk]:

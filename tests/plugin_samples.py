@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from importlib.metadata import EntryPoint
 
-from tentaculo.chat.registry import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, Usage
+from tentaculo.chat.options import Option
+from tentaculo.chat.plugin import (
+    ENTRY_POINT_GROUP,
+    INTERFACE_VERSION,
+    BaseProvider,
+    ChatRequest,
+    Chunk,
+    ProviderContext,
+    ProviderUnavailable,
+    Usage,
+)
+
+
+def ep(name: str, value: str) -> EntryPoint:
+    """An entry point of the providers' group, as an installed plugin would declare it."""
+    return EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
 
 
 class Working:
@@ -65,3 +81,34 @@ class YieldsStrings(Working):
 class RaisesOnCall(Working):
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
         raise ValueError("not even a generator")
+
+
+class Declares(BaseProvider):
+    """A provider that declares its options; its licence is secret though its name does not say so."""
+
+    version = "2.0"
+    models = ("d-1",)
+    default_model = "d-1"
+    options = (
+        Option("greeting", default="hello"),
+        Option("retries", int, default=2, minimum=0),
+        Option("licence", secret=True),
+    )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        options = self.context.options
+        yield Chunk(content=f"{options['greeting']} x{options['retries']}")
+        yield Chunk(finish_reason="stop", usage=Usage(1, 1))
+
+
+class SpillsItsSecret(Declares):
+    """Puts its secret option everywhere a careless plugin could: its log, its reason, its errors."""
+
+    async def start(self) -> None:
+        licence = self.context.options["licence"]
+        self.log.warning("licence_in_use", detail=f"licence {licence}")
+        self.status, self.reason = "degraded", f"licence {licence} expires soon"
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        raise ProviderUnavailable(f"licence {self.context.options['licence']} refused")
+        yield Chunk()  # pragma: no cover - makes this a generator

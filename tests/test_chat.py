@@ -227,7 +227,8 @@ async def test_failure_after_first_delta_is_not_retried(aiohttp_client, settings
 
 async def test_every_provider_down_is_503_with_attempts(aiohttp_client, settings, admin_headers, db) -> None:
     gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "deepseek"),
-                            provider_chain=("deepseek", "mock"), mock_fail="before", provider_retries=1)
+                            provider_chain=("deepseek", "mock"), provider_options={"mock": {"fail": "before"}},
+                            provider_retries=1)
     cid = new_cid()
     for stream in (False, True):
         resp = await gw.post(CHAT, json={"message": "anyone?", "stream": stream},
@@ -248,7 +249,8 @@ async def test_every_provider_down_is_503_with_attempts(aiohttp_client, settings
 
 async def test_later_link_answering_is_degraded(aiohttp_client, settings, admin_headers, unused_tcp_port) -> None:
     gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "local"), provider_chain=("local", "mock"),
-                            local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", local_model="m")
+                            provider_options={"local": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1",
+                                                        "model": "m"}})
     body = await (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).json()
     assert body["provider"] == "mock" and body["degraded"] is True
     assert [(a["provider"], a["status"]) for a in body["attempts"]] == [("local", "error"), ("local", "error"),
@@ -258,7 +260,8 @@ async def test_later_link_answering_is_degraded(aiohttp_client, settings, admin_
 
 async def test_explicit_provider_is_never_replaced(aiohttp_client, settings, admin_headers, unused_tcp_port) -> None:
     gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "local"), provider_chain=("local", "mock"),
-                            local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", local_model="m")
+                            provider_options={"local": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1",
+                                                        "model": "m"}})
     resp = await gw.post(CHAT, json={"message": "hi", "provider": "local"}, headers=admin_headers)
     assert resp.status == 503
     assert {a["provider"] for a in (await resp.json())["attempts"]} == {"local"}
@@ -319,8 +322,8 @@ async def test_fresh_install_chain_failure_names_each_provider_once_and_says_wha
         aiohttp_client, settings, admin_headers, unused_tcp_port) -> None:
     # A fresh install: deepseek has no key, local has no server and no model configured.
     gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "deepseek", "local"),
-                            provider_chain=("deepseek", "local"), provider_retries=1, deepseek_api_key=None,
-                            local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", local_model=None)
+                            provider_chain=("deepseek", "local"), provider_retries=1,
+                            provider_options={"local": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1"}})
     resp = await gw.post(CHAT, json={"message": "hello"}, headers=admin_headers)
     assert resp.status == 503
     problem = await resp.json()

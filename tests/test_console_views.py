@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 # The mock streams one word per chunk; this delay makes its dozen words take over two seconds,
 # ample time to see the answer grow and to stop it part way even on a busy machine.
-SLOW_MOCK = {"providers": ("mock",), "provider_chain": ("mock",), "mock_delay_ms": 200}
+SLOW_MOCK = {"providers": ("mock",), "provider_chain": ("mock",), "provider_options": {"mock": {"delay_ms": "200"}}}
 
 
 async def new_page(browser: Any, width: int = VIEWPORT["width"], height: int = VIEWPORT["height"]) -> Any:
@@ -98,7 +98,7 @@ async def test_chat_shows_a_provider_failure_plainly(
     aiohttp_client: AppClient, settings: Settings, browser: Any
 ) -> None:
     client = await console_gateway(aiohttp_client, settings, providers=("mock", "deepseek"),
-                                   provider_chain=("mock",), deepseek_api_key=None)
+                                   provider_chain=("mock",))
     async with client.get("/operator/api/providers", headers={"X-VX11-Token": ADMIN_TOKEN}) as resp:
         [deepseek] = [p for p in (await resp.json())["providers"] if p["name"] == "deepseek"]
     assert deepseek["status"] == "off" and deepseek["reason"]

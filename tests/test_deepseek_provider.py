@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
+from tentaculo.settings import Settings
 from tests.chat_helpers import chat_gateway, chat_rows, new_cid, parse_sse
 from tests.openai_server import Answer, Drop, Hang, OpenAIWireServer, Stall, Status
 
@@ -23,14 +24,14 @@ async def upstream() -> AsyncIterator[OpenAIWireServer]:
     await server.close()
 
 
-async def deepseek_gateway(aiohttp_client, settings, upstream, **changes):
-    base = {"providers": ("deepseek",), "provider_chain": ("deepseek",), "deepseek_api_key": KEY,
-            "deepseek_base_url": upstream.base_url}
+async def deepseek_gateway(aiohttp_client, settings, upstream, key: str | None = KEY, **changes):
+    options = {"base_url": upstream.base_url, **({"api_key": key} if key else {})}
+    base = {"providers": ("deepseek",), "provider_chain": ("deepseek",), "provider_options": {"deepseek": options}}
     return await chat_gateway(aiohttp_client, settings, **{**base, **changes})
 
 
 async def test_no_key_means_off_and_never_called(aiohttp_client, settings, admin_headers, upstream) -> None:
-    gw = await deepseek_gateway(aiohttp_client, settings, upstream, deepseek_api_key=None)
+    gw = await deepseek_gateway(aiohttp_client, settings, upstream, key=None)
     listing = await (await gw.get("/operator/api/providers", headers=admin_headers)).json()
     [deepseek] = listing["providers"]
     assert deepseek["status"] == "off" and deepseek["reason"] == "no API key"
@@ -39,6 +40,18 @@ async def test_no_key_means_off_and_never_called(aiohttp_client, settings, admin
     assert (await resp.json())["attempts"] == [
         {"provider": "deepseek", "status": "skipped", "error": "off: no API key", "latency_ms": 0.0}]
     assert upstream.requests == []
+
+
+async def test_the_contracts_variable_names_still_configure_it(aiohttp_client, settings, admin_headers,
+                                                              upstream) -> None:
+    named = Settings.from_env({"DEEPSEEK_API_KEY": KEY, "DEEPSEEK_BASE_URL": upstream.base_url})
+    gw = await chat_gateway(aiohttp_client, settings, providers=("deepseek",), provider_chain=("deepseek",),
+                            provider_options=named.provider_options,
+                            provider_option_sources=named.provider_option_sources)
+    body = await (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).json()
+    assert body["provider"] == "deepseek" and body["content"]
+    [sent] = upstream.requests
+    assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
 
 
 async def test_streams_reasoning_then_content(aiohttp_client, settings, admin_headers, upstream, db) -> None:
@@ -98,7 +111,7 @@ async def test_http_errors_map_to_clear_attempts(aiohttp_client, settings, admin
 
 
 async def test_rejected_key_makes_the_provider_error(aiohttp_client, settings, admin_headers, upstream) -> None:
-    gw = await deepseek_gateway(aiohttp_client, settings, upstream, deepseek_api_key="sk-wrong-key-000000")
+    gw = await deepseek_gateway(aiohttp_client, settings, upstream, key="sk-wrong-key-000000")
     assert (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).status == 503
     [deepseek] = (await (await gw.get("/operator/api/providers", headers=admin_headers)).json())["providers"]
     assert deepseek["status"] == "error" and "rejected" in deepseek["reason"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from tentaculo.settings import ENV_NAMES, Settings
+from tentaculo.settings import PLUGIN_ALIASES, Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Settings gathered from families of variables, documented by their pattern.
@@ -16,6 +16,7 @@ PATTERNS = {
     "service_allow": "TENTACULO_SERVICE_<NAME>_ALLOW",
     "service_read_upgrades": "TENTACULO_SERVICE_<NAME>_READ_UPGRADES",
     "provider_options": "TENTACULO_PLUGIN_<NAME>__<OPTION>",
+    "provider_option_sources": "TENTACULO_PLUGIN_<NAME>__<OPTION>",
 }
 
 
@@ -23,9 +24,10 @@ def test_readme_configuration_table_names_every_setting() -> None:
     text = README.read_text()
     missing = []
     for f in fields(Settings):
-        name = PATTERNS.get(f.name) or ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}")
+        name = PATTERNS.get(f.name) or f"TENTACULO_{f.name.upper()}"
         if f"`{name}`" not in text:
             missing.append(name)
+    missing += [alias for alias in PLUGIN_ALIASES if f"`{alias}`" not in text]
     assert missing == []
 
 

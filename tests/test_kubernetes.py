@@ -16,7 +16,7 @@ from tentaculo import __version__
 from tentaculo.db.migrate import MIGRATION_TIMEOUT
 from tentaculo.http.server import shutdown_total
 from tentaculo.settings import (
-    ENV_NAMES,
+    PLUGIN_ALIASES,
     PLUGIN_PREFIX,
     SERVICE_OPTION_SUFFIXES,
     SERVICE_PREFIX,
@@ -31,7 +31,7 @@ KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
 # The oldest Kubernetes these manifests are written for, and the newest the validator knows.
 OLDEST_KUBERNETES = "1.29"
 # Settings read from families of variables rather than one name each (settings.py).
-FAMILY_FIELDS = {"provider_options", *SERVICE_OPTION_SUFFIXES.values(), "service_urls"}
+FAMILY_FIELDS = {"provider_options", "provider_option_sources", *SERVICE_OPTION_SUFFIXES.values(), "service_urls"}
 FAMILIES = re.compile(
     rf"^{SERVICE_PREFIX}[A-Z0-9_]+(?:{'|'.join(map(re.escape, [SERVICE_SUFFIX, *SERVICE_OPTION_SUFFIXES]))})$"
     rf"|^{PLUGIN_PREFIX}[A-Z0-9_]+__[A-Z0-9_]+$"
@@ -53,8 +53,7 @@ def _one(kind: str) -> dict[str, Any]:
 
 
 def _setting_names() -> set[str]:
-    return {ENV_NAMES.get(f.name, f"TENTACULO_{f.name.upper()}") for f in fields(Settings)
-            if f.name not in FAMILY_FIELDS}
+    return {f"TENTACULO_{f.name.upper()}" for f in fields(Settings) if f.name not in FAMILY_FIELDS} | set(PLUGIN_ALIASES)
 
 
 def _is_setting(name: str) -> bool:

@@ -20,8 +20,10 @@ async def server() -> AsyncIterator[OpenAIWireServer]:
     await server.close()
 
 
-async def local_gateway(aiohttp_client, settings, base_url, **changes):
-    base = {"providers": ("local",), "provider_chain": ("local",), "local_base_url": base_url}
+async def local_gateway(aiohttp_client, settings, base_url, model: str | None = None, deepseek: dict | None = None,
+                        **changes):
+    options = {"local": {"base_url": base_url, **({"model": model} if model else {})}, "deepseek": deepseek or {}}
+    base = {"providers": ("local",), "provider_chain": ("local",), "provider_options": options}
     return await chat_gateway(aiohttp_client, settings, **{**base, **changes})
 
 
@@ -45,7 +47,7 @@ async def test_discovers_models_and_answers_with_the_first(aiohttp_client, setti
 
 
 async def test_configured_model_is_used(aiohttp_client, settings, admin_headers, server) -> None:
-    gw = await local_gateway(aiohttp_client, settings, server.base_url, local_model="qwen2.5:0.5b")
+    gw = await local_gateway(aiohttp_client, settings, server.base_url, model="qwen2.5:0.5b")
     body = await (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).json()
     assert body["provider"] == "local" and body["model"] == "qwen2.5:0.5b"
     assert server.requests[0]["body"]["model"] == "qwen2.5:0.5b"
@@ -66,9 +68,9 @@ async def test_unreachable_is_error_and_the_chain_moves_on(aiohttp_client, setti
     await deepseek.start()
     try:
         gw = await local_gateway(
-            aiohttp_client, settings, f"http://127.0.0.1:{unused_tcp_port}/v1", local_model="llama3.2:1b",
+            aiohttp_client, settings, f"http://127.0.0.1:{unused_tcp_port}/v1", model="llama3.2:1b",
             providers=("local", "deepseek"), provider_chain=("local", "deepseek"),
-            deepseek_api_key=deepseek.api_key, deepseek_base_url=deepseek.base_url, provider_retries=0)
+            deepseek={"api_key": deepseek.api_key, "base_url": deepseek.base_url}, provider_retries=0)
         local = (await providers_of(gw, admin_headers))["local"]
         assert local["status"] == "error" and "cannot connect" in local["reason"]
         body = await (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).json()
@@ -80,7 +82,7 @@ async def test_unreachable_is_error_and_the_chain_moves_on(aiohttp_client, setti
 
 async def test_comes_back_when_the_server_does(aiohttp_client, settings, admin_headers, unused_tcp_port) -> None:
     gw = await local_gateway(aiohttp_client, settings, f"http://127.0.0.1:{unused_tcp_port}/v1",
-                             local_model="llama3.2:1b", provider_retries=0)
+                             model="llama3.2:1b", provider_retries=0)
     assert (await providers_of(gw, admin_headers))["local"]["status"] == "error"
     assert (await gw.post(CHAT, json={"message": "hi"}, headers=admin_headers)).status == 503
     server = OpenAIWireServer(dialect="openai", models=("llama3.2:1b",), prefix="/v1")

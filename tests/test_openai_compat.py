@@ -143,7 +143,7 @@ async def test_unsupported_parameters_say_which_and_why(client) -> None:
 
 async def test_a_providers_state_does_not_change_which_models_exist(aiohttp_client, settings, make_token) -> None:
     # deepseek without a key is off: its names still exist, and chatting with them says why it cannot answer.
-    gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "deepseek"), deepseek_api_key=None)
+    gw = await chat_gateway(aiohttp_client, settings, providers=("mock", "deepseek"))
     token = await make_token("chat")
     async with AsyncOpenAI(api_key=token, base_url=str(gw.make_url("/v1")), max_retries=0) as c:
         ids = [m.id async for m in c.models.list()]

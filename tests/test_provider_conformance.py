@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,11 +10,11 @@ import pytest
 from providers.deepseek import DeepSeekProvider
 from providers.local import LocalProvider
 from providers.mock import MockProvider
-from tentaculo.settings import Settings
+from tentaculo.chat.plugin import ProviderTimeouts
 from tentaculo.testing import ProviderConformance, make_context
 from tests.openai_server import Hang, OpenAIWireServer, Stall, Status
 
-FAST = Settings(provider_read_timeout=5.0, provider_connect_timeout=2.0)
+FAST = ProviderTimeouts(connect=2.0, read=5.0)
 
 
 @pytest.fixture
@@ -40,35 +39,36 @@ async def _started(provider):
 class TestMockConformance(ProviderConformance):
     @pytest.fixture
     async def provider(self, http):
-        return await _started(MockProvider(make_context("mock", http, FAST)))
+        return await _started(MockProvider(make_context("mock", http, MockProvider, timeouts=FAST)))
 
     @pytest.fixture
     async def failing_provider(self, http):
-        return await _started(MockProvider(make_context("mock", http, dataclasses.replace(FAST, mock_fail="before"))))
+        return await _started(MockProvider(make_context("mock", http, MockProvider, fail="before")))
 
     @pytest.fixture
     async def stalling_provider(self, http):
-        return await _started(MockProvider(make_context("mock", http, dataclasses.replace(FAST, mock_fail="stall"))))
+        return await _started(MockProvider(make_context("mock", http, MockProvider, fail="stall")))
 
 
 class TestDeepSeekConformance(ProviderConformance):
     @pytest.fixture
-    def settings_for(self, upstream):
-        return dataclasses.replace(FAST, deepseek_api_key=upstream.api_key, deepseek_base_url=upstream.base_url)
+    def context(self, http, upstream):
+        return make_context("deepseek", http, DeepSeekProvider, timeouts=FAST, api_key=upstream.api_key,
+                            base_url=upstream.base_url)
 
     @pytest.fixture
-    async def provider(self, http, settings_for):
-        return await _started(DeepSeekProvider(make_context("deepseek", http, settings_for)))
+    async def provider(self, context):
+        return await _started(DeepSeekProvider(context))
 
     @pytest.fixture
-    async def failing_provider(self, http, settings_for, upstream):
+    async def failing_provider(self, context, upstream):
         upstream.default = Status(503, "Server overloaded, please try again later")
-        return await _started(DeepSeekProvider(make_context("deepseek", http, settings_for)))
+        return await _started(DeepSeekProvider(context))
 
     @pytest.fixture
-    async def stalling_provider(self, http, settings_for, upstream):
+    async def stalling_provider(self, context, upstream):
         upstream.default = Stall(after=1)
-        return await _started(DeepSeekProvider(make_context("deepseek", http, settings_for)))
+        return await _started(DeepSeekProvider(context))
 
     @pytest.fixture
     def upstream_released(self, upstream):
@@ -88,23 +88,23 @@ class TestLocalConformance(ProviderConformance):
         await server.close()
 
     @pytest.fixture
-    def settings_for(self, local_upstream):
-        return dataclasses.replace(FAST, local_base_url=local_upstream.base_url)
+    def context(self, http, local_upstream):
+        return make_context("local", http, LocalProvider, timeouts=FAST, base_url=local_upstream.base_url)
 
     @pytest.fixture
-    async def provider(self, http, settings_for):
-        return await _started(LocalProvider(make_context("local", http, settings_for)))
+    async def provider(self, context):
+        return await _started(LocalProvider(context))
 
     @pytest.fixture
-    async def failing_provider(self, http, settings_for, local_upstream):
-        provider = await _started(LocalProvider(make_context("local", http, settings_for)))
+    async def failing_provider(self, context, local_upstream):
+        provider = await _started(LocalProvider(context))
         local_upstream.default = Status(500, "model failed to load")
         return provider
 
     @pytest.fixture
-    async def stalling_provider(self, http, settings_for, local_upstream):
+    async def stalling_provider(self, context, local_upstream):
         local_upstream.default = Stall(after=1)
-        return await _started(LocalProvider(make_context("local", http, settings_for)))
+        return await _started(LocalProvider(context))
 
     @pytest.fixture
     def upstream_released(self, local_upstream):
@@ -118,8 +118,9 @@ class TestLocalConformance(ProviderConformance):
 async def test_conformance_failure_is_caught_for_a_hanging_upstream(http, upstream) -> None:
     """The kit's own timeout turns a provider that never answers into a failed test, not a hang."""
     upstream.default = Hang()
-    settings = dataclasses.replace(FAST, deepseek_api_key=upstream.api_key, deepseek_base_url=upstream.base_url)
-    provider = await _started(DeepSeekProvider(make_context("deepseek", http, settings)))
+    context = make_context("deepseek", http, DeepSeekProvider, timeouts=FAST, api_key=upstream.api_key,
+                           base_url=upstream.base_url)
+    provider = await _started(DeepSeekProvider(context))
     from tentaculo import testing
 
     with pytest.raises(TimeoutError):

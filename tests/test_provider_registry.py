@@ -27,12 +27,9 @@ from tentaculo.chat.registry import (
 from tentaculo.settings import Settings, SettingsError
 from tentaculo.testing import chat_request
 from tests.chat_helpers import chat_gateway
+from tests.plugin_samples import ep
 
 BASE = Settings(provider_start_timeout=0.5, provider_retry_backoff=0.0)
-
-
-def ep(name: str, value: str) -> EntryPoint:
-    return EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
 
 
 @pytest.fixture
@@ -192,9 +189,8 @@ def test_provider_settings_are_validated() -> None:
            "DEEPSEEK_API_KEY": "sk-abc", "DEEPSEEK_BASE_URL": "http://127.0.0.1:9/"}
     settings = Settings.from_env(env)
     assert settings.providers == ("mock", "local") and settings.provider_chain == ("local", "mock")
-    assert settings.deepseek_api_key == "sk-abc" and "sk-abc" not in repr(settings)
-    for var, value in (("DEEPSEEK_BASE_URL", "ftp://x"), ("TENTACULO_MOCK_FAIL", "sometimes"),
-                       ("TENTACULO_PROVIDER_READ_TIMEOUT", "0"), ("TENTACULO_BREAKER_FAILURES", "0")):
+    assert settings.provider_options["deepseek"]["api_key"] == "sk-abc" and "sk-abc" not in repr(settings)
+    for var, value in (("TENTACULO_PROVIDER_READ_TIMEOUT", "0"), ("TENTACULO_BREAKER_FAILURES", "0")):
         with pytest.raises(SettingsError) as caught:
             Settings.from_env({var: value})
         assert caught.value.variable == var
@@ -211,7 +207,7 @@ async def test_installed_broken_plugin_shows_error_and_gateway_serves(aiohttp_cl
     (tmp_path / "broken_tentaculo_plugin.py").write_text("raise RuntimeError('needs a GPU driver')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     gw = await chat_gateway(aiohttp_client, settings, providers=(),
-                            local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1")
+                            provider_options={"local": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1"}})
     listing = await (await gw.get("/operator/api/providers", headers=admin_headers)).json()
     broken = next(p for p in listing["providers"] if p["name"] == "broken")
     assert broken["status"] == "error" and broken["distribution"] == "broken-tentaculo-plugin"
@@ -225,7 +221,7 @@ async def test_cli_lists_providers_with_status(unused_tcp_port) -> None:
 
     out = io.StringIO()
     settings = Settings(providers=("mock", "deepseek", "local"), provider_chain=("local", "mock"),
-                        local_base_url=f"http://127.0.0.1:{unused_tcp_port}/v1")
+                        provider_options={"local": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1"}})
     assert await list_providers(settings, out) == 0
     lines = {line.split()[0]: line for line in out.getvalue().splitlines()[1:-1]}
     assert lines["deepseek"].split()[1] == "off" and lines["deepseek"].endswith("no API key")

@@ -1,66 +1,9 @@
-"""Chat providers: the interface every provider plugin implements, and the registry that runs them.
+"""The provider registry: it discovers provider plugins by entry point, checks their options,
+isolates the broken ones, and runs chats through them with retries, a fallback chain and a
+circuit breaker per provider.
 
-The provider contract (``INTERFACE_VERSION = 1``)
-=================================================
-
-A provider plugin is any installed distribution that declares an entry point in the group
-``tentaculo.providers``. The entry point's *name* is the provider's name (what clients put in
-``"provider"`` and what every answer says it came from); its *value* is a factory::
-
-    [options.entry_points]
-    tentaculo.providers =
-        echo = tentaculo_echo:EchoProvider
-
-The registry calls ``factory(context)`` once at start-up with a :class:`ProviderContext`
-(the provider's name, the gateway settings, the gateway's one shared ``aiohttp.ClientSession``
-and the plugin's options from ``TENTACULO_PLUGIN_<NAME>__<OPTION>`` variables). The object
-returned must satisfy :class:`Provider`:
-
-``interface_version: int``
-    Must equal :data:`INTERFACE_VERSION`; anything else is refused at load time.
-``version: str``
-    The plugin's own version, shown in ``/operator/api/providers``.
-``models: Sequence[str]``
-    Model ids it serves. Empty means "any model the caller names". May change after ``start()``.
-``default_model: str | None``
-    Used when the request names no model.
-``status: str`` and ``reason: str | None``
-    One of ``on | off | degraded | error`` with a human reason when not ``on``. ``off`` means
-    deliberately disabled (no API key, not configured): the registry never calls ``stream()``
-    on an ``off`` provider. A provider may update these at any time (e.g. ``error`` when its
-    server is unreachable, ``on`` again after a success); the registry reads them, it does not
-    poll.
-``async start() -> None``
-    One-time set-up (read options, probe a server). Raising marks the provider ``error`` with
-    the exception's message; the gateway still starts. It runs under a time limit.
-``stream(request: ChatRequest) -> AsyncIterator[Chunk]``
-    The one way to chat: usually an ``async def ... yield`` generator. Streaming comes first;
-    a non-streaming answer is this stream collected (:func:`collect`).
-
-    * Yield :class:`Chunk` objects whose ``content`` and/or ``reasoning`` are *deltas* (the new
-      text only). Chunks with neither are allowed (e.g. to report ``model``) and are not
-      deltas.
-    * The last chunk carries ``finish_reason`` (``"stop"``, ``"length"``, ...) and, when the
-      backend reports it, ``usage``; the stream then ends. A stream that ends without a
-      ``finish_reason`` is treated as cut off.
-    * Failures raise a :class:`ProviderError` subclass, before or after the first delta. Pick
-      the subclass by cause (unreachable, timeout, rejected credentials, ...): it decides
-      retries, the circuit breaker and the problem code clients see. Messages are shown to
-      operators, so never put a secret in them. Any other exception is treated as a plugin
-      bug: logged with its traceback and reported as a plain ``ProviderError``.
-    * Cancellation: the registry may stop reading at any point and close the generator (or
-      cancel the task awaiting it) -- when the client went away, on a timeout, or after the
-      finish chunk. The provider must then release what it holds (close its upstream
-      request) promptly and must not swallow ``asyncio.CancelledError``.
-    * ``request.correlation_id`` should be sent to any upstream as ``X-Correlation-ID``.
-    * Time limits are the registry's job: it fails a stream that is silent for longer than
-      ``TENTACULO_PROVIDER_READ_TIMEOUT`` (before or between chunks), so a provider need not
-      add its own, but may.
-``async close() -> None``
-    Release resources at shutdown. The shared HTTP session is not the provider's to close.
-
-``tentaculo.testing.ProviderConformance`` is a test suite a plugin package can run against its
-provider to check all of the above.
+The contract a plugin implements is documented once, in :mod:`tentaculo.chat.plugin`; the names
+of that module are importable from here too.
 """
 
 from __future__ import annotations
@@ -69,207 +12,55 @@ import asyncio
 import importlib.metadata
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import aiohttp
 import structlog
 
-from tentaculo.settings import Settings
+from tentaculo.chat.breaker import CircuitBreaker
+from tentaculo.chat.options import OptionError, declared_options, settings_options
+from tentaculo.chat.plugin import (
+    ENTRY_POINT_GROUP,
+    INTERFACE_VERSION,
+    ROLES,
+    STATUSES,
+    Answer,
+    BaseProvider,
+    ChatRequest,
+    Chunk,
+    Message,
+    Provider,
+    ProviderAuthError,
+    ProviderContext,
+    ProviderError,
+    ProviderFactory,
+    ProviderOff,
+    ProviderProtocolError,
+    ProviderQuotaError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderTimeouts,
+    ProviderUnavailable,
+    Usage,
+    collect,
+)
+from tentaculo.chat.stream import MAX_ANSWER_CHARS, ChatStream
+from tentaculo.health import shorten
+from tentaculo.logging import redact_also
+from tentaculo.settings import Settings, secret_values
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "INTERFACE_VERSION", "MAX_ANSWER_CHARS", "ROLES", "STATUSES", "AllProvidersFailed", "Answer",
+    "Attempt", "BaseProvider", "ChatRequest", "ChatStream", "Chunk", "CircuitBreaker", "Message", "Provider",
+    "ProviderAuthError", "ProviderContext", "ProviderError", "ProviderFactory", "ProviderOff",
+    "ProviderProtocolError", "ProviderQuotaError", "ProviderRateLimited", "ProviderRegistry", "ProviderRejected",
+    "ProviderSlot", "ProviderTimeout", "ProviderTimeouts", "ProviderUnavailable", "StatusChange", "Usage", "collect",
+]
 
 log = structlog.get_logger("tentaculo.providers")
-
-INTERFACE_VERSION = 1
-ENTRY_POINT_GROUP = "tentaculo.providers"
-STATUSES = ("on", "off", "degraded", "error")
-ROLES = ("system", "user", "assistant")
-# An answer longer than this is refused rather than held in memory.
-MAX_ANSWER_CHARS = 4_000_000
-_REASON_MAX = 300
-
-
-# --------------------------------------------------------------------------- data types
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One message of a conversation."""
-
-    role: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """What a provider is asked. ``metadata`` is free-form and provider-specific."""
-
-    messages: tuple[Message, ...]
-    model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    correlation_id: str = ""
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts as the backend reports them."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(slots=True)  # not frozen: a stream makes many, and frozen instances cost 3x to create
-class Chunk:
-    """One piece of a streamed answer: text deltas, or the final chunk with ``finish_reason``."""
-
-    content: str = ""
-    reasoning: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    model: str | None = None
-
-    @property
-    def is_delta(self) -> bool:
-        return bool(self.content or self.reasoning)
-
-
-@dataclass(slots=True)
-class Answer:
-    """A stream collected into one answer."""
-
-    content: str = ""
-    reasoning: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    model: str | None = None
-
-
-async def collect(chunks: AsyncIterator[Chunk]) -> Answer:
-    """Collect a stream of chunks into one :class:`Answer` (the non-streaming answer)."""
-    content: list[str] = []
-    reasoning: list[str] = []
-    answer = Answer()
-    async for chunk in chunks:
-        if chunk.content:
-            content.append(chunk.content)
-        if chunk.reasoning:
-            reasoning.append(chunk.reasoning)
-        if chunk.model:
-            answer.model = chunk.model
-        if chunk.usage is not None:
-            answer.usage = chunk.usage
-        if chunk.finish_reason:
-            answer.finish_reason = chunk.finish_reason
-    answer.content = "".join(content)
-    answer.reasoning = "".join(reasoning)
-    return answer
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderContext:
-    """What a provider factory receives."""
-
-    name: str
-    settings: Settings
-    http: aiohttp.ClientSession
-    options: Mapping[str, str] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Provider(Protocol):
-    """A chat backend. The full contract is in this module's docstring."""
-
-    interface_version: int
-    version: str
-    models: Sequence[str]
-    default_model: str | None
-    status: str
-    reason: str | None
-
-    async def start(self) -> None: ...
-
-    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]: ...
-
-    async def close(self) -> None: ...
-
-
-ProviderFactory = Callable[[ProviderContext], Provider]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ProviderError(Exception):
-    """A provider could not answer. Subclasses say why; the registry maps them to problem codes.
-
-    ``retryable``: worth another try (before the first delta). ``trips_breaker``: counts
-    towards opening the provider's circuit. ``kind``: short label shown in attempts.
-    """
-
-    code = "provider_unavailable"
-    kind = "error"
-    retryable = False
-    trips_breaker = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ProviderOff(ProviderError):
-    """The provider is deliberately disabled (no API key, not configured)."""
-
-    kind = "off"
-    trips_breaker = False
-
-
-class ProviderUnavailable(ProviderError):
-    """The backend cannot be reached, dropped the connection, or answered 5xx."""
-
-    kind = "unavailable"
-    retryable = True
-
-
-class ProviderTimeout(ProviderError):
-    """The backend went silent for too long."""
-
-    code = "upstream_timeout"
-    kind = "timeout"
-    retryable = True
-
-
-class ProviderRateLimited(ProviderError):
-    """The backend asked us to slow down (HTTP 429); ``retry_after`` in seconds when known."""
-
-    kind = "rate_limited"
-    retryable = True
-
-
-class ProviderAuthError(ProviderError):
-    """The backend refused our credentials (HTTP 401/403)."""
-
-    kind = "auth"
-
-
-class ProviderQuotaError(ProviderError):
-    """The account behind the key cannot pay for more (HTTP 402)."""
-
-    kind = "quota"
-
-
-class ProviderRejected(ProviderError):
-    """The backend refused this request itself (HTTP 400/404/422): another request may work."""
-
-    kind = "rejected"
-    trips_breaker = False
-
-
-class ProviderProtocolError(ProviderError):
-    """The backend answered something that is not its wire format."""
-
-    kind = "protocol"
 
 
 class AllProvidersFailed(Exception):
@@ -279,63 +70,6 @@ class AllProvidersFailed(Exception):
         super().__init__("no provider could answer")
         self.attempts = attempts
         self.last = last
-
-
-# --------------------------------------------------------------------------- circuit breaker
-
-
-class CircuitBreaker:
-    """Per-provider breaker: ``closed`` -> ``open`` after N consecutive failures -> ``half_open``
-    after ``reset_seconds`` (one trial call) -> ``closed`` on success, ``open`` again on failure."""
-
-    def __init__(self, failures: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.threshold = failures
-        self.reset_seconds = reset_seconds
-        self._clock = clock
-        self._state = "closed"
-        self.failures = 0
-        self.opened_at: float | None = None
-        self._trial = False
-
-    @property
-    def state(self) -> str:
-        if self._state == "open" and self.opened_at is not None:
-            if self._clock() - self.opened_at >= self.reset_seconds:
-                self._state = "half_open"
-                self._trial = False
-        return self._state
-
-    def allow(self) -> bool:
-        """May a call go through now? In ``half_open`` only one trial call at a time."""
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self._trial:
-            self._trial = True
-            return True
-        return False
-
-    def success(self) -> None:
-        self._state, self.failures, self.opened_at, self._trial = "closed", 0, None, False
-
-    def failure(self) -> None:
-        self.failures += 1
-        if self.state == "half_open" or self.failures >= self.threshold:
-            self._state, self.opened_at, self._trial = "open", self._clock(), False
-
-    def release(self) -> None:
-        """A call ended without a verdict (cancelled): let another trial through."""
-        self._trial = False
-
-    def snapshot(self) -> dict[str, Any]:
-        state = self.state
-        retry_in = None
-        if state == "open" and self.opened_at is not None:
-            retry_in = round(max(0.0, self.reset_seconds - (self._clock() - self.opened_at)), 3)
-        return {"state": state, "failures": self.failures, "retry_in_s": retry_in}
-
-
-# --------------------------------------------------------------------------- registry
 
 
 @dataclass(slots=True)
@@ -381,6 +115,8 @@ class ProviderSlot:
     failures: int = 0
     last_error: str | None = None
     published: tuple[str, str] | None = None
+    # The gateway's secrets and every plugin's secret options: kept out of its reason, never in a repr.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def models(self) -> list[str]:
@@ -394,7 +130,8 @@ class ProviderSlot:
         """Status and reason as operators see them: the provider's own, refined by its breaker."""
         if self.provider is None:
             return "error", self.load_error
-        own, reason = self.provider.status, self.provider.reason
+        own = self.provider.status
+        reason = shorten(self.provider.reason, secrets=self.secrets) if self.provider.reason else None
         if own not in STATUSES:
             return "error", f"plugin reported an invalid status {own!r}"
         if own == "off":
@@ -430,22 +167,6 @@ class ProviderSlot:
         }
 
 
-_CONTROL = {c: " " for c in range(32)} | {127: " "}
-
-
-def _short(text: str, secrets: Iterable[str] = ()) -> str:
-    """Text from a plugin or an upstream, fit to show and store: no secret, no control character, bounded."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = text.translate(_CONTROL)
-    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
-
-
-def _option_key(name: str) -> str:
-    return name.replace("-", "_").lower()
-
-
 class ProviderRegistry:
     """Discovers provider plugins by entry point, isolates the broken ones, and runs chats
     through them with retries, a fallback chain and a circuit breaker per provider.
@@ -474,7 +195,9 @@ class ProviderRegistry:
         self.chain: tuple[str, ...] = settings.provider_chain
         self.on_status_change: list[StatusCallback] = []
         self.on_chat: list[ChatCallback] = []
-        self._secrets = tuple(s for s in (settings.deepseek_api_key, settings.admin_token) if s)
+        self._secrets = tuple(secret_values(settings))
+        self.timeouts = ProviderTimeouts(settings.provider_connect_timeout, settings.provider_read_timeout,
+                                         settings.provider_start_timeout)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -500,6 +223,8 @@ class ProviderRegistry:
                 slot.distribution, slot.distribution_version = dist.metadata["Name"], dist.version
             self._slots[ep.name] = slot
             self._load(slot, ep)
+        for slot in self._slots.values():  # every plugin's secret is kept out of every plugin's text
+            slot.secrets = self._secrets
         for name in allowed - set(self._slots):
             log.warning("provider_not_installed", provider=name)
         await asyncio.gather(*(self._start(slot) for slot in self._slots.values() if slot.provider is not None))
@@ -513,18 +238,26 @@ class ProviderRegistry:
             self._observe(slot)
 
     def _load(self, slot: ProviderSlot, ep: importlib.metadata.EntryPoint) -> None:
-        options = self.settings.provider_options.get(_option_key(ep.name), {})
-        context = ProviderContext(ep.name, self.settings, self._http, options)
         try:
             factory = ep.load()
         except Exception as exc:  # isolation boundary: a plugin that cannot even be imported
-            slot.load_error = _short(f"failed to import: {type(exc).__name__}: {exc}", self._secrets)
+            slot.load_error = shorten(f"failed to import: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_import_failed", provider=ep.name, value=ep.value)
             return
         try:
+            options = settings_options(ep.name, declared_options(factory), self.settings)
+        except (OptionError, TypeError) as exc:
+            slot.load_error = shorten(str(exc), secrets=self._secrets)
+            log.error("provider_options_invalid", provider=ep.name, error=slot.load_error)
+            return
+        # Before the plugin runs: whatever it or its errors say, its secrets are scrubbed from logs.
+        self._secrets = (*self._secrets, *options.secret_values())
+        redact_also(options.secret_values())
+        context = ProviderContext(ep.name, self._http, options, timeouts=self.timeouts)
+        try:
             provider = factory(context)
         except Exception as exc:  # isolation boundary
-            slot.load_error = _short(f"failed to create: {type(exc).__name__}: {exc}", self._secrets)
+            slot.load_error = shorten(f"failed to create: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_create_failed", provider=ep.name)
             return
         version = getattr(provider, "interface_version", None)
@@ -554,7 +287,7 @@ class ProviderRegistry:
             slot.provider = None
             log.error("provider_start_timeout", provider=slot.name, seconds=limit)
         except Exception as exc:  # isolation boundary
-            slot.load_error = _short(f"failed to start: {type(exc).__name__}: {exc}", self._secrets)
+            slot.load_error = shorten(f"failed to start: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_start_failed", provider=slot.name)
             await self._close_one(slot)
             slot.provider = None
@@ -671,7 +404,7 @@ class ProviderRegistry:
                 troubled = True
                 continue
             if slot.provider.status == "off":
-                attempts.append(Attempt(name, "skipped", _short(f"off: {slot.provider.reason or 'disabled'}"), 0.0))
+                attempts.append(Attempt(name, "skipped", f"off: {slot.effective()[1]}", 0.0))
                 continue
             if request.model and provider == "auto" and not slot.serves(request.model):
                 attempts.append(Attempt(name, "skipped", f"does not serve model {request.model!r}", 0.0))
@@ -706,7 +439,7 @@ class ProviderRegistry:
 
     def describe(self, exc: ProviderError) -> str:
         """``kind: message`` of a provider error, fit to show and store (no secret, no control character)."""
-        return f"{exc.kind}: {_short(str(exc), self._secrets)}"
+        return f"{exc.kind}: {shorten(str(exc), secrets=self._secrets)}"
 
     def _backoff(self, try_no: int, retry_after: float | None) -> float:
         delay = self.settings.provider_retry_backoff * (2**try_no)
@@ -746,157 +479,3 @@ class ProviderRegistry:
             await stream.aclose()
             raise
         return stream
-
-
-async def _aclose(iterator: AsyncIterator[Chunk]) -> None:
-    close = getattr(iterator, "aclose", None)
-    if close is None:
-        return
-    try:
-        await close()
-    except (ProviderError, RuntimeError, StopAsyncIteration):
-        pass
-    except Exception:  # isolation boundary: a plugin failing while being closed
-        log.exception("provider_aclose_failed")
-
-
-class ChatStream:
-    """A provider's answer in progress, from its first delta on.
-
-    Iterate it for the chunks (the first one included). It enforces the read timeout, caps the
-    answer's size, turns plugin bugs into :class:`ProviderError` and reports the outcome to the
-    provider's circuit breaker. ``aclose()`` stops the upstream call. It is read by the task that
-    opened it (the request's handler): that is the task its read timeout cancels.
-    """
-
-    def __init__(self, registry: ProviderRegistry, slot: ProviderSlot, request: ChatRequest) -> None:
-        self._registry = registry
-        self._slot = slot
-        assert slot.provider is not None
-        self.provider = slot.name
-        self.model: str | None = request.model or slot.provider.default_model
-        self.attempts: list[Attempt] = []
-        self.degraded = False
-        self.finished = False
-        self._iterator = slot.provider.stream(request).__aiter__()
-        self._pending: list[Chunk] = []
-        self._chars = 0
-        self._closed = False
-        self._verdict = False
-        # The read timeout is one lazily re-armed timer per stream, not one per chunk: a chunk
-        # only stamps the time, and the timer cancels a read that has waited too long.
-        self._timeout = registry.settings.provider_read_timeout
-        self._loop = asyncio.get_running_loop()
-        self._owner = asyncio.current_task()
-        self._reading = False
-        self._read_since = 0.0
-        self._expired = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._priming = False
-
-    def _watch(self) -> None:
-        self._timer = None
-        if not self._reading or self._closed or self._owner is None:
-            return  # not reading now: the next read re-arms
-        due = self._read_since + self._timeout
-        if self._loop.time() >= due:
-            self._expired = True
-            self._owner.cancel()
-        else:
-            self._timer = self._loop.call_at(due, self._watch)
-
-    def __aiter__(self) -> ChatStream:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        """The next chunk: one coroutine per chunk, since a long answer has hundreds of them."""
-        if self.finished or self._closed:
-            raise StopAsyncIteration
-        if self._pending:
-            chunk = self._pending.pop(0)
-        else:
-            self._reading = True
-            self._read_since = self._loop.time()
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._read_since + self._timeout, self._watch)
-            try:
-                chunk = await self._iterator.__anext__()
-            except BaseException as exc:
-                self._reading = False
-                error = self._error_for(exc)
-                raise await self._settle(error) from error.__cause__
-            self._reading = False
-            if not isinstance(chunk, Chunk):
-                raise await self._settle(ProviderProtocolError(
-                    f"{self.provider} yielded {type(chunk).__name__}, not a Chunk"))
-            if chunk.model:
-                self.model = chunk.model
-            self._chars += len(chunk.content) + len(chunk.reasoning)
-            if self._chars > MAX_ANSWER_CHARS:
-                raise await self._settle(ProviderProtocolError(
-                    f"{self.provider}'s answer exceeds {MAX_ANSWER_CHARS} characters"))
-        if chunk.finish_reason and not self._priming:
-            self._done()
-            await self.aclose()
-        return chunk
-
-    def _error_for(self, exc: BaseException) -> BaseException:
-        """What a failed read raises: a ProviderError, or ``exc`` itself when it is not the provider's.
-
-        A plugin's own bug becomes the new error's ``__cause__``; the caller raises ``from`` it.
-        """
-        error: BaseException
-        if isinstance(exc, asyncio.CancelledError):
-            if not (self._expired and self._owner is not None and self._owner.uncancel() == 0):
-                return exc
-            self._expired = False
-            error = ProviderTimeout(f"{self.provider} sent nothing for {self._timeout:g} s")
-        elif isinstance(exc, StopAsyncIteration):
-            error = ProviderUnavailable(f"{self.provider}'s stream ended before the answer finished")
-        elif isinstance(exc, ProviderError) or not isinstance(exc, Exception):
-            return exc
-        else:  # isolation boundary: a plugin bug
-            log.error("provider_plugin_error", provider=self.provider, exc_info=exc)
-            error = ProviderError(f"{self.provider} failed: {type(exc).__name__}")
-            error.__cause__ = exc
-        return error
-
-    async def _settle(self, exc: BaseException) -> BaseException:
-        """``exc``, to raise; a provider error after the first delta also counts against the provider.
-
-        While priming, the registry does the counting instead (it may retry or fall back).
-        """
-        if isinstance(exc, ProviderError) and not self._priming:
-            self._verdict = True
-            self._registry._failed(self._slot, exc)
-            await self.aclose()
-        return exc
-
-    async def prime(self) -> None:
-        """Read until the first delta (or an immediate finish); failures raise ProviderError."""
-        self._priming = True
-        try:
-            while True:
-                chunk = await self.__anext__()
-                self._pending.append(chunk)
-                if chunk.is_delta or chunk.finish_reason:
-                    return
-        finally:
-            self._priming = False
-
-    def _done(self) -> None:
-        self.finished = True
-        self._verdict = True
-        self._registry._succeeded(self._slot)
-
-    async def aclose(self) -> None:
-        """Stop reading and close the provider's stream (cancels the upstream call)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._verdict:
-            self._slot.breaker.release()
-        await _aclose(self._iterator)

@@ -11,41 +11,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from tentaculo.chat.registry import INTERFACE_VERSION, ChatRequest, Chunk, ProviderContext, ProviderRejected, Usage
+from tentaculo.chat.options import Option
+from tentaculo.chat.plugin import BaseProvider, ChatRequest, Chunk, ProviderRejected, Usage
 
 __version__ = "0.1.0"
 
 
-class EchoProvider:
+class EchoProvider(BaseProvider):
     """Streams the last user message back."""
 
-    interface_version = INTERFACE_VERSION
     version = __version__
     models = ("echo-1",)
     default_model = "echo-1"
-
-    def __init__(self, context: ProviderContext) -> None:
-        self.status = "on"
-        self.reason: str | None = None
-        self.prefix = context.options.get("prefix", "echo: ")
-        self.delay = float(context.options.get("delay_ms", "0")) / 1000
-        self.max_words = int(context.options.get("max_words", "1000"))
-
-    async def start(self) -> None:
-        """Nothing to connect to. A real plugin would check its backend here."""
+    options = (
+        Option("prefix", default="echo: "),
+        Option("delay_ms", float, default=0.0, minimum=0),
+        Option("max_words", int, default=1000, minimum=0),
+    )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        options = self.context.options
         said = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         words = said.split()
-        if len(words) > self.max_words:
-            raise ProviderRejected(f"echo: at most {self.max_words} words, got {len(words)}")
-        pieces = [self.prefix] + [w if i == 0 else " " + w for i, w in enumerate(words)]
+        if len(words) > options["max_words"]:
+            raise ProviderRejected(f"echo: at most {options['max_words']} words, got {len(words)}")
+        pieces = [options["prefix"]] + [w if i == 0 else " " + w for i, w in enumerate(words)]
         for i, piece in enumerate(pieces):
-            if i and self.delay:
-                await asyncio.sleep(self.delay)
+            if i and options["delay_ms"]:
+                await asyncio.sleep(options["delay_ms"] / 1000)
             yield Chunk(content=piece, model="echo-1")
         prompt = sum(len(m.content.split()) for m in request.messages)
         yield Chunk(finish_reason="stop", usage=Usage(prompt, len(words)), model="echo-1")
-
-    async def close(self) -> None:
-        """Nothing to release."""
