@@ -42,8 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.env import BenchEnv, Figure, Process, each_scenario
-from bench.env import table as figures_table
+from bench.env import BenchEnv, Figure, Process, each_scenario, table as figures_table
 from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 from tests.faults import CuttableProxy, proxy_postgres, proxy_redis

@@ -17,9 +17,7 @@ from tentaculo.auth import views as tokens
 from tentaculo.auth.limits import AuthFailureLimiter, SharedGcra
 from tentaculo.auth.tickets import EventTickets
 from tentaculo.auth.tokens import TokenStore
-from tentaculo.chat import openai_views as openai_compat
-from tentaculo.chat import provider_views
-from tentaculo.chat import views as chat
+from tentaculo.chat import openai_views as openai_compat, provider_views, views as chat
 from tentaculo.chat.log import ChatActionLog
 from tentaculo.chat.registry import ProviderRegistry
 from tentaculo.db import DB_FAILURES, DB_UNREACHABLE
@@ -38,10 +36,14 @@ from tentaculo.http.middlewares import add_correlation_header, add_rate_limit_he
 from tentaculo.proxy import views as proxy_views
 from tentaculo.proxy.transport import ModuleProxy, TrustedProxies
 from tentaculo.settings import Settings
-from tentaculo.status import feature_views, metrics_views, policy_views
-from tentaculo.status import health_views as health
-from tentaculo.status import trace_views as trace
-from tentaculo.status import views as status_views
+from tentaculo.status import (
+    feature_views,
+    health_views as health,
+    metrics_views,
+    policy_views,
+    trace_views as trace,
+    views as status_views,
+)
 from tentaculo.status.dependencies import DependencyMonitor
 from tentaculo.status.features import (
     FeatureFlags,

@@ -34,15 +34,15 @@ from tests.helpers import (  # noqa: F401
     GatewayTestServer,
     audit_row_of,
     execute,
+    execute as _execute,
     inline_app,
     leaked_tokens,
     migrate_database,
+    migrate_database as _migrate,
     serve,
     wait_for,
     with_database,
 )
-from tests.helpers import execute as _execute  # noqa: F401
-from tests.helpers import migrate_database as _migrate  # noqa: F401
 from tests.proxy_upstreams import ModuleApp
 
 RUN_ID = uuid.uuid4().hex[:10]

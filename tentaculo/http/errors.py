@@ -8,8 +8,7 @@ import ssl
 from typing import Any
 
 import aiohttp
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 # code -> (HTTP status, title). The contract fixes the codes; statuses follow RFC 9110.
 PROBLEMS: dict[str, tuple[int, str]] = {

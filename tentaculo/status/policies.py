@@ -20,8 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from tentaculo import keys
-from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER
-from tentaculo.auth.confirm import Confirmations
+from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER, Confirmations
 from tentaculo.auth.risk import GATEWAY_RULES, RiskRules
 from tentaculo.auth.tokens import MAX_EXPIRES_IN, MAX_REQUESTS_PER_MINUTE
 from tentaculo.settings import Settings, service_key

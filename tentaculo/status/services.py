@@ -61,8 +61,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError, TimeoutError as RedisTimeoutError
 
 from tentaculo.chat.registry import CircuitBreaker
 from tentaculo.db import DB_FAILURES, queries
