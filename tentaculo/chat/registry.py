@@ -76,6 +76,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import structlog
 
+from tentaculo.health import shorten
 from tentaculo.settings import Settings
 
 log = structlog.get_logger("tentaculo.providers")
@@ -86,7 +87,6 @@ STATUSES = ("on", "off", "degraded", "error")
 ROLES = ("system", "user", "assistant")
 # An answer longer than this is refused rather than held in memory.
 MAX_ANSWER_CHARS = 4_000_000
-_REASON_MAX = 300
 
 
 # --------------------------------------------------------------------------- data types
@@ -430,18 +430,6 @@ class ProviderSlot:
         }
 
 
-_CONTROL = {c: " " for c in range(32)} | {127: " "}
-
-
-def _short(text: str, secrets: Iterable[str] = ()) -> str:
-    """Text from a plugin or an upstream, fit to show and store: no secret, no control character, bounded."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = text.translate(_CONTROL)
-    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
-
-
 def _option_key(name: str) -> str:
     return name.replace("-", "_").lower()
 
@@ -518,13 +506,13 @@ class ProviderRegistry:
         try:
             factory = ep.load()
         except Exception as exc:  # isolation boundary: a plugin that cannot even be imported
-            slot.load_error = _short(f"failed to import: {type(exc).__name__}: {exc}", self._secrets)
+            slot.load_error = shorten(f"failed to import: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_import_failed", provider=ep.name, value=ep.value)
             return
         try:
             provider = factory(context)
         except Exception as exc:  # isolation boundary
-            slot.load_error = _short(f"failed to create: {type(exc).__name__}: {exc}", self._secrets)
+            slot.load_error = shorten(f"failed to create: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_create_failed", provider=ep.name)
             return
         version = getattr(provider, "interface_version", None)
@@ -554,7 +542,7 @@ class ProviderRegistry:
             slot.provider = None
             log.error("provider_start_timeout", provider=slot.name, seconds=limit)
         except Exception as exc:  # isolation boundary
-            slot.load_error = _short(f"failed to start: {type(exc).__name__}: {exc}", self._secrets)
+            slot.load_error = shorten(f"failed to start: {type(exc).__name__}: {exc}", secrets=self._secrets)
             log.exception("provider_start_failed", provider=slot.name)
             await self._close_one(slot)
             slot.provider = None
@@ -671,7 +659,7 @@ class ProviderRegistry:
                 troubled = True
                 continue
             if slot.provider.status == "off":
-                attempts.append(Attempt(name, "skipped", _short(f"off: {slot.provider.reason or 'disabled'}"), 0.0))
+                attempts.append(Attempt(name, "skipped", shorten(f"off: {slot.provider.reason or 'disabled'}"), 0.0))
                 continue
             if request.model and provider == "auto" and not slot.serves(request.model):
                 attempts.append(Attempt(name, "skipped", f"does not serve model {request.model!r}", 0.0))
@@ -706,7 +694,7 @@ class ProviderRegistry:
 
     def describe(self, exc: ProviderError) -> str:
         """``kind: message`` of a provider error, fit to show and store (no secret, no control character)."""
-        return f"{exc.kind}: {_short(str(exc), self._secrets)}"
+        return f"{exc.kind}: {shorten(str(exc), secrets=self._secrets)}"
 
     def _backoff(self, try_no: int, retry_after: float | None) -> float:
         delay = self.settings.provider_retry_backoff * (2**try_no)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.health import shorten
 from tentaculo.http.errors import failure_reason
 from tentaculo.tasks import stop_task, within
 
@@ -99,7 +100,7 @@ class DependencyMonitor:
         now = datetime.now(UTC)
         if reason is None:
             return DependencyCheck("on", None, latency, now)
-        return DependencyCheck("error", reason[:300], None, now)
+        return DependencyCheck("error", shorten(reason), None, now)
 
     def redis_check(self) -> DependencyCheck:
         """The last check of the gateway's Redis (what the ``redis`` module shows when it is that Redis)."""

@@ -67,6 +67,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tentaculo.chat.registry import CircuitBreaker
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.events.hub import STATUS_SEVERITY
+from tentaculo.health import shorten
 from tentaculo.http.errors import connect_reason, failure_reason
 from tentaculo.settings import Settings, service_key
 from tentaculo.status.dependencies import NOT_CHECKED, DependencyCheck
@@ -105,11 +106,6 @@ def unconfigured_detail(name: str) -> str:
     """Why module ``name`` cannot be called, and the setting or command that gives it an address."""
     return (f"module {name!r} has no address: set TENTACULO_SERVICE_{service_key(name).upper()}_URL, "
             f"or run `tentaculo service set {name} --url http://HOST:PORT`")
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +261,7 @@ class ServiceRegistry:
             await self._listen()
 
     def _load_failed(self, exc: BaseException) -> None:
-        reason = _short(failure_reason(exc))
+        reason = shorten(failure_reason(exc), REASON_MAX)
         if self.load_error is None:
             log.warning("services_reload_failed", error=reason, keeping=len(self._entries))
         self.load_error = reason
@@ -441,7 +437,7 @@ class ServiceRegistry:
         entry = self._entries.get(name)
         if entry is not None:
             entry.breaker.failure()
-            entry.last_proxy_error = _short(reason)
+            entry.last_proxy_error = shorten(reason, REASON_MAX)
             self._observe(entry)
 
     def proxy_released(self, name: str) -> None:
@@ -579,10 +575,10 @@ def _verdict_of_body(body: bytes) -> tuple[str, str | None] | None:
         return None
     said = data["status"].strip().lower()
     detail = data.get("reason") or data.get("detail") or data.get("message")
-    detail = _short(detail) if isinstance(detail, str) and detail.strip() else None
+    detail = shorten(detail, REASON_MAX) if isinstance(detail, str) and detail.strip() else None
     if said in _HEALTHY:
         return "on", None
-    label = _short(data["status"])
+    label = shorten(data["status"], REASON_MAX)
     if said in _DEGRADED:
         return "degraded", f"reports {label!r}" + (f": {detail}" if detail else "")
     if said in _FAILING:
@@ -680,7 +676,7 @@ class ServiceProber:
         except aiohttp.ClientConnectorError as exc:
             status, reason, http_status = "error", f"unreachable: {connect_reason(exc)}", None
         except (aiohttp.ClientError, OSError, RedisError) as exc:
-            status, reason, http_status = "error", _short(f"health check failed: {type(exc).__name__}"), None
+            status, reason, http_status = "error", shorten(f"health check failed: {type(exc).__name__}", REASON_MAX), None
         except Exception:  # isolation boundary: one odd module must not stop the round
             log.exception("service_probe_error", service=config.name)
             status, reason, http_status = "error", "health check failed unexpectedly", None
@@ -717,12 +713,12 @@ class ServiceProber:
         except RedisTimeoutError:
             return "error", f"timed out (connect {self.connect_timeout:g} s, answer {self.timeout:g} s)", None
         except ResponseError as exc:
-            return "degraded", _short(f"answers PING with an error: {exc}"), None
+            return "degraded", shorten(f"answers PING with an error: {exc}", REASON_MAX), None
         except (OSError, RedisError) as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, OSError):
                 return "error", f"unreachable: {connect_reason(cause)}", None
-            return "error", _short(f"unreachable: {type(exc).__name__}"), None
+            return "error", shorten(f"unreachable: {type(exc).__name__}", REASON_MAX), None
         finally:
             await client.aclose()
         return "on", None, None
