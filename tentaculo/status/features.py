@@ -29,7 +29,7 @@ import structlog
 
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.http.errors import failure_reason
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.features")
 
@@ -97,33 +97,25 @@ class FeatureFlags:
         self.publish: Callable[[str, Mapping[str, Any]], Any] | None = None
         self.synced_at: datetime | None = None
         self.sync_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._rereading = Periodic("feature-flags", self._reread, reload_seconds)
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, wait: float = 5.0) -> None:
         """Read the flags (waiting up to ``wait`` s for PostgreSQL), then re-read them periodically."""
+        await self._reread(wait)
+        self._rereading.start()
+
+    async def close(self) -> None:
+        await self._rereading.stop()
+
+    async def _reread(self, wait: float | None = None) -> None:
+        """Reload within ``wait`` s (by default the period, at least 2 s); a failure is kept for status."""
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(wait if wait is not None else max(self.reload_seconds, 2.0)):
                 await self.reload()
         except DB_FAILURES as exc:
             self._sync_failed(exc)
-        self._task = asyncio.create_task(self._run(), name="feature-flags")
-
-    async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_seconds)
-            try:
-                async with asyncio.timeout(max(self.reload_seconds, 2.0)):
-                    await self.reload()
-            except DB_FAILURES as exc:
-                self._sync_failed(exc)
-            except Exception:  # isolation boundary: the safety net must outlive a bug
-                log.exception("feature_flags_reload_error")
 
     def _sync_failed(self, exc: BaseException) -> None:
         reason = failure_reason(exc)

@@ -71,7 +71,7 @@ from tentaculo.health import shorten
 from tentaculo.http.errors import connect_reason, failure_reason
 from tentaculo.settings import Settings, service_key
 from tentaculo.status.dependencies import NOT_CHECKED, DependencyCheck
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.services")
 
@@ -224,7 +224,8 @@ class ServiceRegistry:
         self.on_status_change: list[StatusCallback] = []
         self._notified = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._reloading = Periodic("service-registry", self._reload_and_listen, settings.services_reload_seconds,
+                                   wake=self._notified)
         self._unmatched_warned: set[str] = set()
 
     # ----------------------------------------------------------------- lifecycle
@@ -238,27 +239,19 @@ class ServiceRegistry:
         except DB_FAILURES as exc:
             self._load_failed(exc)
         self._notified.clear()
-        self._task = asyncio.create_task(self._run(), name="service-registry")
+        self._reloading.start()
 
     async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
+        await self._reloading.stop()
         await self._drop_listener()
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.services_reload_seconds):
-                    await self._notified.wait()
-            self._notified.clear()
-            try:
-                async with asyncio.timeout(10):
-                    await self.reload()
-            except DB_FAILURES as exc:
-                self._load_failed(exc)
-            except Exception:  # isolation boundary: the reload loop must outlive a bug
-                log.exception("services_reload_error")
-            await self._listen()
+    async def _reload_and_listen(self) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self.reload()
+        except DB_FAILURES as exc:
+            self._load_failed(exc)
+        await self._listen()
 
     def _load_failed(self, exc: BaseException) -> None:
         reason = shorten(failure_reason(exc), REASON_MAX)
@@ -609,37 +602,28 @@ class ServiceProber:
         self.slow_ms = slow_ms
         self.rounds = 0
         self.last_round_ms: float | None = None
-        self._task: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
+        # A round every ``interval`` from its start, and one at once when the configuration changes.
+        self._probing = Periodic("service-prober", self._round, interval, wake=registry.changed, at_once=True,
+                                 steady=True)
 
     async def start(self, wait: float = 1.0) -> None:
         """Start probing; wait up to ``wait`` s for the first round so status starts out known."""
-        self._task = asyncio.create_task(self._run(), name="service-prober")
+        self._probing.start()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await self._first_round.wait()
 
     async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
+        await self._probing.stop()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        changed = self.registry.changed
-        while True:
-            started = loop.time()
-            changed.clear()
-            try:
-                await self.probe_all()
-            except Exception:  # isolation boundary: probing must go on after a bug
-                log.exception("service_probe_round_failed")
-            self.rounds += 1
-            self.last_round_ms = round((loop.time() - started) * 1000, 3)
-            self._first_round.set()
-            self.registry.refresh()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, self.interval - (loop.time() - started))):
-                    await changed.wait()
+    async def _round(self) -> None:
+        started = time.perf_counter()
+        await self.probe_all()
+        self.rounds += 1
+        self.last_round_ms = round((time.perf_counter() - started) * 1000, 3)
+        self._first_round.set()
+        self.registry.refresh()
 
     async def probe_all(self) -> None:
         """Check every module the registry says to, all at once."""
