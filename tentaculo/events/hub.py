@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -41,7 +41,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from tentaculo.auth.tokens import TokenStoreUnavailable
 from tentaculo.db.redisconn import redis_client
 from tentaculo.http.errors import failure_reason
 from tentaculo.settings import Settings
@@ -840,86 +839,6 @@ class EventHub:
             "slow_disconnects": self.slow_disconnects,
             "reconnects": self.reconnects,
         }
-
-
-# The severity of a status-change event (service_status, provider_status).
-STATUS_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
-_CHAT_FIELDS = (
-    "message_id",
-    "session_id",
-    "token_name",
-    "provider",
-    "model",
-    "status",
-    "finish_reason",
-    "usage",
-    "latency_ms",
-    "degraded",
-    "streamed",
-    "attempts",
-    "error",
-)
-
-
-async def end_revoked_streams(hub: EventHub, is_active: Callable[[int], Awaitable[bool]], interval: float) -> None:
-    """Every ``interval`` seconds, end the open streams whose token was revoked since they opened.
-
-    This catches revocations made on another instance or with ``tentaculo token revoke``; the
-    revoking instance ends its own streams at once. ``is_active`` is the token store's cached
-    check, so this asks PostgreSQL at most once per token per cache period. While PostgreSQL
-    cannot answer, streams are left open and the next round asks again.
-    """
-    failing = False
-    while True:
-        await asyncio.sleep(interval)
-        revoked = []
-        try:
-            for token_id in hub.token_ids():
-                if not await is_active(token_id):
-                    revoked.append(token_id)
-        except TokenStoreUnavailable:
-            if not failing:
-                log.warning("revocation_check_failing", reason="the token database is unreachable")
-            failing = True
-            continue
-        except Exception:  # isolation boundary: a bug must not end the checks for good
-            log.exception("revocation_check_error")
-            continue
-        if failing:
-            log.info("revocation_check_recovered")
-            failing = False
-        if revoked:
-            log.info("streams_of_revoked_tokens_ended", streams=hub.end_streams_of(revoked))
-
-
-def publish_provider_status(hub: EventHub, change: Any) -> bool:
-    """Publish a provider registry ``StatusChange`` as ``provider_status``."""
-    return hub.publish(
-        "provider_status",
-        {
-            "provider": change.provider,
-            "status": change.status,
-            "reason": change.reason,
-            "circuit": change.circuit,
-            "previous_status": change.previous_status,
-            "previous_circuit": change.previous_circuit,
-        },
-        severity=STATUS_SEVERITY.get(change.status, "warning"),
-    )
-
-
-def publish_chat(hub: EventHub, info: Mapping[str, Any]) -> bool:
-    """Publish one chat's metadata (never its text) as ``chat``, under the chat's correlation id."""
-    status = info.get("status")
-    severity = "error" if status == "error" else "warning" if info.get("degraded") or status == "cancelled" else "info"
-    data = {name: info.get(name) for name in _CHAT_FIELDS}
-    return hub.publish("chat", data, correlation_id=info.get("correlation_id"), severity=severity)
-
-
-def hook_provider_events(hub: EventHub, registry: Any) -> None:
-    """Make the provider registry's status changes and chats events (its ``on_*`` hooks)."""
-    registry.on_status_change.append(lambda change: publish_provider_status(hub, change))
-    registry.on_chat.append(lambda info: publish_chat(hub, info))
 
 
 def _key(raw: bytes | str | None) -> EventKey:

@@ -66,7 +66,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tentaculo.chat.registry import CircuitBreaker
 from tentaculo.db import DB_FAILURES, queries
-from tentaculo.events.hub import STATUS_SEVERITY
 from tentaculo.health import shorten
 from tentaculo.http.errors import connect_reason, failure_reason
 from tentaculo.settings import Settings, service_key
@@ -189,11 +188,6 @@ class Edge:
 
 
 StatusCallback = Callable[[Mapping[str, Any]], Any]
-
-
-def publish_service_status(hub: Any, change: Mapping[str, Any]) -> bool:
-    """Publish a registry status change as a ``service_status`` event."""
-    return hub.publish("service_status", change, severity=STATUS_SEVERITY.get(change["status"], "warning"))
 
 
 class ServiceRegistry:
