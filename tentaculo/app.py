@@ -44,8 +44,9 @@ from tentaculo.status import views as status_views
 from tentaculo.status.dependencies import DependencyMonitor
 from tentaculo.status.features import FeatureFlags
 from tentaculo.status.metrics import RequestMetrics
+from tentaculo.status.prober import ServiceProber
 from tentaculo.status.rollup import MetricsRollup
-from tentaculo.status.services import ServiceProber, ServiceRegistry
+from tentaculo.status.services import ServiceRegistry
 from tentaculo.tasks import stop_task
 from tentaculo.wiring import (
     check_builtin_features,

@@ -16,7 +16,8 @@ import structlog
 from tentaculo.auth.tokens import TokenStore, TokenStoreUnavailable
 from tentaculo.chat.registry import ProviderRegistry, StatusChange
 from tentaculo.db import DB_FAILURES
-from tentaculo.events.hub import DISABLED, EventHub
+from tentaculo.events.fanout import DISABLED
+from tentaculo.events.hub import EventHub
 from tentaculo.files.sandbox import Sandbox
 from tentaculo.http.errors import failure_reason
 from tentaculo.status.dependencies import DependencyMonitor

@@ -24,7 +24,8 @@ from tentaculo.app import create_app
 from tentaculo.auth.tickets import EventTickets
 from tentaculo.auth.tokens import Principal
 from tentaculo.db import queries
-from tentaculo.events.hub import EVENT_TYPES, EventHub
+from tentaculo.events.envelope import EVENT_TYPES
+from tentaculo.events.hub import EventHub
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings, SettingsError
 from tests.conftest import ADMIN_TOKEN, serve, wait_for
@@ -813,7 +814,7 @@ async def test_a_client_that_stops_reading_costs_a_bounded_kernel_send_buffer(ai
         blob = "x" * 48_000
         async with asyncio.timeout(20):
             # Until the stuck stream's writer waits on a full socket: events then pile up in its queue.
-            while max(sub.queued for sub in hub._subs) < 8:
+            while max(sub.queued for sub in hub.subscribers) < 8:
                 hub.publish("metrics", {"blob": blob})
                 await reader.event()
         held = _send_queue(client.port, sock.getsockname()[1])

@@ -15,30 +15,29 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from tentaculo import keys
 from tentaculo.auth.tickets import rejected
 from tentaculo.auth.tokens import TICKET_PARAM, requires
-from tentaculo.events.hub import (
-    CLIENT_GONE,
-    DISABLED,
+from tentaculo.events.envelope import (
     ERROR,
     EVENT_TYPES,
-    REDIS_FAILURES,
-    REDIS_LOST,
     RESET,
-    REVOKED,
-    SHUTDOWN,
-    EventHub,
     EventKey,
     EventRef,
-    EventsUnavailable,
-    ResumePlan,
-    StaleCursor,
-    StreamClosed,
-    Subscription,
-    TooManyClients,
     control_frame,
     parse_event_id,
     position_frame,
     stream_bound,
 )
+from tentaculo.events.fanout import (
+    CLIENT_GONE,
+    DISABLED,
+    REDIS_LOST,
+    REVOKED,
+    SHUTDOWN,
+    StreamClosed,
+    Subscription,
+    TooManyClients,
+)
+from tentaculo.events.history import ResumePlan, StaleCursor
+from tentaculo.events.hub import REDIS_FAILURES, EventHub, EventsUnavailable
 from tentaculo.http.errors import Problem, ValidationFailed, problem_body
 from tentaculo.http.jsonio import json_response
 from tentaculo.http.middlewares import CORRELATION_RE, presented_token
