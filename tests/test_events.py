@@ -951,10 +951,10 @@ async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw
     seen = (await sse.event())["id"]
     hub.publish("chat", {"n": "lost"})
     await sse.event()
-    original = hub.history
+    original = hub.history.since
 
     async def emptied_first(start: str, count: int) -> list[Any]:
-        hub.history = original  # type: ignore[method-assign]
+        hub.history.since = original  # type: ignore[method-assign]
         redis = Redis.from_url(redis_url)
         try:
             await redis.delete(hub.stream_key, hub.epoch_key)
@@ -964,7 +964,7 @@ async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw
         await sse.event()  # in the new history now
         return await original(start, count)
 
-    hub.history = emptied_first  # type: ignore[method-assign]
+    hub.history.since = emptied_first  # type: ignore[method-assign]
     resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
     assert (await resumed.event())["event"] == "reset"
     assert (await resumed.event())["data"]["data"] == {"n": "new"}

@@ -92,7 +92,7 @@ class EventHistory:
         epoch = int(epoch_raw) if epoch_raw is not None else 0
         return epoch, [_decoded(epoch, eid, fields) for eid, fields in cast(StreamEntries, entries)]
 
-    async def history(self, start: str, count: int) -> list[Event]:
+    async def since(self, start: str, count: int) -> list[Event]:
         """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
         return (await self.read("xrange", min=start, max="+", count=count))[1]
 

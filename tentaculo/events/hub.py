@@ -40,9 +40,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from tentaculo.db.redisconn import redis_client
-from tentaculo.events.envelope import EVENT_TYPES, MAX_EVENT_BYTES, SEVERITIES, Event, EventRef, now_text
+from tentaculo.events.envelope import EVENT_TYPES, MAX_EVENT_BYTES, SEVERITIES, Event, now_text
 from tentaculo.events.fanout import REDIS_LOST, SHUTDOWN, StreamOwner, Subscribers, Subscription
-from tentaculo.events.history import EventHistory, ResumePlan
+from tentaculo.events.history import EventHistory
 from tentaculo.http.errors import failure_reason
 from tentaculo.settings import Settings
 from tentaculo.tasks import stop_task
@@ -142,8 +142,9 @@ class EventHub:
         self.history_max = history_max
         self.subscribers = Subscribers(client_queue=client_queue, max_clients=max_clients,
                                        max_per_owner=max_per_owner)
-        self.stored = EventHistory(redis, stream_key=self.stream_key, epoch_key=self.epoch_key,
-                                   history_max=history_max)
+        # What Redis retains, read back: resume, pages of recent events.
+        self.history = EventHistory(redis, stream_key=self.stream_key, epoch_key=self.epoch_key,
+                                    history_max=history_max)
         self.history_ms = int(history_seconds * 1000)
         self.reconnect_max = reconnect_max
         self.idle_check = idle_check
@@ -457,27 +458,6 @@ class EventHub:
     @property
     def clients(self) -> int:
         return len(self.subscribers)
-
-    # -- history -----------------------------------------------------------------------------
-
-    async def resume_plan(self, ref: EventRef) -> ResumePlan:
-        """Decide how a client that last saw ``ref`` (epoch, key) catches up from retained history."""
-        return await self.stored.resume_plan(ref)
-
-    async def history(self, start: str, count: int) -> list[Event]:
-        """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
-        return await self.stored.history(start, count)
-
-    async def recent(
-        self,
-        *,
-        limit: int,
-        before: EventRef | None = None,
-        types: frozenset[str] | None = None,
-        correlation_id: str | None = None,
-    ) -> tuple[list[Event], str | None]:
-        """The newest ``limit`` matching events older than ``before``, newest first, and the next cursor."""
-        return await self.stored.recent(limit=limit, before=before, types=types, correlation_id=correlation_id)
 
     def snapshot(self) -> dict[str, Any]:
         """State and counters, for status and metrics."""
