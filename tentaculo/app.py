@@ -26,12 +26,11 @@ from tentaculo.db.migrate import MigrationError, migrate
 from tentaculo.db.pool import create_pool
 from tentaculo.db.redisconn import redis_client
 from tentaculo.events import views as events
-from tentaculo.events.hub import DISABLED, EventHub, end_revoked_streams, hook_provider_events
+from tentaculo.events.hub import EventHub
 from tentaculo.files import views as fs
 from tentaculo.files.sandbox import Sandbox
 from tentaculo.http import spec
 from tentaculo.http.cors import cors_headers
-from tentaculo.http.errors import failure_reason
 from tentaculo.http.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
 from tentaculo.proxy import views as proxy_views
 from tentaculo.proxy.transport import ModuleProxy, TrustedProxies
@@ -45,19 +44,23 @@ from tentaculo.status import (
     views as status_views,
 )
 from tentaculo.status.dependencies import DependencyMonitor
-from tentaculo.status.features import (
-    FeatureFlags,
-    Flag,
-    chat_check,
-    database_check,
-    events_check,
-    registry_check,
-)
+from tentaculo.status.features import FeatureFlags
 from tentaculo.status.metrics import RequestMetrics
 from tentaculo.status.policies import policies_ctx
+from tentaculo.status.prober import ServiceProber
 from tentaculo.status.rollup import MetricsRollup
-from tentaculo.status.services import ServiceProber, ServiceRegistry, publish_service_status
+from tentaculo.status.services import ServiceRegistry
 from tentaculo.tasks import stop_task
+from tentaculo.wiring import (
+    check_builtin_features,
+    connect_flags,
+    disconnect_flags,
+    hook_provider_events,
+    hook_service_events,
+    registry_check,
+    revoked_streams_ender,
+    token_usage_writer,
+)
 
 log = structlog.get_logger("tentaculo.app")
 
@@ -221,27 +224,13 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     store = TokenStore(app[keys.DB_POOL], admin_token=settings.admin_token, cache_seconds=settings.token_cache_seconds,
                        grace_seconds=settings.token_grace_seconds, deadline=settings.db_timeout)
     app[keys.TOKENS] = store
-    writer = asyncio.create_task(_write_token_usage(store, settings.token_last_used_seconds), name="token-usage")
+    writer = token_usage_writer(store, settings.token_last_used_seconds)
+    writer.start()
     yield
-    await stop_task(writer)
+    await writer.stop()
     with contextlib.suppress(*DB_FAILURES):
         async with asyncio.timeout(settings.shutdown_timeout):
             await store.flush_usage()
-
-
-async def _write_token_usage(store: TokenStore, interval: float) -> None:
-    """Every ``interval`` s, one UPDATE sets last_used_at of the tokens used meanwhile."""
-    failing = False
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await store.flush_usage()
-        except DB_FAILURES as exc:
-            if not failing:
-                log.warning("token_usage_not_written", error=failure_reason(exc))
-            failing = True
-            continue
-        failing = False
 
 
 def _row_writer_limits(settings: Settings) -> dict[str, Any]:
@@ -312,10 +301,10 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     # A revoked token's open streams end: at once on the revoking instance, within about two cache
     # periods on the others (the check is the token store's cached one).
     interval = settings.token_cache_seconds if settings.token_cache_seconds > 0 else 1.0
-    sweeper = asyncio.create_task(end_revoked_streams(hub, app[keys.TOKENS].is_active, interval),
-                                  name="revoked-streams")
+    sweeper = revoked_streams_ender(hub, app[keys.TOKENS], interval)
+    sweeper.start()
     yield
-    await stop_task(sweeper)
+    await sweeper.stop()
     await hub.close()
 
 
@@ -333,30 +322,12 @@ async def features_ctx(app: web.Application) -> AsyncIterator[None]:
     """Feature flags: read at start, kept in step by ``feature_toggle`` events and a periodic re-read."""
     hub = app[keys.EVENTS]
     flags = FeatureFlags(app[keys.DB_POOL], reload_seconds=app[keys.SETTINGS].features_reload_seconds)
-    flags.add_check("events", events_check(hub))
-    flags.add_check("chat", chat_check(app[keys.PROVIDERS]))
-    flags.add_check("metrics", database_check(app[keys.DEPENDENCIES], "figures of other instances are missing"))
-    sandbox = app[keys.SANDBOX]
-
-    def file_explorer_check() -> tuple[str, str] | None:
-        state, reason = sandbox.status()  # a reason whenever the state is not "on"
-        return None if state == "on" or reason is None else (state, reason)
-
-    flags.add_check("file_explorer", file_explorer_check)
-    flags.publish = lambda _name, data: hub.publish(
-        "feature_toggle", data, severity="warning" if data["status"] != "on" else "info"
-    )
-
-    def obey(flag: Flag, previous: Flag | None) -> None:
-        if flag.name == "events" and flag.status == "off":
-            hub.end_streams(DISABLED)
-
-    flags.on_change.append(obey)
-    hub.listeners.append(flags.on_event)
+    check_builtin_features(flags, hub, app[keys.PROVIDERS], app[keys.DEPENDENCIES], app[keys.SANDBOX])
+    connect_flags(flags, hub)
     app[keys.FEATURES] = flags
     await flags.start()
     yield
-    hub.listeners.remove(flags.on_event)
+    disconnect_flags(flags, hub)
     await flags.close()
 
 
@@ -372,7 +343,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     dependencies = app[keys.DEPENDENCIES]
     registry = ServiceRegistry(app[keys.DB_POOL], settings, self_status=own_status,
                                self_check=dependencies.last_check, redis_check=dependencies.redis_check)
-    registry.on_status_change.append(lambda change: publish_service_status(hub, change))
+    hook_service_events(hub, registry)
     prober = ServiceProber(
         registry,
         app[keys.HTTP_CLIENT],

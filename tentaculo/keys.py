@@ -27,8 +27,9 @@ from tentaculo.settings import Settings
 from tentaculo.status.dependencies import DependencyMonitor
 from tentaculo.status.features import FeatureFlags
 from tentaculo.status.metrics import RequestMetrics
+from tentaculo.status.prober import ServiceProber
 from tentaculo.status.rollup import MetricsRollup
-from tentaculo.status.services import ServiceProber, ServiceRegistry
+from tentaculo.status.services import ServiceRegistry
 
 
 @dataclass(slots=True)

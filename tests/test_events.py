@@ -24,7 +24,8 @@ from tentaculo.app import create_app
 from tentaculo.auth.tickets import EventTickets
 from tentaculo.auth.tokens import Principal
 from tentaculo.db import queries
-from tentaculo.events.hub import EVENT_TYPES, EventHub
+from tentaculo.events.envelope import EVENT_TYPES
+from tentaculo.events.hub import EventHub
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings, SettingsError
 from tests.confirm_helpers import confirmed
@@ -816,7 +817,7 @@ async def test_a_client_that_stops_reading_costs_a_bounded_kernel_send_buffer(ai
         blob = "x" * 48_000
         async with asyncio.timeout(20):
             # Until the stuck stream's writer waits on a full socket: events then pile up in its queue.
-            while max(sub.queued for sub in hub._subs) < 8:
+            while max(sub.queued for sub in hub.subscribers) < 8:
                 hub.publish("metrics", {"blob": blob})
                 await reader.event()
         held = _send_queue(client.port, sock.getsockname()[1])
@@ -953,10 +954,10 @@ async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw
     seen = (await sse.event())["id"]
     hub.publish("chat", {"n": "lost"})
     await sse.event()
-    original = hub.history
+    original = hub.history.since
 
     async def emptied_first(start: str, count: int) -> list[Any]:
-        hub.history = original  # type: ignore[method-assign]
+        hub.history.since = original  # type: ignore[method-assign]
         redis = Redis.from_url(redis_url)
         try:
             await redis.delete(hub.stream_key, hub.epoch_key)
@@ -966,7 +967,7 @@ async def test_a_history_emptied_while_a_resume_is_being_planned_still_resets(gw
         await sse.event()  # in the new history now
         return await original(start, count)
 
-    hub.history = emptied_first  # type: ignore[method-assign]
+    hub.history.since = emptied_first  # type: ignore[method-assign]
     resumed = await open_stream(gw, headers={"Last-Event-ID": seen})
     assert (await resumed.event())["event"] == "reset"
     assert (await resumed.event())["data"]["data"] == {"n": "new"}

@@ -267,11 +267,11 @@ async def test_one_instance_publishes_each_periods_summary_of_every_instance(
         return {a.app[keys.SETTINGS].instance, b.app[keys.SETTINGS].instance} <= set(data["instances"])
 
     async def arrived() -> bool:
-        found, _ = await hub.recent(limit=20, types=frozenset({"metrics"}))
+        found, _ = await hub.history.recent(limit=20, types=frozenset({"metrics"}))
         return any(mine(e) for e in found)
 
     await wait_for(arrived)
-    found, _ = await hub.recent(limit=20, types=frozenset({"metrics"}))
+    found, _ = await hub.history.recent(limit=20, types=frozenset({"metrics"}))
     envelope = orjson.loads(next(e for e in found if mine(e)).envelope)
     data = envelope["data"]
     assert envelope["correlation_id"] is None and envelope["source"] == a.app[keys.SETTINGS].instance

@@ -11,28 +11,18 @@ every problem under ``/v1/``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp_sse import sse_response
 
 from tentaculo import keys
 from tentaculo.auth.tokens import requires
-from tentaculo.chat.registry import ChatRequest, ChatStream, Message, ProviderError, ProviderRegistry
-from tentaculo.chat.views import (
-    FIELD_MAX,
-    ChatSpec,
-    ChatTurn,
-    check_messages,
-    check_options,
-    cut_at_shutdown,
-    stopped_by_server,
-)
+from tentaculo.chat.registry import ChatRequest, ChatStream, Chunk, Message, ProviderRegistry
+from tentaculo.chat.streaming import Frame, relay
+from tentaculo.chat.turn import ChatSpec, ChatTurn
+from tentaculo.chat.views import FIELD_MAX, check_messages, check_options
 from tentaculo.http.errors import Problem, ValidationFailed, openai_error
 from tentaculo.http.jsonio import json_response, read_json_object
 from tentaculo.status.features import feature
@@ -115,7 +105,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with ChatTurn(request, spec, streamed=spec.stream) as turn:
         stream = await turn.open()
         if spec.stream:
-            return await _stream(request, turn, stream, include_usage)
+            return await relay(request, turn, stream, _CompletionChunks(include_usage))
         return await _complete(turn, stream)
 
 
@@ -148,56 +138,45 @@ async def _complete(turn: ChatTurn, stream: ChatStream) -> web.Response:
     return json_response(body)
 
 
-async def _stream(request: web.Request, turn: ChatTurn, stream: ChatStream, include_usage: bool) -> web.StreamResponse:
-    created = int(time.time())
+class _CompletionChunks:
+    """The OpenAI face's stream: ``chat.completion.chunk`` messages, then ``[DONE]``; a failure is an
+    ``error`` object, as OpenAI's SDKs read it."""
 
-    def chunk_event(delta: dict[str, Any], finish_reason: str | None) -> str:
-        body = _envelope(turn, created, "chat.completion.chunk")
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self.first = True  # no delta sent yet: the next chunk carries the role
+
+    def opening(self, turn: ChatTurn) -> list[Frame]:
+        return []
+
+    def delta(self, turn: ChatTurn, chunk: Chunk) -> Frame:
+        delta = self._role()
+        if chunk.content:
+            delta["content"] = chunk.content
+        if chunk.reasoning:
+            delta["reasoning_content"] = chunk.reasoning
+        return self._chunk(turn, delta, None)
+
+    def closing(self, turn: ChatTurn) -> list[Frame]:
+        frames = [self._chunk(turn, self._role(), turn.finish_reason or "stop")]
+        if self.include_usage:
+            body = _envelope(turn, self.created, "chat.completion.chunk")
+            body.update(choices=[], usage=_usage(turn))
+            frames.append((orjson.dumps(body).decode(), None))
+        return [*frames, ("[DONE]", None)]
+
+    def failure(self, turn: ChatTurn, problem: Problem) -> Frame:
+        return orjson.dumps({"error": openai_error(problem)}).decode(), None
+
+    def _role(self) -> dict[str, Any]:
+        first, self.first = self.first, False
+        return {"role": "assistant"} if first else {}
+
+    def _chunk(self, turn: ChatTurn, delta: dict[str, Any], finish_reason: str | None) -> Frame:
+        body = _envelope(turn, self.created, "chat.completion.chunk")
         body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
-        return orjson.dumps(body).decode()
-
-    with cut_at_shutdown(request) as lifecycle:
-        return await _relay(request, turn, stream, include_usage, lifecycle, chunk_event, created)
-
-
-async def _relay(request: web.Request, turn: ChatTurn, stream: ChatStream, include_usage: bool,
-                 lifecycle: keys.Lifecycle, chunk_event: Callable[[dict[str, Any], str | None], str],
-                 created: int) -> web.StreamResponse:
-    async with sse_response(request, allow_all_methods=True) as sse:
-        try:
-            first = True
-            try:
-                async for chunk in stream:
-                    turn.add(chunk)
-                    if chunk.is_delta:
-                        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-                        first = False
-                        if chunk.content:
-                            delta["content"] = chunk.content
-                        if chunk.reasoning:
-                            delta["reasoning_content"] = chunk.reasoning
-                        await sse.send(chunk_event(delta, None))
-            except ProviderError as exc:
-                problem = turn.failed(exc)
-                await sse.send(orjson.dumps({"error": openai_error(problem)}).decode())
-                return sse
-            turn.succeeded()
-            await sse.send(chunk_event({"role": "assistant"} if first else {}, turn.finish_reason or "stop"))
-            if include_usage:
-                body = _envelope(turn, created, "chat.completion.chunk")
-                body.update(choices=[], usage=_usage(turn))
-                await sse.send(orjson.dumps(body).decode())
-            await sse.send("[DONE]")
-        except ConnectionResetError:
-            if turn.ended is None:
-                turn.cancelled()
-        except asyncio.CancelledError:
-            if not stopped_by_server(lifecycle):
-                raise
-            problem = turn.shut_down()
-            with contextlib.suppress(ConnectionError):
-                await sse.send(orjson.dumps({"error": openai_error(problem)}).decode())
-    return sse
+        return orjson.dumps(body).decode(), None
 
 
 def _model(model_id: str, owner: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import structlog
 
 from tentaculo.db import DB_FAILURES, DB_REJECTED
 from tentaculo.http.errors import failure_reason
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.rows")
 
@@ -118,7 +118,8 @@ class RowWriter:
         self.max_backoff = max_backoff
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._writing = Periodic(f"{name}-writer", self._write_queued, flush_seconds, wake=self._wake)
+        self._backoff = 0.0
         self._closed = False
         self.written = 0
         self.dropped = 0
@@ -145,21 +146,16 @@ class RowWriter:
             self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
+        self._writing.start()
 
-    async def _run(self) -> None:
-        backoff = 0.0
-        while True:
-            if backoff:
-                await self._back_off(backoff)
-            else:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
-                except TimeoutError:
-                    pass
-            self._wake.clear()
-            ok = await self._flush_guarded()
-            backoff = 0.0 if ok else min(max(backoff * 2, 0.1), self.max_backoff)
+    async def _write_queued(self) -> None:
+        """Write what is queued; when that fails, back off, then try again at once."""
+        if await self._flush_guarded():
+            self._backoff = 0.0
+            return
+        self._backoff = min(max(self._backoff * 2, 0.1), self.max_backoff)
+        await self._back_off(self._backoff)
+        self._wake.set()
 
     async def _back_off(self, seconds: float) -> None:
         """Wait out a backoff, but return as soon as a cheap probe says PostgreSQL answers again.
@@ -288,8 +284,7 @@ class RowWriter:
     async def close(self, timeout: float) -> None:
         """Stop taking rows, stop the loop, and flush for at most ``timeout`` seconds."""
         self._closed = True
-        await stop_task(self._task)
-        self._task = None
+        await self._writing.stop()
         try:
             async with asyncio.timeout(timeout):
                 while not await self._flush_guarded():

@@ -1,2 +1,3 @@
-"""Live events: the EventHub over Redis pub/sub (resume, epochs, fan-out) and the SSE views.
+"""Live events: the EventHub over Redis pub/sub (``hub``), what an event is (``envelope``), resume
+and epochs (``history``), fan-out to the clients (``fanout``) and the SSE views.
 """

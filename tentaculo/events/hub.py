@@ -1,12 +1,14 @@
 """EventHub: events published through Redis, one subscriber per instance, bounded fan-out to SSE clients.
 
+This module owns the transport (the outbox, the publishing script, the pub/sub reader) and the
+hub's lifecycle and status; what an event is lives in ``envelope``, the clients' queues in
+``fanout``, reading the retained history back (resume, epochs) in ``history``.
+
 Transport. ``publish()`` queues an event in a bounded outbox and returns at once; a background
 task writes queued events to Redis with one Lua script per batch that appends each event to a
 Redis stream (the retained history, capped by length and age) and publishes the whole batch as
 one pub/sub message, a ``<id> <envelope>`` line per event, atomically, so live order is id order.
-An event id is ``<epoch>:<ms>-<seq>``: the stream entry id orders events; the epoch names the
-stream itself and changes whenever it is recreated (Redis restarted empty, failed over, flushed),
-so a resume can tell a continuation of its history from a new history whose ids merely look later.
+An event id is ``<epoch>:<ms>-<seq>`` (see ``envelope``).
 A batch carries a publish id and Redis applies it at most once: a publish retried after a timeout
 whose first attempt did reach Redis (a partition that healed) never creates a second event.
 
@@ -24,15 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
-import re
 import secrets
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 import structlog
@@ -41,20 +39,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from tentaculo.auth.tokens import TokenStoreUnavailable
 from tentaculo.db.redisconn import redis_client
+from tentaculo.events.envelope import EVENT_TYPES, MAX_EVENT_BYTES, SEVERITIES, Event, now_text
+from tentaculo.events.fanout import REDIS_LOST, SHUTDOWN, StreamOwner, Subscribers, Subscription
+from tentaculo.events.history import EventHistory
 from tentaculo.http.errors import failure_reason
 from tentaculo.settings import Settings
 from tentaculo.tasks import stop_task
 
 log = structlog.get_logger("tentaculo.events")
 
-EVENT_TYPES = ("service_status", "feature_toggle", "provider_status", "chat", "metrics", "policy_change",
-               "operator_action")
-SEVERITIES = ("info", "warning", "error")
-# Control events the stream itself sends; not publishable, not filterable.
-RESET, ERROR = "reset", "error"
-MAX_EVENT_BYTES = 64 * 1024
 PUBLISH_BATCH = 256
 PUBLISH_BATCH_BYTES = 256 * 1024  # one pub/sub message stays far below Redis's pubsub output buffer limit
 # How long the publisher waits for more events before a call: a few per call instead of one
@@ -65,14 +59,6 @@ IDLE_TRIM_SECONDS = 30.0
 # reach Redis as long as its connection's data is in flight: the kernel retransmits a closed
 # socket's unsent data for about two minutes at most; this is a wide margin over that.
 PUBLISH_ID_MS = 10 * 60 * 1000
-# Why a subscription ended.
-SLOW, REDIS_LOST, SHUTDOWN, CLIENT_GONE = "slow", "redis", "shutdown", "client_gone"
-DISABLED = "feature_disabled"  # the events feature was turned off
-REVOKED = "token_revoked"  # the token that opened the stream was revoked
-
-_SEP = b"\r\n"
-_ID = re.compile(r"(?:(\d{1,20}):)?(\d{1,20})(?:-(\d{1,20}))?")
-_U64 = 2**64 - 1
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)  # Redis, or the way to it
 
 # KEYS: stream, channel, epoch, the batch's publish id key. ARGV: max length, max age in ms, how
@@ -116,129 +102,6 @@ end
 return 0
 """
 
-EventKey: TypeAlias = tuple[int, int]
-# An event id as a client gives it back: its history's epoch (None for a bare legacy id) and its key.
-EventRef: TypeAlias = tuple[int | None, EventKey]
-# Who a stream counts against: a token's row id, or the name of a token without a row (the bootstrap one).
-StreamOwner: TypeAlias = int | str | None
-# XRANGE / XREVRANGE reply of a client without decode_responses; redis-py types it loosely.
-StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
-
-
-def parse_event_id(text: str) -> EventRef | None:
-    """``<epoch>:1712345678901-3`` as (epoch, sortable key); None when it is not an event id.
-
-    A bare ``1712345678901-3`` (or ``1712345678901``), the form before epochs, parses with epoch None:
-    nothing says which history it belongs to.
-    """
-    match = _ID.fullmatch(text.strip())
-    if match is None:
-        return None
-    epoch = int(match[1]) if match[1] is not None else None
-    key = (int(match[2]), int(match[3] or 0))
-    if key[0] > _U64 or key[1] > _U64 or (epoch is not None and epoch > _U64):
-        return None
-    return epoch, key
-
-
-def format_event_id(epoch: int, key: EventKey) -> str:
-    return f"{epoch}:{key[0]}-{key[1]}"
-
-
-def stream_bound(key: EventKey) -> str:
-    """An exclusive XRANGE / XREVRANGE bound at ``key`` (the stream knows entry ids, not epochs)."""
-    return f"({key[0]}-{key[1]}"
-
-
-@functools.lru_cache(maxsize=2)
-def _second_text(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def _now() -> str:
-    """Now, UTC, RFC 3339 with milliseconds; the date and time of day are formatted once a second."""
-    second, ns = divmod(time.time_ns(), 1_000_000_000)
-    return f"{_second_text(second)}.{ns // 1_000_000:03d}Z"
-
-
-def _frame(event_id: str | None, event_type: str, envelope: bytes) -> bytes:
-    head = b"id: " + event_id.encode() + _SEP if event_id is not None else b""
-    return head + b"event: " + event_type.encode() + _SEP + b"data: " + envelope + _SEP + _SEP
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One published event, decoded once per instance and shared by every client that receives it.
-
-    The envelope (``envelope``, JSON) is what a client sees as ``data:``::
-
-        {"id": "1712345600000000:1712345678901-0",  # <epoch>:<stream entry id>; the resume key
-         "type": "provider_status",        # one of EVENT_TYPES (docs/events.md describes each)
-         "ts": "2024-04-05T12:34:56.789Z", # when it was published, UTC, RFC 3339, milliseconds
-         "source": "gw-1",                 # who published it: the gateway instance, or a named component
-         "severity": "info",               # info | warning | error
-         "correlation_id": "…" | null,     # the request that caused it; null for background events
-         "data": {...}}                    # the type's fields
-
-    ``frame`` is the full SSE record (``id:``, ``event:``, ``data:``) ready to write.
-    """
-
-    id: str
-    epoch: int
-    key: EventKey  # orders events within one epoch
-    type: str
-    correlation_id: str | None
-    envelope: bytes
-    frame: bytes
-
-    @classmethod
-    def from_stored(cls, event_id: str, payload: bytes) -> Event:
-        """Build from an ``<epoch>:<stream id>`` id and the stored envelope (which lacks the id)."""
-        ref = parse_event_id(event_id)
-        meta = orjson.loads(payload)
-        if ref is None or ref[0] is None or not isinstance(meta, dict) or not payload.startswith(b"{"):
-            raise ValueError("not an event")
-        envelope = b'{"id":"' + event_id.encode() + b'",' + payload[1:]
-        event_type = str(meta["type"])
-        frame = _frame(event_id, event_type, envelope)
-        return cls(event_id, ref[0], ref[1], event_type, meta.get("correlation_id"), envelope, frame)
-
-
-def control_frame(
-    event_type: str,
-    data: Mapping[str, Any],
-    *,
-    source: str,
-    correlation_id: str | None,
-    severity: str = "warning",
-) -> bytes:
-    """An SSE record the stream sends on its own (``reset``, ``error``): same envelope, no id."""
-    envelope = orjson.dumps(
-        {
-            "id": None,
-            "type": event_type,
-            "ts": _now(),
-            "source": source,
-            "severity": severity,
-            "correlation_id": correlation_id,
-            "data": data,
-        }
-    )
-    return _frame(None, event_type, envelope)
-
-
-def position_frame(event_id: str) -> bytes:
-    """An ``id:``-only record: moves the client's Last-Event-ID without dispatching an event."""
-    return b"id: " + event_id.encode() + _SEP + _SEP
-
-
-class StreamClosed(Exception):
-    """The subscription ended; ``reason`` is one of the reasons above (SLOW, REDIS_LOST, ...)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
 
 class EventsUnavailable(Exception):
     """No live events right now (Redis away, or the instance is shutting down)."""
@@ -248,97 +111,6 @@ class EventsUnavailable(Exception):
         self.reason = reason
         self.retry_after = retry_after
 
-
-class TooManyClients(Exception):
-    """This instance already serves its maximum number of event streams, or this token its share."""
-
-
-class Subscription:
-    """One client's filter and bounded queue; the hub pushes, the stream view pulls."""
-
-    __slots__ = ("_items", "_waiter", "correlation_id", "limit", "on_slow", "owner", "reason", "token_id", "types")
-
-    def __init__(
-        self,
-        types: frozenset[str] | None,
-        correlation_id: str | None,
-        limit: int,
-        token_id: int | None = None,
-        owner: StreamOwner = None,
-    ) -> None:
-        self.types = types
-        self.correlation_id = correlation_id
-        self.limit = limit
-        self.token_id = token_id  # the token row that opened it (None: the bootstrap token)
-        self.owner = owner  # whose share of streams it counts against (None: nobody's)
-        self.reason: str | None = None
-        self.on_slow: Callable[[], object] | None = None
-        self._items: deque[Event] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def matches(self, event: Event) -> bool:
-        return (self.types is None or event.type in self.types) and (
-            self.correlation_id is None or event.correlation_id == self.correlation_id
-        )
-
-    @property
-    def queued(self) -> int:
-        return len(self._items)
-
-    def push(self, event: Event) -> bool:
-        """Queue ``event``; a full queue closes the subscription as SLOW instead of growing."""
-        if self.reason is not None:
-            return False
-        if len(self._items) >= self.limit:
-            self.close(SLOW)
-            return False
-        self._items.append(event)
-        self._wake()
-        return True
-
-    def close(self, reason: str) -> None:
-        """End the subscription. Queued events are still delivered unless the client is slow, its token
-        was revoked or we shut down."""
-        if self.reason is not None:
-            return
-        self.reason = reason
-        if reason in (SLOW, SHUTDOWN, REVOKED):
-            self._items.clear()
-        if reason == SLOW and self.on_slow is not None:
-            self.on_slow()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Event:
-        """The next event; raise StreamClosed once closed and drained."""
-        while not self._items:
-            if self.reason is not None:
-                raise StreamClosed(self.reason)
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
-@dataclass(frozen=True, slots=True)
-class ResumePlan:
-    """Where a resuming client's replay starts and whether it must be told ``reset`` first."""
-
-    reset: bool
-    start: str  # XRANGE lower bound: "-" or "(<ms>-<seq>" (exclusive)
-    position: str | None  # the client's position if the replay finds nothing newer (None: no history)
-    oldest: str | None  # oldest retained id, for the reset event
-    epoch: int | None = None  # the history's epoch when planned (None: there was no history)
-
-
-class StaleCursor(Exception):
-    """A ``before`` cursor from a history Redis no longer holds (it was recreated since)."""
 
 
 class EventHub:
@@ -366,11 +138,13 @@ class EventHub:
         self._publish_id_prefix = f"{prefix}events:pub:{secrets.token_hex(6)}-"  # unique to this hub
         self._publish_ids = itertools.count()
         self.instance = instance
-        self.client_queue = client_queue
-        self.max_clients = max_clients
-        self.max_per_owner = max_per_owner
         self.publish_buffer = publish_buffer
         self.history_max = history_max
+        self.subscribers = Subscribers(client_queue=client_queue, max_clients=max_clients,
+                                       max_per_owner=max_per_owner)
+        # What Redis retains, read back: resume, pages of recent events.
+        self.history = EventHistory(redis, stream_key=self.stream_key, epoch_key=self.epoch_key,
+                                    history_max=history_max)
         self.history_ms = int(history_seconds * 1000)
         self.reconnect_max = reconnect_max
         self.idle_check = idle_check
@@ -381,8 +155,6 @@ class EventHub:
         # so a retry carries the id of its first attempt.
         self._inflight: tuple[str, list[bytes]] | None = None
         self._outbox_wake = asyncio.Event()
-        self._subs: set[Subscription] = set()
-        self._owned: dict[int | str, int] = {}  # open streams per owner: changed only with _subs
         self._online = asyncio.Event()
         self._closing = False
         self._was_online = False
@@ -397,7 +169,6 @@ class EventHub:
         self.publish_failures = 0
         self.publish_error: str | None = None
         self.received = 0
-        self.slow_disconnects = 0
         self.reconnects = 0
 
     @classmethod
@@ -437,8 +208,7 @@ class EventHub:
     def close_streams(self) -> None:
         """Shutdown: end every stream now so the server can stop in seconds; refuse new ones."""
         self._closing = True
-        for sub in list(self._subs):
-            sub.close(SHUTDOWN)
+        self.subscribers.close_all(SHUTDOWN, forget=False)
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop the reader, give queued events ``timeout`` s to reach Redis, close connections."""
@@ -488,7 +258,7 @@ class EventHub:
         payload = orjson.dumps(
             {
                 "type": event_type,
-                "ts": _now(),
+                "ts": now_text(),
                 "source": source or self.instance,
                 "severity": severity,
                 "correlation_id": correlation_id,
@@ -635,16 +405,7 @@ class EventHub:
                 listener(event)
             except Exception:  # one listener's failure must not starve the clients
                 log.exception("event_listener_failed")
-        for sub in list(self._subs):
-            if not sub.matches(event):
-                continue
-            try:
-                if not sub.push(event) and sub.reason == SLOW:
-                    self.slow_disconnects += 1
-                    self._drop(sub)
-            except Exception:  # one client's failure must not starve the others
-                log.exception("event_fanout_failed")
-                self._drop(sub)
+        self.subscribers.deliver(event)
 
     def _went_online(self) -> None:
         if self.status != "on":
@@ -657,12 +418,10 @@ class EventHub:
 
     def _went_offline(self, reason: str, retry_after: float) -> None:
         if self.status == "on":
-            log.warning("events_reader_lost_redis", reason=reason, clients=len(self._subs))
+            log.warning("events_reader_lost_redis", reason=reason, clients=len(self.subscribers))
         self.status, self.reason, self.retry_after = "error", reason, retry_after
         self._online.clear()
-        for sub in list(self._subs):
-            sub.close(REDIS_LOST)
-        self._drop_all()
+        self.subscribers.close_all(REDIS_LOST)
 
     # -- subscribers -------------------------------------------------------------------------
 
@@ -679,256 +438,40 @@ class EventHub:
             raise EventsUnavailable("the instance is shutting down", 1.0)
         if self.status != "on":
             raise EventsUnavailable(self.reason or "Redis unreachable", max(self.retry_after, 0.1))
-        if len(self._subs) >= self.max_clients:
-            raise TooManyClients(f"this instance already serves {self.max_clients} event streams")
-        if owner is not None and self._owned.get(owner, 0) >= self.max_per_owner:
-            # Per token, so one token cannot take every stream the instance serves.
-            raise TooManyClients(f"this token already has {self.max_per_owner} event streams open on this "
-                                 "instance; close one first")
-        sub = Subscription(types, correlation_id, self.client_queue, token_id, owner)
-        self._subs.add(sub)
-        if owner is not None:
-            self._owned[owner] = self._owned.get(owner, 0) + 1
-        return sub
+        return self.subscribers.add(types, correlation_id, token_id, owner)
 
-    def _drop(self, sub: Subscription) -> None:
-        """Forget ``sub`` and free its owner's slot (once, however many paths end it)."""
-        if sub in self._subs:
-            self._subs.discard(sub)
-            if sub.owner is not None:
-                left = self._owned[sub.owner] - 1
-                if left:
-                    self._owned[sub.owner] = left
-                else:
-                    del self._owned[sub.owner]
-
-    def _drop_all(self) -> None:
-        self._subs.clear()
-        self._owned.clear()
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscribers.drop(sub)
 
     def token_ids(self) -> set[int]:
         """The token rows that opened this instance's open streams."""
-        return {sub.token_id for sub in self._subs if sub.token_id is not None}
+        return self.subscribers.token_ids()
 
     def end_streams_of(self, token_ids: Iterable[int]) -> int:
         """End the streams opened with any of these token rows (revoked); returns how many."""
-        revoked = set(token_ids)
-        ended = [sub for sub in self._subs if sub.token_id in revoked]
-        for sub in ended:
-            sub.close(REVOKED)
-            self._drop(sub)
-        return len(ended)
+        return self.subscribers.end_streams_of(token_ids)
 
     def end_streams(self, reason: str) -> int:
         """End every open stream with ``reason`` (e.g. DISABLED); new ones are still accepted. Returns how many."""
-        subs = list(self._subs)
-        for sub in subs:
-            sub.close(reason)
-        self._drop_all()
-        return len(subs)
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        self._drop(sub)
+        return self.subscribers.close_all(reason)
 
     @property
     def clients(self) -> int:
-        return len(self._subs)
-
-    # -- history -----------------------------------------------------------------------------
-
-    async def resume_plan(self, ref: EventRef) -> ResumePlan:
-        """Decide how a client that last saw ``ref`` (epoch, key) catches up from retained history."""
-        epoch, key = ref
-        # The stream and its epoch in one transaction: a stream recreated between two reads would
-        # otherwise pass for the client's.
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xinfo_stream(self.stream_key)
-        pipe.get(self.epoch_key)
-        info, current_raw = await pipe.execute(raise_on_error=False)
-        if isinstance(current_raw, Exception):
-            raise current_raw
-        if isinstance(info, ResponseError) or current_raw is None:
-            # No stream yet (or any more): nothing retained, so nothing the client missed can be sent.
-            return ResumePlan(reset=True, start="-", position=None, oldest=None)
-        if isinstance(info, Exception):
-            raise info
-        current = int(current_raw)
-        last = _key(info.get("last-generated-id"))
-        length = int(info.get("length") or 0)
-        first = info.get("first-entry")
-        added = info.get("entries-added")  # Redis 7+; older servers do not count
-        first_key = _key(first[0]) if first else None
-        if added is not None:
-            trimmed = int(added) - length > 0
-        else:
-            # The client saw its event in this stream; if it is gone, it was trimmed away.
-            trimmed = first_key is not None and key < first_key
-        oldest = format_event_id(current, first_key) if first_key is not None else None
-        # Reset when the id is not of this history (another epoch: Redis was replaced or wiped; or a
-        # bare id, which cannot say), when it is later than anything this history issued, or when
-        # events after it may have been trimmed away (trimming removes the oldest first).
-        if epoch != current or key > last or (trimmed and key < (first_key or last)):
-            return ResumePlan(reset=True, start="-", position=format_event_id(current, last), oldest=oldest,
-                              epoch=current)
-        return ResumePlan(reset=False, start=stream_bound(key), position=format_event_id(current, key), oldest=oldest,
-                          epoch=current)
-
-    async def _read(self, command: str, **bounds: Any) -> tuple[int, list[Event]]:
-        """XRANGE / XREVRANGE and the stream's epoch, read together so each id names its history."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(self.epoch_key)
-        getattr(pipe, command)(self.stream_key, **bounds)
-        epoch_raw, entries = await pipe.execute()
-        # Entries without an epoch were written before epochs existed; 0 is no epoch a stream gets,
-        # so a client holding one of these ids is reset once the next publish gives the stream one.
-        epoch = int(epoch_raw) if epoch_raw is not None else 0
-        return epoch, [_decoded(epoch, eid, fields) for eid, fields in cast(StreamEntries, entries)]
-
-    async def history(self, start: str, count: int) -> list[Event]:
-        """Up to ``count`` retained events from ``start`` (an XRANGE bound), oldest first."""
-        return (await self._read("xrange", min=start, max="+", count=count))[1]
-
-    async def recent(
-        self,
-        *,
-        limit: int,
-        before: EventRef | None = None,
-        types: frozenset[str] | None = None,
-        correlation_id: str | None = None,
-    ) -> tuple[list[Event], str | None]:
-        """The newest ``limit`` matching events older than ``before``, newest first, and the next cursor.
-
-        Raise StaleCursor when ``before`` names another history than the one Redis holds now.
-        """
-        probe = Subscription(types, correlation_id, 0)
-        found: list[Event] = []
-        upper = "+" if before is None else stream_bound(before[1])
-        epoch = before[0] if before is not None else None  # a bare cursor is taken as this history's
-        chunk = max(limit * 2, 100)
-        scanned = 0
-        while True:
-            current, events = await self._read("xrevrange", max=upper, min="-", count=chunk)
-            if epoch is not None and current != epoch:
-                if not scanned:
-                    raise StaleCursor("this cursor belongs to an event history Redis no longer holds")
-                return found, None  # recreated mid-scan: what follows is not the same history
-            epoch = current
-            for event in events:
-                if probe.matches(event):
-                    found.append(event)
-                    if len(found) == limit:
-                        return found, event.id
-            scanned += len(events)
-            if len(events) < chunk:
-                return found, None
-            upper = stream_bound(events[-1].key)
-            if scanned >= self.history_max + chunk:
-                # Sparse matches in a long history: hand back a cursor rather than scan on.
-                return found, events[-1].id
+        return len(self.subscribers)
 
     def snapshot(self) -> dict[str, Any]:
         """State and counters, for status and metrics."""
         return {
             "status": self.status,
             "reason": self.reason,
-            "clients": len(self._subs),
+            "clients": len(self.subscribers),
             "published": self.published,
             "publish_queued": len(self._outbox),
             "publish_dropped": self.publish_dropped,
             "publish_failures": self.publish_failures,
             "publish_error": self.publish_error,
             "received": self.received,
-            "slow_disconnects": self.slow_disconnects,
+            "slow_disconnects": self.subscribers.slow_disconnects,
             "reconnects": self.reconnects,
         }
 
-
-# The severity of a status-change event (service_status, provider_status).
-STATUS_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
-_CHAT_FIELDS = (
-    "message_id",
-    "session_id",
-    "token_name",
-    "provider",
-    "model",
-    "status",
-    "finish_reason",
-    "usage",
-    "latency_ms",
-    "degraded",
-    "streamed",
-    "attempts",
-    "error",
-)
-
-
-async def end_revoked_streams(hub: EventHub, is_active: Callable[[int], Awaitable[bool]], interval: float) -> None:
-    """Every ``interval`` seconds, end the open streams whose token was revoked since they opened.
-
-    This catches revocations made on another instance or with ``tentaculo token revoke``; the
-    revoking instance ends its own streams at once. ``is_active`` is the token store's cached
-    check, so this asks PostgreSQL at most once per token per cache period. While PostgreSQL
-    cannot answer, streams are left open and the next round asks again.
-    """
-    failing = False
-    while True:
-        await asyncio.sleep(interval)
-        revoked = []
-        try:
-            for token_id in hub.token_ids():
-                if not await is_active(token_id):
-                    revoked.append(token_id)
-        except TokenStoreUnavailable:
-            if not failing:
-                log.warning("revocation_check_failing", reason="the token database is unreachable")
-            failing = True
-            continue
-        except Exception:  # isolation boundary: a bug must not end the checks for good
-            log.exception("revocation_check_error")
-            continue
-        if failing:
-            log.info("revocation_check_recovered")
-            failing = False
-        if revoked:
-            log.info("streams_of_revoked_tokens_ended", streams=hub.end_streams_of(revoked))
-
-
-def publish_provider_status(hub: EventHub, change: Any) -> bool:
-    """Publish a provider registry ``StatusChange`` as ``provider_status``."""
-    return hub.publish(
-        "provider_status",
-        {
-            "provider": change.provider,
-            "status": change.status,
-            "reason": change.reason,
-            "circuit": change.circuit,
-            "previous_status": change.previous_status,
-            "previous_circuit": change.previous_circuit,
-        },
-        severity=STATUS_SEVERITY.get(change.status, "warning"),
-    )
-
-
-def publish_chat(hub: EventHub, info: Mapping[str, Any]) -> bool:
-    """Publish one chat's metadata (never its text) as ``chat``, under the chat's correlation id."""
-    status = info.get("status")
-    severity = "error" if status == "error" else "warning" if info.get("degraded") or status == "cancelled" else "info"
-    data = {name: info.get(name) for name in _CHAT_FIELDS}
-    return hub.publish("chat", data, correlation_id=info.get("correlation_id"), severity=severity)
-
-
-def hook_provider_events(hub: EventHub, registry: Any) -> None:
-    """Make the provider registry's status changes and chats events (its ``on_*`` hooks)."""
-    registry.on_status_change.append(lambda change: publish_provider_status(hub, change))
-    registry.on_chat.append(lambda info: publish_chat(hub, info))
-
-
-def _key(raw: bytes | str | None) -> EventKey:
-    """A stream entry id (``<ms>-<seq>``, as Redis gives it) as a key."""
-    text = raw.decode() if isinstance(raw, bytes) else (raw or "0-0")
-    ref = parse_event_id(text)
-    return ref[1] if ref is not None and ref[0] is None else (0, 0)
-
-
-def _decoded(epoch: int, eid: bytes, fields: Mapping[bytes, bytes]) -> Event:
-    return Event.from_stored(f"{epoch}:{eid.decode()}", fields[b"e"])

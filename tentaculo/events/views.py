@@ -15,30 +15,29 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from tentaculo import keys
 from tentaculo.auth.tickets import rejected
 from tentaculo.auth.tokens import TICKET_PARAM, requires
-from tentaculo.events.hub import (
-    CLIENT_GONE,
-    DISABLED,
+from tentaculo.events.envelope import (
     ERROR,
     EVENT_TYPES,
-    REDIS_FAILURES,
-    REDIS_LOST,
     RESET,
-    REVOKED,
-    SHUTDOWN,
-    EventHub,
     EventKey,
     EventRef,
-    EventsUnavailable,
-    ResumePlan,
-    StaleCursor,
-    StreamClosed,
-    Subscription,
-    TooManyClients,
     control_frame,
     parse_event_id,
     position_frame,
     stream_bound,
 )
+from tentaculo.events.fanout import (
+    CLIENT_GONE,
+    DISABLED,
+    REDIS_LOST,
+    REVOKED,
+    SHUTDOWN,
+    StreamClosed,
+    Subscription,
+    TooManyClients,
+)
+from tentaculo.events.history import ResumePlan, StaleCursor
+from tentaculo.events.hub import REDIS_FAILURES, EventHub, EventsUnavailable
 from tentaculo.http.errors import Problem, ValidationFailed, problem_body
 from tentaculo.http.jsonio import json_response
 from tentaculo.http.middlewares import CORRELATION_RE, presented_token
@@ -149,7 +148,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         plan = None
         if resume is not None:
             try:
-                plan = await hub.resume_plan(resume)
+                plan = await hub.history.resume_plan(resume)
             except REDIS_FAILURES as exc:
                 raise _unavailable(f"cannot read the event history: {type(exc).__name__}") from None
         return await _stream(request, hub, sub, plan)
@@ -235,7 +234,7 @@ async def _replay(hub: EventHub, sub: Subscription, plan: ResumePlan, write: Any
         last = ref[1]
     while sub.reason is None:
         try:
-            batch = await hub.history(start, HISTORY_PAGE)
+            batch = await hub.history.since(start, HISTORY_PAGE)
         except REDIS_FAILURES as exc:
             await write(_error_frame(hub, cid, f"cannot read the event history: {type(exc).__name__}"))
             return None
@@ -305,7 +304,7 @@ async def _page(
         raise ValidationFailed([{"field": "limit", "message": f"an integer from 1 to {PAGE_MAX}"}])
     before = _event_id_param(request.query.get("before"), "before")
     try:
-        found, cursor = await hub.recent(limit=limit, before=before, types=types, correlation_id=correlation_id)
+        found, cursor = await hub.history.recent(limit=limit, before=before, types=types, correlation_id=correlation_id)
     except StaleCursor as exc:
         raise ValidationFailed([{"field": "before", "message": f"{exc}: start again without before"}]) from None
     except REDIS_FAILURES as exc:

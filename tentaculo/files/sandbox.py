@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from tentaculo.health import Health, Status
+from tentaculo.health import Health
 from tentaculo.http.errors import Problem
 
 log = structlog.get_logger("tentaculo.sandbox")
@@ -150,11 +150,6 @@ class Sandbox:
         if not self.roots:
             return Health("off", "no roots configured")
         return Health.ON
-
-    def status(self) -> tuple[Status, str | None]:
-        """:meth:`health` as the pair ``tentaculo/app.py`` still unpacks; goes once it reads ``health()``."""
-        health = self.health()
-        return health.status, health.reason
 
     async def list(self, raw: str | None) -> Listing:
         """The listing of ``raw`` (``<root>/<relative>``; empty: the roots themselves)."""

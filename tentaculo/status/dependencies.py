@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.health import shorten
 from tentaculo.http.errors import failure_reason
-from tentaculo.tasks import stop_task, within
+from tentaculo.tasks import Periodic, within
 
 log = structlog.get_logger("tentaculo.dependencies")
 
@@ -65,24 +66,15 @@ class DependencyMonitor:
 
         self._checks: dict[str, Callable[[], Awaitable[None]]] = {"postgresql": postgresql, "redis": redis_ping}
         self.results: dict[str, DependencyCheck] = dict.fromkeys(self._checks, NOT_CHECKED)
-        self._task: asyncio.Task[None] | None = None
+        self._checking = Periodic("dependency-monitor", self.check_all, interval)
 
     async def start(self) -> None:
         """Check once (bounded), then keep checking in the background."""
         await self.check_all()
-        self._task = asyncio.create_task(self._run(), name="dependency-monitor")
+        self._checking.start()
 
     async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.check_all()
-            except Exception:  # isolation boundary: monitoring must outlive a bug
-                log.exception("dependency_check_failed")
+        await self._checking.stop()
 
     async def check_all(self) -> None:
         """Check every dependency at once and keep the results."""
@@ -99,7 +91,7 @@ class DependencyMonitor:
         now = datetime.now(UTC)
         if reason is None:
             return DependencyCheck("on", None, latency, now)
-        return DependencyCheck("error", reason[:300], None, now)
+        return DependencyCheck("error", shorten(reason), None, now)
 
     def redis_check(self) -> DependencyCheck:
         """The last check of the gateway's Redis (what the ``redis`` module shows when it is that Redis)."""

@@ -18,7 +18,7 @@ errors.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ import structlog
 
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.http.errors import failure_reason
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.features")
 
@@ -97,33 +97,25 @@ class FeatureFlags:
         self.publish: Callable[[str, Mapping[str, Any]], Any] | None = None
         self.synced_at: datetime | None = None
         self.sync_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._rereading = Periodic("feature-flags", self._reread, reload_seconds)
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, wait: float = 5.0) -> None:
         """Read the flags (waiting up to ``wait`` s for PostgreSQL), then re-read them periodically."""
+        await self._reread(wait)
+        self._rereading.start()
+
+    async def close(self) -> None:
+        await self._rereading.stop()
+
+    async def _reread(self, wait: float | None = None) -> None:
+        """Reload within ``wait`` s (by default the period, at least 2 s); a failure is kept for status."""
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(wait if wait is not None else max(self.reload_seconds, 2.0)):
                 await self.reload()
         except DB_FAILURES as exc:
             self._sync_failed(exc)
-        self._task = asyncio.create_task(self._run(), name="feature-flags")
-
-    async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_seconds)
-            try:
-                async with asyncio.timeout(max(self.reload_seconds, 2.0)):
-                    await self.reload()
-            except DB_FAILURES as exc:
-                self._sync_failed(exc)
-            except Exception:  # isolation boundary: the safety net must outlive a bug
-                log.exception("feature_flags_reload_error")
 
     def _sync_failed(self, exc: BaseException) -> None:
         reason = failure_reason(exc)
@@ -271,63 +263,3 @@ class FeatureFlags:
 
     def all(self) -> list[dict[str, Any]]:
         return [self.snapshot(n) for n in self.names()]
-
-
-def describe_failures(items: Iterable[tuple[str, str, str | None]]) -> str:
-    """``name status (reason)`` items joined for a reason text."""
-    return "; ".join(f"{n} {s}" + (f" ({r})" if r else "") for n, s, r in items)
-
-
-# ----------------------------------------------------------------- dependency checks of the built-in features
-
-
-def events_check(hub: Any) -> Check:
-    """``events`` is broken while the event hub has lost Redis."""
-
-    def check() -> tuple[str, str] | None:
-        if hub.status == "on":
-            return None
-        return "error", f"the event hub is offline: {hub.reason or 'Redis unreachable'}"
-
-    return check
-
-
-def chat_check(registry: Any) -> Check:
-    """``chat`` is broken when no registered provider can answer."""
-
-    def check() -> tuple[str, str] | None:
-        states = []
-        for name in registry.names():
-            slot = registry.get(name)
-            status, reason = slot.effective()
-            if status in ("on", "degraded"):
-                return None
-            states.append((name, status, reason))
-        if not states:
-            return "error", "no chat provider is installed"
-        return "error", "no usable chat provider: " + describe_failures(states)
-
-    return check
-
-
-def database_check(monitor: Any, consequence: str) -> Check:
-    """A feature that reads PostgreSQL is ``degraded`` while the dependency monitor cannot reach it."""
-
-    def check() -> tuple[str, str] | None:
-        pg = monitor.results["postgresql"]
-        if pg.status == "on" or pg.checked_at is None:
-            return None
-        return "degraded", f"PostgreSQL unreachable ({pg.reason}): {consequence}"
-
-    return check
-
-
-def registry_check(registry: Any) -> Check:
-    """``proxy`` is broken while the module configuration could never be read."""
-
-    def check() -> tuple[str, str] | None:
-        if registry.loaded_at is None and registry.load_error:
-            return "error", f"the module configuration could not be read: {registry.load_error}"
-        return None
-
-    return check

@@ -1,4 +1,6 @@
-"""The VX11 modules behind the gateway: their configuration (ServiceRegistry) and health (ServiceProber).
+"""ServiceRegistry: the VX11 modules behind the gateway, their configuration and live state.
+
+Their health is checked by the ServiceProber (``prober``), which hands each result to the registry.
 
 Configuration
 -------------
@@ -11,17 +13,8 @@ changed and disabled without a restart.
 
 Health
 ------
-The prober checks every enabled module that has an address, all at once, every
-``TENTACULO_PROBE_INTERVAL_SECONDS``, each check bounded by ``TENTACULO_PROBE_CONNECT_TIMEOUT``
-and ``TENTACULO_PROBE_TIMEOUT``. An ``http(s)://`` module is asked ``GET <address><health path>``;
-a ``redis(s)://`` one is sent ``PING``. Verdicts, in the contract's enum:
-
-* ``off``: disabled in ``service_configs``, or no address ("not configured"). Never probed.
-* ``error``: no answer (refused, unreachable, timed out), or the module says it is failing.
-* ``degraded``: it answers, but not well: a non-2xx health answer, a body saying
-  ``degraded``, or an answer slower than ``TENTACULO_PROBE_SLOW_MS``.
-* ``on``: a timely 2xx (a JSON body's ``status``, when present, says it is fine).
-
+The prober's checks and verdicts are described in ``prober``; the registry turns its last
+result, the module's configuration and its circuit into the effective status.
 ``tentaculo_link`` is this gateway: it reports from the instance's own state and is never probed;
 its latency and check time are those of the instance's last check of PostgreSQL and Redis.
 ``redis`` with no address of its own is the gateway's Redis (``TENTACULO_REDIS_URL``,
@@ -46,7 +39,6 @@ without a verdict), which update the circuit, the status and publish the change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -54,34 +46,23 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
-import orjson
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError, TimeoutError as RedisTimeoutError
 
 from tentaculo.chat.registry import CircuitBreaker
 from tentaculo.db import DB_FAILURES, queries
-from tentaculo.events.hub import STATUS_SEVERITY
-from tentaculo.http.errors import connect_reason, failure_reason
+from tentaculo.db.listener import ChannelListener
+from tentaculo.health import shorten
+from tentaculo.http.errors import failure_reason
 from tentaculo.settings import Settings, service_key
 from tentaculo.status.dependencies import NOT_CHECKED, DependencyCheck
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.services")
 
 GATEWAY = "tentaculo_link"
 SYSTEM_REDIS = "redis"
-MAX_HEALTH_BODY = 64 * 1024
 REASON_MAX = 200
-# What a module's JSON health body may say in "status", and the verdict each means.
-_HEALTHY = frozenset({"on", "ok", "up", "healthy", "pass", "passing", "ready", "running", "green", "alive"})
-_DEGRADED = frozenset({"degraded", "warn", "warning", "partial", "yellow", "slow"})
-_FAILING = frozenset({"error", "down", "fail", "failing", "failed", "unhealthy", "red", "critical"})
-_OFF = frozenset({"off", "disabled", "maintenance"})
 
 
 def public_address(address: str | None) -> str | None:
@@ -104,11 +85,6 @@ def unconfigured_detail(name: str) -> str:
     """Why module ``name`` cannot be called, and the setting or command that gives it an address."""
     return (f"module {name!r} has no address: set TENTACULO_SERVICE_{service_key(name).upper()}_URL, "
             f"or run `tentaculo service set {name} --url http://HOST:PORT`")
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +170,6 @@ class Edge:
 StatusCallback = Callable[[Mapping[str, Any]], Any]
 
 
-def publish_service_status(hub: Any, change: Mapping[str, Any]) -> bool:
-    """Publish a registry status change as a ``service_status`` event."""
-    return hub.publish("service_status", change, severity=STATUS_SEVERITY.get(change["status"], "warning"))
-
-
 class ServiceRegistry:
     """The modules of ``service_configs`` with their live state; see the module docstring."""
 
@@ -226,8 +197,10 @@ class ServiceRegistry:
         self.changed = asyncio.Event()
         self.on_status_change: list[StatusCallback] = []
         self._notified = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        # Configuration changes are announced on a channel: reload at once, and after reconnecting.
+        self._listener = ChannelListener(settings.database_url, queries.SERVICE_CONFIGS_CHANNEL, self._notified)
+        self._reloading = Periodic("service-registry", self._reload_and_listen, settings.services_reload_seconds,
+                                   wake=self._notified)
         self._unmatched_warned: set[str] = set()
 
     # ----------------------------------------------------------------- lifecycle
@@ -236,68 +209,30 @@ class ServiceRegistry:
         """Load the modules (waiting up to ``wait`` s for PostgreSQL) and keep them fresh in the background."""
         try:
             async with asyncio.timeout(wait):
-                await self._listen()
+                await self._listener.ensure()
                 await self.reload()
         except DB_FAILURES as exc:
             self._load_failed(exc)
         self._notified.clear()
-        self._task = asyncio.create_task(self._run(), name="service-registry")
+        self._reloading.start()
 
     async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-        await self._drop_listener()
+        await self._reloading.stop()
+        await self._listener.close()
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.services_reload_seconds):
-                    await self._notified.wait()
-            self._notified.clear()
-            try:
-                async with asyncio.timeout(10):
-                    await self.reload()
-            except DB_FAILURES as exc:
-                self._load_failed(exc)
-            except Exception:  # isolation boundary: the reload loop must outlive a bug
-                log.exception("services_reload_error")
-            await self._listen()
+    async def _reload_and_listen(self) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self.reload()
+        except DB_FAILURES as exc:
+            self._load_failed(exc)
+        await self._listener.ensure()  # the periodic reload carries on while it cannot
 
     def _load_failed(self, exc: BaseException) -> None:
-        reason = _short(failure_reason(exc))
+        reason = shorten(failure_reason(exc), REASON_MAX)
         if self.load_error is None:
             log.warning("services_reload_failed", error=reason, keeping=len(self._entries))
         self.load_error = reason
-
-    async def _listen(self) -> None:
-        """Hold a connection LISTENing for configuration changes; reload at once after (re)connecting."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        await self._drop_listener()
-        try:
-            conn = await asyncpg.connect(self.settings.database_url, timeout=2)
-        except (*DB_FAILURES, ValueError):
-            return  # the periodic reload carries on; try again next round
-        try:
-            await conn.add_listener(queries.SERVICE_CONFIGS_CHANNEL, self._on_notify)
-        except DB_FAILURES:
-            await conn.close(timeout=2)
-            return
-        conn.add_termination_listener(lambda _: self._notified.set())
-        self._listener = conn
-        self._notified.set()  # changes made while not listening
-
-    async def _drop_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None and not conn.is_closed():
-            try:
-                async with asyncio.timeout(2):
-                    await conn.close()
-            except (TimeoutError, *DB_FAILURES):
-                conn.terminate()
-
-    def _on_notify(self, *_: object) -> None:
-        self._notified.set()
 
     # ----------------------------------------------------------------- configuration
 
@@ -440,7 +375,7 @@ class ServiceRegistry:
         entry = self._entries.get(name)
         if entry is not None:
             entry.breaker.failure()
-            entry.last_proxy_error = _short(reason)
+            entry.last_proxy_error = shorten(reason, REASON_MAX)
             self._observe(entry)
 
     def proxy_released(self, name: str) -> None:
@@ -563,165 +498,3 @@ class ServiceRegistry:
             })
         edges = [{"source": e.source, "target": e.target, "kind": e.kind} for e in self.edges]
         return {"nodes": nodes, "edges": edges, "entrypoint": GATEWAY}
-
-
-# --------------------------------------------------------------------------- probing
-
-
-def _verdict_of_body(body: bytes) -> tuple[str, str | None] | None:
-    """What a JSON health body says about itself: (status, reason), or None when it says nothing."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
-        return None
-    said = data["status"].strip().lower()
-    detail = data.get("reason") or data.get("detail") or data.get("message")
-    detail = _short(detail) if isinstance(detail, str) and detail.strip() else None
-    if said in _HEALTHY:
-        return "on", None
-    label = _short(data["status"])
-    if said in _DEGRADED:
-        return "degraded", f"reports {label!r}" + (f": {detail}" if detail else "")
-    if said in _FAILING:
-        return "error", f"reports {label!r}" + (f": {detail}" if detail else "")
-    if said in _OFF:
-        return "off", f"reports {label!r}" + (f": {detail}" if detail else "")
-    return "degraded", f"reports an unknown status {label!r}"
-
-
-class ServiceProber:
-    """Checks every enabled, configured module concurrently, in rounds; see the module docstring."""
-
-    def __init__(
-        self,
-        registry: ServiceRegistry,
-        http: aiohttp.ClientSession,
-        *,
-        interval: float,
-        connect_timeout: float,
-        timeout: float,
-        slow_ms: float,
-    ) -> None:
-        self.registry = registry
-        self._http = http
-        self.interval = interval
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
-        self.slow_ms = slow_ms
-        self.rounds = 0
-        self.last_round_ms: float | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._first_round = asyncio.Event()
-
-    async def start(self, wait: float = 1.0) -> None:
-        """Start probing; wait up to ``wait`` s for the first round so status starts out known."""
-        self._task = asyncio.create_task(self._run(), name="service-prober")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._first_round.wait()
-
-    async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        changed = self.registry.changed
-        while True:
-            started = loop.time()
-            changed.clear()
-            try:
-                await self.probe_all()
-            except Exception:  # isolation boundary: probing must go on after a bug
-                log.exception("service_probe_round_failed")
-            self.rounds += 1
-            self.last_round_ms = round((loop.time() - started) * 1000, 3)
-            self._first_round.set()
-            self.registry.refresh()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, self.interval - (loop.time() - started))):
-                    await changed.wait()
-
-    async def probe_all(self) -> None:
-        """Check every module the registry says to, all at once."""
-        targets = self.registry.probe_targets()
-        if targets:
-            await asyncio.gather(*(self._probe_one(entry) for entry in targets))
-
-    async def _probe_one(self, entry: ServiceEntry) -> None:
-        config = entry.config
-        probe = await self.check(config)
-        self.registry.record_probe(entry, config, probe)
-
-    async def check(self, config: ServiceConfig) -> Probe:
-        """One health check of ``config``'s module, bounded in time; never raises (but on cancel)."""
-        assert config.address is not None
-        started = time.perf_counter()
-        limit = self.connect_timeout + self.timeout
-        try:
-            async with asyncio.timeout(limit):
-                if config.address.startswith(("redis://", "rediss://")):
-                    status, reason, http_status = await self._ping_redis(config.address)
-                else:
-                    status, reason, http_status = await self._get_health(config)
-        except asyncio.CancelledError:
-            raise
-        except aiohttp.ConnectionTimeoutError:
-            status, reason, http_status = "error", f"unreachable: no connection within {self.connect_timeout:g} s", None
-        except aiohttp.ServerTimeoutError:
-            status, reason, http_status = "error", f"no answer within {self.timeout:g} s", None
-        except TimeoutError:
-            status, reason, http_status = "error", f"no answer within {limit:g} s", None
-        except aiohttp.ClientSSLError:  # before its base class: its errno says nothing useful
-            status, reason, http_status = "error", "failed the TLS handshake", None
-        except aiohttp.ClientConnectorError as exc:
-            status, reason, http_status = "error", f"unreachable: {connect_reason(exc)}", None
-        except (aiohttp.ClientError, OSError, RedisError) as exc:
-            status, reason, http_status = "error", _short(f"health check failed: {type(exc).__name__}"), None
-        except Exception:  # isolation boundary: one odd module must not stop the round
-            log.exception("service_probe_error", service=config.name)
-            status, reason, http_status = "error", "health check failed unexpectedly", None
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        if status == "on" and latency_ms > self.slow_ms:
-            status, reason = "degraded", f"slow: answered in {latency_ms:.0f} ms (over {self.slow_ms:g} ms)"
-        answered = status != "error" or http_status is not None
-        return Probe(status, reason, latency_ms if answered else None, datetime.now(UTC), http_status)
-
-    async def _get_health(self, config: ServiceConfig) -> tuple[str, str | None, int | None]:
-        assert config.address is not None
-        url = config.address.rstrip("/") + config.health_path
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout)
-        async with self._http.get(url, timeout=timeout, allow_redirects=False,
-                                  headers={"Accept": "application/json"}) as resp:
-            body = await resp.content.read(MAX_HEALTH_BODY)
-            said = _verdict_of_body(body)
-            if not 200 <= resp.status < 300:
-                reason = f"health check answered HTTP {resp.status}"
-                if said is not None and said[1]:
-                    reason += f" ({said[1]})"
-                return "degraded", reason, resp.status
-            if said is None:
-                return "on", None, resp.status
-            return said[0], said[1], resp.status
-
-    async def _ping_redis(self, address: str) -> tuple[str, str | None, int | None]:
-        client = Redis.from_url(address, socket_connect_timeout=self.connect_timeout, socket_timeout=self.timeout,
-                                retry=Retry(NoBackoff(), 0))
-        try:
-            await client.ping()
-        except AuthenticationError:
-            return "degraded", "answers but refuses the configured credentials", None
-        except RedisTimeoutError:
-            return "error", f"timed out (connect {self.connect_timeout:g} s, answer {self.timeout:g} s)", None
-        except ResponseError as exc:
-            return "degraded", _short(f"answers PING with an error: {exc}"), None
-        except (OSError, RedisError) as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, OSError):
-                return "error", f"unreachable: {connect_reason(cause)}", None
-            return "error", _short(f"unreachable: {type(exc).__name__}"), None
-        finally:
-            await client.aclose()
-        return "on", None, None

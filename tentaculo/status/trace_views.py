@@ -106,7 +106,7 @@ async def trace(request: web.Request) -> web.Response:
     audit, chats, events = await asyncio.gather(
         _bounded(queries.audit_trace(pool, cid, limit)),
         _bounded(queries.chat_trace(pool, cid, limit)),
-        _bounded(app[keys.EVENTS].recent(limit=limit, correlation_id=cid)),
+        _bounded(app[keys.EVENTS].history.recent(limit=limit, correlation_id=cid)),
         return_exceptions=True,
     )
     items: list[dict[str, Any]] = []

@@ -1,0 +1,54 @@
+"""ChannelListener: one connection LISTENing on a PostgreSQL channel, reopened when it is lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from tentaculo.db import DB_FAILURES
+
+
+class ChannelListener:
+    """Sets ``heard`` on every notification of ``channel``, and when the connection opens or drops.
+
+    Opening (or reopening) sets it too: what changed while nobody listened is unknown, so whoever
+    waits on ``heard`` should reread. ``ensure()`` never raises for PostgreSQL trouble: call it
+    again later.
+    """
+
+    def __init__(self, database_url: str | None, channel: str, heard: asyncio.Event) -> None:
+        self.database_url = database_url
+        self.channel = channel
+        self.heard = heard
+        self._conn: asyncpg.Connection | None = None
+
+    async def ensure(self) -> None:
+        """Listen, unless already listening on a live connection."""
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        await self.close()
+        try:
+            conn = await asyncpg.connect(self.database_url, timeout=2)
+        except (*DB_FAILURES, ValueError):
+            return
+        try:
+            await conn.add_listener(self.channel, self._on_notify)
+        except DB_FAILURES:
+            await conn.close(timeout=2)
+            return
+        conn.add_termination_listener(lambda _: self.heard.set())
+        self._conn = conn
+        self.heard.set()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                async with asyncio.timeout(2):
+                    await conn.close()
+            except (TimeoutError, *DB_FAILURES):
+                conn.terminate()
+
+    def _on_notify(self, *_: object) -> None:
+        self.heard.set()
