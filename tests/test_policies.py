@@ -4,6 +4,9 @@ Redis and a loopback module."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,7 +21,6 @@ from tentaculo.app import create_app
 from tentaculo.auth.confirm import Confirmations
 from tentaculo.auth.risk import compile_pattern
 from tentaculo.auth.tokens import Principal
-from tentaculo.cli import main as cli_main
 from tentaculo.db import queries
 from tentaculo.settings import Settings
 from tests.confirm_helpers import CONFIRM_HEADER, confirmed
@@ -301,20 +303,24 @@ async def test_revoking_a_token_and_turning_a_feature_off_wait_for_confirmation(
 # ------------------------------------------------------------------ the CLI
 
 
-def test_cli_lists_sets_and_removes_rules(settings, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("TENTACULO_DATABASE_URL", settings.database_url or "")
-    monkeypatch.setenv("TENTACULO_LOG_FORMAT", "json")
+def _policy_cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    # A process of its own, as an operator runs it: the CLI configures logging for the whole process.
+    env = {**os.environ, "TENTACULO_DATABASE_URL": settings.database_url or "", "TENTACULO_LOG_FORMAT": "json"}
+    return subprocess.run([sys.executable, "-m", "tentaculo", "policy", *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_cli_lists_sets_and_removes_rules(settings) -> None:
     pattern = f"/cli-{uuid.uuid4().hex[:6]}/**"
-    assert cli_main(["policy", "set", "--module", "hermes", "--method", "post", pattern, "high",
-                     "--reason", "from the CLI"]) == 0
-    capsys.readouterr()
-    assert cli_main(["policy", "list"]) == 0
-    listed = capsys.readouterr().out
-    [line] = [row for row in listed.splitlines() if pattern in row]
+    added = _policy_cli(settings, "set", "--module", "hermes", "--method", "post", pattern, "high",
+                        "--reason", "from the CLI")
+    assert added.returncode == 0, added.stderr
+    listed = _policy_cli(settings, "list")
+    assert listed.returncode == 0, listed.stderr
+    [line] = [row for row in listed.stdout.splitlines() if pattern in row]
     assert "hermes" in line and "POST" in line and "high" in line and "from the CLI" in line
     rule_id = line.split()[0]
-    assert cli_main(["policy", "remove", rule_id]) == 0
-    capsys.readouterr()
-    assert cli_main(["policy", "list"]) == 0
-    assert pattern not in capsys.readouterr().out
-    assert cli_main(["policy", "set", "stop", "urgent"]) == 2
+    assert _policy_cli(settings, "remove", rule_id).returncode == 0
+    after = _policy_cli(settings, "list")
+    assert after.returncode == 0 and pattern not in after.stdout
+    assert _policy_cli(settings, "set", "stop", "urgent").returncode == 2
