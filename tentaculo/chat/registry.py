@@ -442,7 +442,7 @@ class ProviderRegistry:
         return f"{exc.kind}: {shorten(str(exc), secrets=self._secrets)}"
 
     def _backoff(self, try_no: int, retry_after: float | None) -> float:
-        delay = self.settings.provider_retry_backoff * (2**try_no)
+        delay = self.settings.provider_retry_backoff * 2.0**try_no
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self.settings.provider_read_timeout, 5.0)
