@@ -29,6 +29,7 @@ from tentaculo.events import views as events
 from tentaculo.events.hub import EventHub
 from tentaculo.files import views as fs
 from tentaculo.files.sandbox import Sandbox
+from tentaculo.health import Health
 from tentaculo.http import spec
 from tentaculo.http.cors import cors_headers
 from tentaculo.http.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
@@ -337,8 +338,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     lifecycle = app[keys.LIFECYCLE]
     hub = app[keys.EVENTS]
 
-    def own_status() -> tuple[str, str | None]:
-        return ("off", "draining: the instance is shutting down") if lifecycle.draining else ("on", None)
+    def own_status() -> Health:
+        return Health("off", "draining: the instance is shutting down") if lifecycle.draining else Health.ON
 
     dependencies = app[keys.DEPENDENCIES]
     registry = ServiceRegistry(app[keys.DB_POOL], settings, self_status=own_status,

@@ -19,6 +19,7 @@ from tentaculo.db import DB_FAILURES
 from tentaculo.events.fanout import DISABLED
 from tentaculo.events.hub import EventHub
 from tentaculo.files.sandbox import Sandbox
+from tentaculo.health import Health, Status
 from tentaculo.http.errors import failure_reason
 from tentaculo.status.dependencies import DependencyMonitor
 from tentaculo.status.features import Check, FeatureFlags, Flag
@@ -28,7 +29,7 @@ from tentaculo.tasks import Periodic
 log = structlog.get_logger("tentaculo.wiring")
 
 # The severity of a status-change event (service_status, provider_status).
-STATUS_SEVERITY = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
+STATUS_SEVERITY: dict[Status, str] = {"on": "info", "off": "info", "degraded": "warning", "error": "error"}
 
 
 # ----------------------------------------------------------------- changes that become events
@@ -96,18 +97,18 @@ def disconnect_flags(flags: FeatureFlags, hub: EventHub) -> None:
 # ----------------------------------------------------------------- what the built-in features depend on
 
 
-def describe_failures(items: Iterable[tuple[str, str, str | None]]) -> str:
+def describe_failures(items: Iterable[tuple[str, Health]]) -> str:
     """``name status (reason)`` items joined for a reason text."""
-    return "; ".join(f"{n} {s}" + (f" ({r})" if r else "") for n, s, r in items)
+    return "; ".join(f"{n} {h.status}" + (f" ({h.reason})" if h.reason else "") for n, h in items)
 
 
 def events_check(hub: EventHub) -> Check:
     """``events`` is broken while the event hub has lost Redis."""
 
-    def check() -> tuple[str, str] | None:
+    def check() -> Health | None:
         if hub.status == "on":
             return None
-        return "error", f"the event hub is offline: {hub.reason or 'Redis unreachable'}"
+        return Health("error", f"the event hub is offline: {hub.reason or 'Redis unreachable'}")
 
     return check
 
@@ -115,19 +116,19 @@ def events_check(hub: EventHub) -> Check:
 def chat_check(registry: ProviderRegistry) -> Check:
     """``chat`` is broken when no registered provider can answer."""
 
-    def check() -> tuple[str, str] | None:
+    def check() -> Health | None:
         states = []
         for name in registry.names():
             slot = registry.get(name)
             if slot is None:
                 continue
-            status, reason = slot.effective()
-            if status in ("on", "degraded"):
+            health = slot.effective()
+            if health.status in ("on", "degraded"):
                 return None
-            states.append((name, status, reason))
+            states.append((name, health))
         if not states:
-            return "error", "no chat provider is installed"
-        return "error", "no usable chat provider: " + describe_failures(states)
+            return Health("error", "no chat provider is installed")
+        return Health("error", "no usable chat provider: " + describe_failures(states))
 
     return check
 
@@ -135,11 +136,11 @@ def chat_check(registry: ProviderRegistry) -> Check:
 def database_check(monitor: DependencyMonitor, consequence: str) -> Check:
     """A feature that reads PostgreSQL is ``degraded`` while the dependency monitor cannot reach it."""
 
-    def check() -> tuple[str, str] | None:
+    def check() -> Health | None:
         pg = monitor.results["postgresql"]
         if pg.status == "on" or pg.checked_at is None:
             return None
-        return "degraded", f"PostgreSQL unreachable ({pg.reason}): {consequence}"
+        return Health("degraded", f"PostgreSQL unreachable ({pg.reason}): {consequence}")
 
     return check
 
@@ -147,9 +148,9 @@ def database_check(monitor: DependencyMonitor, consequence: str) -> Check:
 def registry_check(registry: ServiceRegistry) -> Check:
     """``proxy`` is broken while the module configuration could never be read."""
 
-    def check() -> tuple[str, str] | None:
+    def check() -> Health | None:
         if registry.loaded_at is None and registry.load_error:
-            return "error", f"the module configuration could not be read: {registry.load_error}"
+            return Health("error", f"the module configuration could not be read: {registry.load_error}")
         return None
 
     return check
@@ -158,9 +159,9 @@ def registry_check(registry: ServiceRegistry) -> Check:
 def sandbox_check(sandbox: Sandbox) -> Check:
     """``file_explorer`` is as its sandbox says (``off`` with no roots)."""
 
-    def check() -> tuple[str, str] | None:
+    def check() -> Health | None:
         health = sandbox.health()
-        return None if health.ok or health.reason is None else (health.status, health.reason)
+        return None if health.ok else health
 
     return check
 

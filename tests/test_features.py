@@ -15,6 +15,7 @@ import pytest
 
 from tentaculo import keys
 from tentaculo.app import create_app
+from tentaculo.health import Health
 from tentaculo.status.features import FEATURES, Flag
 from tests.confirm_helpers import CONFIRM_HEADER
 from tests.helpers import serve, wait_for
@@ -186,7 +187,7 @@ async def test_without_the_push_the_periodic_reload_still_obeys_within_a_second(
     obeyed = _changed(b.app, "proxy", "degraded")
     assert (await _put(a, "proxy", {"status": "degraded", "reason": "one module flaky"}, admin_headers)).status == 200
     await asyncio.wait_for(obeyed, 1.0)  # the table is re-read every 0.5 s
-    assert flags_b.effective("proxy") == ("degraded", "one module flaky")
+    assert flags_b.effective("proxy") == Health("degraded", "one module flaky")
     b.app[keys.EVENTS].listeners.append(flags_b.on_event)
 
 

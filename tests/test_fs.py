@@ -173,7 +173,7 @@ async def test_no_roots_configured_answers_404_and_the_feature_says_why(gateway,
     assert resp.status == 404 and (await resp.json())["code"] == "not_found"
     resp, _ = await _list(gateway, admin_headers)
     assert (await resp.json())["entries"] == []
-    assert gateway.app[keys.FEATURES].effective("file_explorer") == ("off", "no roots configured")
+    assert gateway.app[keys.FEATURES].effective("file_explorer") == Health("off", "no roots configured")
 
 
 async def test_a_directory_of_100000_files_is_capped_and_fast(

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from tentaculo import keys
 from tentaculo.app import create_app
+from tentaculo.health import Health
 from tentaculo.http.errors import connect_reason
 from tentaculo.settings import Settings, SettingsError
 from tentaculo.status.services import public_address
@@ -257,7 +258,7 @@ async def test_the_proxy_circuit_shows_in_status_and_is_published(aiohttp_client
     await _probed_once(client)
     registry = client.app[keys.SERVICES]
     entry = registry.get("madre")
-    assert entry is not None and entry.address == madre.url and registry.status_of("madre") == ("on", None)
+    assert entry is not None and entry.address == madre.url and registry.status_of("madre") == Health.ON
     hub = client.app[keys.EVENTS]
     await hub.wait_online()
     sub = hub.subscribe(frozenset({"service_status"}))
@@ -273,7 +274,7 @@ async def test_the_proxy_circuit_shows_in_status_and_is_published(aiohttp_client
     assert "circuit open" in got["reason"] and "no answer within 30 s" in got["reason"]
     assert not entry.breaker.allow()
     registry.proxy_succeeded("madre")
-    assert registry.status_of("madre") == ("on", None)
+    assert registry.status_of("madre") == Health.ON
 
 
 async def test_topology_has_database_nodes_and_edges_with_live_status(aiohttp_client, settings, admin_headers,

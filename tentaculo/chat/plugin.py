@@ -30,12 +30,12 @@ The object returned must satisfy :class:`Provider` (:class:`BaseProvider` suppli
     Model ids it serves. Empty means "any model the caller names". May change after ``start()``.
 ``default_model: str | None``
     Used when the request names no model.
-``status: str`` and ``reason: str | None``
-    One of ``on | off | degraded | error`` with a human reason when not ``on``. ``off`` means
-    deliberately disabled (no API key, not configured): the registry never calls ``stream()``
-    on an ``off`` provider. A provider may update these at any time (e.g. ``error`` when its
-    server is unreachable, ``on`` again after a success); the registry reads them, it does not
-    poll.
+``status: Status`` and ``reason: str | None``
+    One of ``on | off | degraded | error`` (:data:`tentaculo.health.Status`) with a human reason
+    when not ``on``; any other value is shown as ``error``. ``off`` means deliberately disabled
+    (no API key, not configured): the registry never calls ``stream()`` on an ``off`` provider.
+    A provider may update these at any time (e.g. ``error`` when its server is unreachable,
+    ``on`` again after a success); the registry reads them, it does not poll.
 ``async start() -> None``
     One-time set-up (probe a server). Raising marks the provider ``error`` with the exception's
     message; the gateway still starts. It runs under a time limit.
@@ -79,10 +79,10 @@ import aiohttp
 import structlog
 
 from tentaculo.chat.options import Option, PluginOptions
+from tentaculo.health import STATUSES as STATUSES, Status  # STATUSES: part of the contract, importable from here
 
 INTERFACE_VERSION = 1
 ENTRY_POINT_GROUP = "tentaculo.providers"
-STATUSES = ("on", "off", "degraded", "error")
 ROLES = ("system", "user", "assistant")
 
 
@@ -199,7 +199,7 @@ class Provider(Protocol):
     version: str
     models: Sequence[str]
     default_model: str | None
-    status: str
+    status: Status
     reason: str | None
 
     async def start(self) -> None: ...
@@ -231,7 +231,7 @@ class BaseProvider:
     def __init__(self, context: ProviderContext) -> None:
         self.context = context
         self.log = context.log
-        self.status = "on"
+        self.status: Status = "on"
         self.reason: str | None = None
         if self.needs_key is not None and not context.options.get(self.needs_key):
             self.status, self.reason = "off", "no API key"

@@ -48,7 +48,7 @@ from tentaculo.chat.plugin import (
     collect,
 )
 from tentaculo.chat.stream import MAX_ANSWER_CHARS, ChatStream
-from tentaculo.health import shorten
+from tentaculo.health import Health, Status, shorten
 from tentaculo.logging import redact_also
 from tentaculo.settings import Settings, secret_values
 
@@ -90,10 +90,10 @@ class StatusChange:
     """A provider's effective status or circuit state changed."""
 
     provider: str
-    status: str
+    status: Status
     reason: str | None
     circuit: str
-    previous_status: str | None
+    previous_status: Status | None
     previous_circuit: str | None
 
 
@@ -114,7 +114,7 @@ class ProviderSlot:
     calls: int = 0
     failures: int = 0
     last_error: str | None = None
-    published: tuple[str, str] | None = None
+    published: tuple[Status, str] | None = None  # (status, circuit) last told to on_status_change
     # The gateway's secrets and every plugin's secret options: kept out of its reason, never in a repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -126,30 +126,30 @@ class ProviderSlot:
         models = self.models
         return not models or model in models
 
-    def effective(self) -> tuple[str, str | None]:
-        """Status and reason as operators see them: the provider's own, refined by its breaker."""
+    def effective(self) -> Health:
+        """The provider as operators see it: its own status, refined by its breaker."""
         if self.provider is None:
-            return "error", self.load_error
+            return Health("error", self.load_error)
         own = self.provider.status
         reason = shorten(self.provider.reason, secrets=self.secrets) if self.provider.reason else None
-        if own not in STATUSES:
-            return "error", f"plugin reported an invalid status {own!r}"
+        if own not in STATUSES:  # a plugin may report anything, whatever its type says
+            return Health("error", f"plugin reported an invalid status {own!r}")
         if own == "off":
-            return "off", reason or "disabled"
+            return Health("off", reason or "disabled")
         state = self.breaker.state
         if state == "open":
             why = f"circuit open after {self.breaker.failures} consecutive failures"
-            return "error", f"{why}: {self.last_error}" if self.last_error else why
+            return Health("error", f"{why}: {self.last_error}" if self.last_error else why)
         if own == "error":
-            return "error", reason
+            return Health("error", reason)
         if state == "half_open":
-            return "degraded", "circuit half-open: the next call is a trial"
+            return Health("degraded", "circuit half-open: the next call is a trial")
         if self.breaker.failures:
-            return "degraded", f"{self.breaker.failures} recent failure(s): {self.last_error}"
-        return own, reason
+            return Health("degraded", f"{self.breaker.failures} recent failure(s): {self.last_error}")
+        return Health(own, reason)
 
     def snapshot(self, chain: Sequence[str]) -> dict[str, Any]:
-        status, reason = self.effective()
+        health = self.effective()
         p = self.provider
         return {
             "name": self.name,
@@ -158,8 +158,8 @@ class ProviderSlot:
             "interface_version": getattr(p, "interface_version", None),
             "models": self.models,
             "default_model": p.default_model if p is not None else None,
-            "status": status,
-            "reason": reason,
+            "status": health.status,
+            "reason": health.reason,
             "circuit": self.breaker.snapshot(),
             "in_chain": self.name in chain,
             "calls": self.calls,
@@ -232,8 +232,8 @@ class ProviderRegistry:
             if name not in self._slots:
                 log.warning("provider_chain_names_unknown", provider=name)
         for slot in self._slots.values():
-            status, reason = slot.effective()
-            log.info("provider_loaded", provider=slot.name, status=status, reason=reason,
+            health = slot.effective()
+            log.info("provider_loaded", provider=slot.name, status=health.status, reason=health.reason,
                      version=slot.snapshot(self.chain)["version"])
             self._observe(slot)
 
@@ -342,17 +342,17 @@ class ProviderRegistry:
     # ----------------------------------------------------------------- hooks
 
     def _observe(self, slot: ProviderSlot) -> None:
-        status, reason = slot.effective()
+        health = slot.effective()
         circuit = slot.breaker.state
-        if slot.published == (status, circuit):
+        if slot.published == (health.status, circuit):
             return
         previous = slot.published
-        slot.published = (status, circuit)
-        change = StatusChange(slot.name, status, reason, circuit,
+        slot.published = (health.status, circuit)
+        change = StatusChange(slot.name, health.status, health.reason, circuit,
                               previous[0] if previous else None, previous[1] if previous else None)
         if previous is not None:
-            log.info("provider_status_changed", provider=slot.name, status=status, reason=reason, circuit=circuit,
-                     previous_status=previous[0], previous_circuit=previous[1])
+            log.info("provider_status_changed", provider=slot.name, status=health.status, reason=health.reason,
+                     circuit=circuit, previous_status=previous[0], previous_circuit=previous[1])
         self._fire(self.on_status_change, change)
 
     def notify_chat(self, info: Mapping[str, Any]) -> None:
@@ -404,7 +404,7 @@ class ProviderRegistry:
                 troubled = True
                 continue
             if slot.provider.status == "off":
-                attempts.append(Attempt(name, "skipped", f"off: {slot.effective()[1]}", 0.0))
+                attempts.append(Attempt(name, "skipped", f"off: {slot.effective().reason}", 0.0))
                 continue
             if request.model and provider == "auto" and not slot.serves(request.model):
                 attempts.append(Attempt(name, "skipped", f"does not serve model {request.model!r}", 0.0))
@@ -442,7 +442,7 @@ class ProviderRegistry:
         return f"{exc.kind}: {shorten(str(exc), secrets=self._secrets)}"
 
     def _backoff(self, try_no: int, retry_after: float | None) -> float:
-        delay = self.settings.provider_retry_backoff * (2**try_no)
+        delay = self.settings.provider_retry_backoff * 2.0**try_no
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self.settings.provider_read_timeout, 5.0)

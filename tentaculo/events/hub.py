@@ -43,6 +43,7 @@ from tentaculo.db.redisconn import redis_client
 from tentaculo.events.envelope import EVENT_TYPES, MAX_EVENT_BYTES, SEVERITIES, Event, now_text
 from tentaculo.events.fanout import REDIS_LOST, SHUTDOWN, StreamOwner, Subscribers, Subscription
 from tentaculo.events.history import EventHistory
+from tentaculo.health import Status
 from tentaculo.http.errors import failure_reason
 from tentaculo.settings import Settings
 from tentaculo.tasks import stop_task
@@ -161,7 +162,7 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         # Called with every Event this instance receives (e.g. feature flags obey feature_toggle).
         self.listeners: list[Callable[[Event], object]] = []
-        self.status = "error"
+        self.status: Status = "error"
         self.reason: str | None = "not connected to Redis yet"
         self.retry_after = 0.1
         self.published = 0

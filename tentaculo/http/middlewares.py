@@ -396,7 +396,7 @@ def _check_feature(request: web.Request) -> None:
     """
     name = feature_of(request.match_info.handler)
     if name is not None and request.app[keys.FEATURES].is_off(name):
-        _, reason = request.app[keys.FEATURES].effective(name)
+        reason = request.app[keys.FEATURES].effective(name).reason
         raise Problem("feature_disabled", f"the {name!r} feature is turned off: {reason}", feature=name)
 
 

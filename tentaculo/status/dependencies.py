@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tentaculo.db import DB_FAILURES, queries
-from tentaculo.health import shorten
+from tentaculo.health import Status, shorten
 from tentaculo.http.errors import failure_reason
 from tentaculo.tasks import Periodic, within
 
@@ -29,7 +29,7 @@ DEPENDENCY_FAILURES = (*DB_FAILURES, RedisError)
 class DependencyCheck:
     """The last check of one dependency."""
 
-    status: str
+    status: Status
     reason: str | None
     latency_ms: float | None
     checked_at: datetime | None

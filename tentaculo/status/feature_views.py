@@ -12,7 +12,7 @@ from tentaculo.auth.risk import FEATURE_OFF, Verdict
 from tentaculo.auth.tokens import requires
 from tentaculo.http.errors import Problem, ValidationFailed
 from tentaculo.http.jsonio import json_response, read_json_object
-from tentaculo.status.features import FLAG_STATUSES, REASON_MAX, UnknownFeature
+from tentaculo.status.features import FLAG_STATUSES, REASON_MAX, UnknownFeature, is_flag_status
 from tentaculo.status.policies import publish_change
 
 _FIELDS = ("status", "reason")
@@ -40,7 +40,7 @@ async def set_feature(request: web.Request) -> web.Response:
     data = await read_json_object(request)
     errors = []
     status = data.get("status")
-    if not isinstance(status, str) or status not in FLAG_STATUSES:
+    if not is_flag_status(status):
         errors.append({"field": "status", "message": f"required: one of {', '.join(FLAG_STATUSES)}"})
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
@@ -53,7 +53,7 @@ async def set_feature(request: web.Request) -> web.Response:
             errors.append({"field": "reason", "message": "must be one line of text, without control characters"})
     for key in sorted(set(data) - set(_FIELDS)):
         errors.append({"field": key, "message": "unknown field; send only status and reason"})
-    if errors or not isinstance(status, str):
+    if errors or not is_flag_status(status):
         raise ValidationFailed(errors)
     principal = request[keys.PRINCIPAL]
     action = await guard(request, "tentaculo", Verdict("high", FEATURE_OFF)) if status == "off" else None

@@ -21,27 +21,33 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import asyncpg
 import orjson
 import structlog
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.health import Health, Status
 from tentaculo.http.errors import failure_reason
 from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.features")
 
 FEATURES = ("chat", "events", "metrics", "file_explorer", "proxy")
-FLAG_STATUSES = ("on", "off", "degraded")
+FLAG_STATUSES: tuple[Status, ...] = ("on", "off", "degraded")
 REASON_MAX = 500
 _FEATURE_ATTR = "__tentaculo_feature__"
 
 F = TypeVar("F", bound=Callable[..., Any])
-# A dependency check: None when the feature's dependencies are fine, else (status, reason).
-Check = Callable[[], "tuple[str, str] | None"]
+# A dependency check: None when the feature's dependencies are fine, else how the feature is doing.
+Check = Callable[[], "Health | None"]
 ChangeCallback = Callable[["Flag", "Flag | None"], Any]
+
+
+def is_flag_status(value: object) -> TypeGuard[Status]:
+    """Whether ``value`` is a status an operator may give a flag."""
+    return value in FLAG_STATUSES
 
 
 def feature(name: str) -> Callable[[F], F]:
@@ -66,7 +72,7 @@ class Flag:
     """One feature flag as stored."""
 
     name: str
-    status: str
+    status: Status  # on | off | degraded: never error, which only a dependency check makes
     reason: str | None
     description: str
     updated_at: datetime | None
@@ -155,7 +161,7 @@ class FeatureFlags:
                     log.exception("feature_change_callback_failed", feature=flag.name)
         return True
 
-    async def set(self, name: str, status: str, reason: str | None, updated_by: str | None) -> tuple[Flag, str]:
+    async def set(self, name: str, status: Status, reason: str | None, updated_by: str | None) -> tuple[Flag, Status]:
         """Persist a flag, obey it here at once and tell every instance; (flag, previous status).
 
         Raises UnknownFeature for a name with no row.
@@ -171,9 +177,9 @@ class FeatureFlags:
             self.publish(name, self.toggle_event(flag, previous))
         return flag, previous
 
-    def toggle_event(self, flag: Flag, previous: str | None) -> dict[str, Any]:
+    def toggle_event(self, flag: Flag, previous: Status | None) -> dict[str, Any]:
         """The ``feature_toggle`` event's data for a change of ``flag``."""
-        status, reason = self.effective(flag.name)
+        effective = self.effective(flag.name)
         return {
             "feature": flag.name,
             "status": flag.status,
@@ -181,8 +187,8 @@ class FeatureFlags:
             "previous_status": previous,
             "updated_by": flag.updated_by,
             "updated_at": flag.updated_at,
-            "effective_status": status,
-            "effective_reason": reason,
+            "effective_status": effective.status,
+            "effective_reason": effective.reason,
         }
 
     def on_event(self, event: Any) -> None:
@@ -226,26 +232,26 @@ class FeatureFlags:
         """Whether the operator turned feature ``name`` off (its endpoints answer 503)."""
         return name in self._off
 
-    def effective(self, name: str) -> tuple[str, str | None]:
-        """Status and reason as operators see them: the flag, unless a dependency is broken."""
+    def effective(self, name: str) -> Health:
+        """The feature as operators see it: the flag, unless a dependency is broken."""
         flag = self.flag(name)
         if flag.status == "off":
-            return "off", flag.reason or f"turned off{f' by {flag.updated_by}' if flag.updated_by else ''}"
+            return Health("off", flag.reason or f"turned off{f' by {flag.updated_by}' if flag.updated_by else ''}")
         for check in self._checks.get(name, ()):
             verdict = check()
             if verdict is not None:
                 return verdict
         if flag.status == "degraded":
-            return "degraded", flag.reason or "marked degraded by an operator"
-        return "on", None
+            return Health("degraded", flag.reason or "marked degraded by an operator")
+        return Health.ON
 
     def snapshot(self, name: str) -> dict[str, Any]:
         flag = self.flag(name)
-        status, reason = self.effective(name)
+        effective = self.effective(name)
         return {
             "name": name,
-            "status": status,
-            "reason": reason,
+            "status": effective.status,
+            "reason": effective.reason,
             "flag": flag.status,
             "flag_reason": flag.reason,
             "description": flag.description,
@@ -257,8 +263,8 @@ class FeatureFlags:
         """{name: {"status", "reason"}} for every feature (the shape ``/operator/api/status`` shows)."""
         out = {}
         for name in self.names():
-            status, reason = self.effective(name)
-            out[name] = {"status": status, "reason": reason, "flag": self._flags[name].status}
+            effective = self.effective(name)
+            out[name] = {"status": effective.status, "reason": effective.reason, "flag": self._flags[name].status}
         return out
 
     def all(self) -> list[dict[str, Any]]:

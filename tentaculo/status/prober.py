@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError, TimeoutError as RedisTimeoutError
 
-from tentaculo.health import shorten
+from tentaculo.health import Health, shorten
 from tentaculo.http.errors import connect_reason
 from tentaculo.status.services import REASON_MAX, Probe, ServiceConfig, ServiceEntry, ServiceRegistry
 from tentaculo.tasks import Periodic
@@ -45,8 +45,8 @@ _FAILING = frozenset({"error", "down", "fail", "failing", "failed", "unhealthy",
 _OFF = frozenset({"off", "disabled", "maintenance"})
 
 
-def _verdict_of_body(body: bytes) -> tuple[str, str | None] | None:
-    """What a JSON health body says about itself: (status, reason), or None when it says nothing."""
+def _verdict_of_body(body: bytes) -> Health | None:
+    """What a JSON health body says about itself, or None when it says nothing."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -57,15 +57,15 @@ def _verdict_of_body(body: bytes) -> tuple[str, str | None] | None:
     detail = data.get("reason") or data.get("detail") or data.get("message")
     detail = shorten(detail, REASON_MAX) if isinstance(detail, str) and detail.strip() else None
     if said in _HEALTHY:
-        return "on", None
+        return Health.ON
     label = shorten(data["status"], REASON_MAX)
     if said in _DEGRADED:
-        return "degraded", f"reports {label!r}" + (f": {detail}" if detail else "")
+        return Health("degraded", f"reports {label!r}" + (f": {detail}" if detail else ""))
     if said in _FAILING:
-        return "error", f"reports {label!r}" + (f": {detail}" if detail else "")
+        return Health("error", f"reports {label!r}" + (f": {detail}" if detail else ""))
     if said in _OFF:
-        return "off", f"reports {label!r}" + (f": {detail}" if detail else "")
-    return "degraded", f"reports an unknown status {label!r}"
+        return Health("off", f"reports {label!r}" + (f": {detail}" if detail else ""))
+    return Health("degraded", f"reports an unknown status {label!r}")
 
 
 class ServiceProber:
@@ -128,36 +128,38 @@ class ServiceProber:
         assert config.address is not None
         started = time.perf_counter()
         limit = self.connect_timeout + self.timeout
+        http_status: int | None = None
         try:
             async with asyncio.timeout(limit):
                 if config.address.startswith(("redis://", "rediss://")):
-                    status, reason, http_status = await self._ping_redis(config.address)
+                    health = await self._ping_redis(config.address)
                 else:
-                    status, reason, http_status = await self._get_health(config)
+                    health, http_status = await self._get_health(config)
         except asyncio.CancelledError:
             raise
         except aiohttp.ConnectionTimeoutError:
-            status, reason, http_status = "error", f"unreachable: no connection within {self.connect_timeout:g} s", None
+            health = Health("error", f"unreachable: no connection within {self.connect_timeout:g} s")
         except aiohttp.ServerTimeoutError:
-            status, reason, http_status = "error", f"no answer within {self.timeout:g} s", None
+            health = Health("error", f"no answer within {self.timeout:g} s")
         except TimeoutError:
-            status, reason, http_status = "error", f"no answer within {limit:g} s", None
+            health = Health("error", f"no answer within {limit:g} s")
         except aiohttp.ClientSSLError:  # before its base class: its errno says nothing useful
-            status, reason, http_status = "error", "failed the TLS handshake", None
+            health = Health("error", "failed the TLS handshake")
         except aiohttp.ClientConnectorError as exc:
-            status, reason, http_status = "error", f"unreachable: {connect_reason(exc)}", None
+            health = Health("error", f"unreachable: {connect_reason(exc)}")
         except (aiohttp.ClientError, OSError, RedisError) as exc:
-            status, reason, http_status = "error", shorten(f"health check failed: {type(exc).__name__}", REASON_MAX), None
+            health = Health("error", shorten(f"health check failed: {type(exc).__name__}", REASON_MAX))
         except Exception:  # isolation boundary: one odd module must not stop the round
             log.exception("service_probe_error", service=config.name)
-            status, reason, http_status = "error", "health check failed unexpectedly", None
+            health = Health("error", "health check failed unexpectedly")
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        if status == "on" and latency_ms > self.slow_ms:
-            status, reason = "degraded", f"slow: answered in {latency_ms:.0f} ms (over {self.slow_ms:g} ms)"
-        answered = status != "error" or http_status is not None
-        return Probe(status, reason, latency_ms if answered else None, datetime.now(UTC), http_status)
+        if health.ok and latency_ms > self.slow_ms:
+            health = Health("degraded", f"slow: answered in {latency_ms:.0f} ms (over {self.slow_ms:g} ms)")
+        answered = health.status != "error" or http_status is not None
+        return Probe(health, latency_ms if answered else None, datetime.now(UTC), http_status)
 
-    async def _get_health(self, config: ServiceConfig) -> tuple[str, str | None, int | None]:
+    async def _get_health(self, config: ServiceConfig) -> tuple[Health, int | None]:
+        """What ``GET <address><health path>`` says, and its HTTP status."""
         assert config.address is not None
         url = config.address.rstrip("/") + config.health_path
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout)
@@ -167,29 +169,27 @@ class ServiceProber:
             said = _verdict_of_body(body)
             if not 200 <= resp.status < 300:
                 reason = f"health check answered HTTP {resp.status}"
-                if said is not None and said[1]:
-                    reason += f" ({said[1]})"
-                return "degraded", reason, resp.status
-            if said is None:
-                return "on", None, resp.status
-            return said[0], said[1], resp.status
+                if said is not None and said.reason:
+                    reason += f" ({said.reason})"
+                return Health("degraded", reason), resp.status
+            return (said if said is not None else Health.ON), resp.status
 
-    async def _ping_redis(self, address: str) -> tuple[str, str | None, int | None]:
+    async def _ping_redis(self, address: str) -> Health:
         client = Redis.from_url(address, socket_connect_timeout=self.connect_timeout, socket_timeout=self.timeout,
                                 retry=Retry(NoBackoff(), 0))
         try:
             await client.ping()
         except AuthenticationError:
-            return "degraded", "answers but refuses the configured credentials", None
+            return Health("degraded", "answers but refuses the configured credentials")
         except RedisTimeoutError:
-            return "error", f"timed out (connect {self.connect_timeout:g} s, answer {self.timeout:g} s)", None
+            return Health("error", f"timed out (connect {self.connect_timeout:g} s, answer {self.timeout:g} s)")
         except ResponseError as exc:
-            return "degraded", shorten(f"answers PING with an error: {exc}", REASON_MAX), None
+            return Health("degraded", shorten(f"answers PING with an error: {exc}", REASON_MAX))
         except (OSError, RedisError) as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, OSError):
-                return "error", f"unreachable: {connect_reason(cause)}", None
-            return "error", shorten(f"unreachable: {type(exc).__name__}", REASON_MAX), None
+                return Health("error", f"unreachable: {connect_reason(cause)}")
+            return Health("error", shorten(f"unreachable: {type(exc).__name__}", REASON_MAX))
         finally:
             await client.aclose()
-        return "on", None, None
+        return Health.ON

@@ -30,7 +30,7 @@ For the reverse proxy
 ``registry.get(name)`` returns the :class:`ServiceEntry` (``None`` for an unknown module):
 ``entry.address`` is the base URL to forward to (credentials included: never show or log it;
 ``entry.public_address`` is the shareable form), ``entry.enabled``, and
-``registry.status_of(name)`` the effective ``(status, reason)``. Before forwarding, ask
+``registry.status_of(name)`` the effective :class:`~tentaculo.health.Health`. Before forwarding, ask
 ``entry.breaker.allow()``; afterwards call ``registry.proxy_succeeded(name)`` or
 ``registry.proxy_failed(name, reason)`` (or ``registry.proxy_released(name)`` when the call ended
 without a verdict), which update the circuit, the status and publish the change.
@@ -52,7 +52,7 @@ import structlog
 from tentaculo.chat.registry import CircuitBreaker
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.db.listener import ChannelListener
-from tentaculo.health import shorten
+from tentaculo.health import Health, Status, shorten
 from tentaculo.http.errors import failure_reason
 from tentaculo.settings import Settings, service_key
 from tentaculo.status.dependencies import NOT_CHECKED, DependencyCheck
@@ -114,8 +114,7 @@ class ServiceConfig:
 class Probe:
     """One health check's outcome."""
 
-    status: str
-    reason: str | None
+    health: Health
     latency_ms: float | None
     checked_at: datetime
     http_status: int | None = None
@@ -131,7 +130,7 @@ class ServiceEntry:
         self.probe: Probe | None = None
         self.breaker = breaker
         self.last_proxy_error: str | None = None
-        self.published: tuple[str, str] | None = None
+        self.published: tuple[Status, str] | None = None  # (status, circuit) last told to on_status_change
         self.changed_at: datetime | None = None
 
     @property
@@ -178,7 +177,7 @@ class ServiceRegistry:
         pool: asyncpg.Pool,
         settings: Settings,
         *,
-        self_status: Callable[[], tuple[str, str | None]] = lambda: ("on", None),
+        self_status: Callable[[], Health] = lambda: Health.ON,
         self_check: Callable[[], tuple[float | None, datetime | None]] = lambda: (None, None),
         redis_check: Callable[[], DependencyCheck] = lambda: NOT_CHECKED,
         clock: Callable[[], float] = time.monotonic,
@@ -327,31 +326,31 @@ class ServiceRegistry:
         """The modules the prober checks."""
         return [e for e in self._entries.values() if e.probed]
 
-    def status_of(self, name: str) -> tuple[str, str | None]:
-        """A module's effective status and reason; KeyError for an unknown module."""
+    def status_of(self, name: str) -> Health:
+        """A module's effective health; KeyError for an unknown module."""
         return self._effective(self._entries[name])
 
-    def _effective(self, entry: ServiceEntry) -> tuple[str, str | None]:
+    def _effective(self, entry: ServiceEntry) -> Health:
         config = entry.config
         if not config.enabled:
-            return "off", "disabled in service_configs"
+            return Health("off", "disabled in service_configs")
         if config.name == GATEWAY:
             return self._self_status()
         if config.address_source == "gateway":
             check = self._redis_check()
-            return check.status, check.reason
+            return Health(check.status, check.reason)
         if config.address is None:
-            return "off", "not configured"
+            return Health("off", "not configured")
         state = entry.breaker.state
         if state == "open":
             why = f"circuit open after {entry.breaker.failures} consecutive proxied failures"
-            return "error", f"{why}: {entry.last_proxy_error}" if entry.last_proxy_error else why
+            return Health("error", f"{why}: {entry.last_proxy_error}" if entry.last_proxy_error else why)
         probe = entry.probe
         if probe is None:
-            return "degraded", "health not checked yet"
-        if probe.status == "on" and state == "half_open":
-            return "degraded", "circuit half-open: the next proxied call is a trial"
-        return probe.status, probe.reason
+            return Health("degraded", "health not checked yet")
+        if probe.health.ok and state == "half_open":
+            return Health("degraded", "circuit half-open: the next proxied call is a trial")
+        return probe.health
 
     # ----------------------------------------------------------------- health and circuit
 
@@ -390,32 +389,32 @@ class ServiceRegistry:
             self._observe(entry)
 
     def _observe(self, entry: ServiceEntry) -> None:
-        status, reason = self._effective(entry)
+        health = self._effective(entry)
         circuit = entry.breaker.state
-        if entry.published == (status, circuit):
+        if entry.published == (health.status, circuit):
             return
         if entry.probed and entry.probe is None and circuit == "closed":
             return  # "not checked yet" is a placeholder, not news: the first result is published
         if entry.published is None and not entry.probed:
             # A module that is never probed (off, or this gateway) starts out known: no event.
-            entry.published = (status, circuit)
+            entry.published = (health.status, circuit)
             entry.changed_at = datetime.now(UTC)
             return
         previous = entry.published
-        entry.published = (status, circuit)
+        entry.published = (health.status, circuit)
         entry.changed_at = datetime.now(UTC)
         probe = entry.probe
         change = {
             "service": entry.name,
-            "status": status,
-            "reason": reason,
+            "status": health.status,
+            "reason": health.reason,
             "previous_status": previous[0] if previous else None,
             "latency_ms": probe.latency_ms if probe is not None else None,
             "checked_at": probe.checked_at if probe is not None else None,
             "circuit": circuit,
         }
-        if previous is not None and previous[0] != status:
-            log.info("service_status_changed", service=entry.name, status=status, reason=reason,
+        if previous is not None and previous[0] != health.status:
+            log.info("service_status_changed", service=entry.name, status=health.status, reason=health.reason,
                      previous_status=previous[0])
         for callback in list(self.on_status_change):
             try:
@@ -437,7 +436,7 @@ class ServiceRegistry:
 
     def snapshot(self, entry: ServiceEntry) -> dict[str, Any]:
         """One module as ``/operator/api/modules`` shows it (never its credentials)."""
-        status, reason = self._effective(entry)
+        health = self._effective(entry)
         config, probe = entry.config, entry.probe
         latency_ms, checked_at = self._checked(entry)
         return {
@@ -449,8 +448,8 @@ class ServiceRegistry:
             "address": config.shown_address,
             "address_source": config.address_source,
             "health_path": config.health_path,
-            "status": status,
-            "reason": reason,
+            "status": health.status,
+            "reason": health.reason,
             "latency_ms": latency_ms,
             "checked_at": checked_at,
             "http_status": probe.http_status if probe is not None else None,
@@ -462,15 +461,15 @@ class ServiceRegistry:
         """Every module's live state in brief (what ``/operator/api/status`` lists), by name."""
         out = []
         for entry in self.entries():
-            status, reason = self._effective(entry)
+            health = self._effective(entry)
             latency_ms, checked_at = self._checked(entry)
             out.append({
                 "name": entry.config.name,
                 "role": entry.config.role,
                 "enabled": entry.config.enabled,
                 "address_source": entry.config.address_source,
-                "status": status,
-                "reason": reason,
+                "status": health.status,
+                "reason": health.reason,
                 "latency_ms": latency_ms,
                 "checked_at": checked_at,
                 "circuit": entry.breaker.state,
@@ -485,15 +484,15 @@ class ServiceRegistry:
         """Nodes (modules with live status) and edges, from the configuration last loaded."""
         nodes = []
         for entry in self.entries():
-            status, reason = self._effective(entry)
+            health = self._effective(entry)
             config = entry.config
             nodes.append({
                 "name": config.name,
                 "display_name": config.display_name,
                 "role": config.role,
                 "enabled": config.enabled,
-                "status": status,
-                "reason": reason,
+                "status": health.status,
+                "reason": health.reason,
                 "entrypoint": config.name == GATEWAY,
             })
         edges = [{"source": e.source, "target": e.target, "kind": e.kind} for e in self.edges]
