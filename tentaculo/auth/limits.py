@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tentaculo.http.errors import Problem, failure_reason
-from tentaculo.proxy.transport import TrustedProxies
+from tentaculo.proxy.headers import TrustedProxies
 
 log = structlog.get_logger("tentaculo.limits")
 
