@@ -4,10 +4,10 @@ an :class:`UpstreamResponse`. Its contract is written here, once; ``aiohttp_tran
 
 Contract of ``send(call)``
 --------------------------
-* It sends ``call.method`` to ``call.url`` with exactly ``call.headers`` (plus ``Host`` and, when
-  ``call.auth`` is set, ``Authorization: Basic``): no header of the library's own (no
-  ``User-Agent``, ``Accept``, ``Accept-Encoding``, ``Content-Type``), no cookies kept between
-  calls, no redirect followed, no body decoded.
+* It sends ``call.method`` to ``call.url`` with exactly ``call.headers`` (plus ``Host``, the
+  body's framing and, when ``call.auth`` is set, ``Authorization: Basic``): no header of the
+  library's own (no ``User-Agent``, ``Accept``, ``Accept-Encoding``, ``Content-Type``), no
+  cookies kept between calls, no redirect followed, no body decoded.
 * ``call.body``, when present, streams: it is read from the client in chunks while it is written
   upstream, never held whole. Past ``TENTACULO_PROXY_MAX_BODY_BYTES`` it stops and ``send``
   raises :class:`BodyTooLarge`.
@@ -19,17 +19,17 @@ Contract of ``send(call)``
   :class:`UpstreamUnreachable` (no connection, or closed before any answer; 502),
   :class:`UpstreamProtocolError` (not HTTP, or a body broken off; 502) and
   :class:`UpstreamTimeout` (504). An error is ``retryable`` only when no byte of an answer
-  arrived and no timeout struck. Retries are :class:`ModuleProxy`'s, with one exception:
-  aiohttp's client itself resends an idempotent request once when a connection closes before
-  answering (RFC 9112 section 9.3.1), so on that transport such a call may reach a module
-  twice per attempt.
-  Cancellation passes through, and the call's connection is closed with it.
+  arrived and no timeout struck.
+* It does not retry: :class:`ModuleProxy` does. One exception: aiohttp's client itself resends an
+  idempotent request once when a connection closes before answering (RFC 9112 section 9.3.1),
+  so on that transport such a call may reach a module twice per attempt.
+* Cancellation passes through, and the call's connection is closed with it.
 
 Contract of the :class:`UpstreamResponse`
 -----------------------------------------
 ``status``, ``headers`` (as the module sent them) and ``content_length`` (its ``Content-Length``
-or None). ``read_chunk()`` returns the body as it arrives, never more than was received, ``b""``
-at its end; ``read()`` the whole rest. Both raise :class:`UpstreamError` only. The caller owns the
+or None). ``read_chunk()`` returns what has arrived of the body (waiting for some), ``b""`` at its
+end; ``read()`` the whole rest. Both raise :class:`UpstreamError` only. The caller owns the
 response: ``release()`` it when the body was read to its end (``at_eof()``), which lets its
 connection serve another call; ``close()`` it otherwise, which closes the connection (an unread
 body is never reused). Either may be called more than once.
@@ -37,8 +37,10 @@ body is never reused). Either may be called more than once.
 Which transport, retries
 ------------------------
 A bodyless GET to a plain-HTTP module (the common call) goes over the lean keep-alive transport;
-everything else (bodies, HEAD, WebSocket, TLS) goes through aiohttp's client, under the same rules.
-Each has its own pools, bounded by ``TENTACULO_PROXY_POOL_PER_MODULE`` per module.
+everything else (bodies, HEAD, TLS) goes through aiohttp's client, under the same rules, and so
+do WebSocket upgrades (``ModuleProxy.websocket``). Each transport keeps its own connections:
+at most ``TENTACULO_PROXY_POOL_PER_MODULE`` per module (aiohttp's also at most
+``TENTACULO_PROXY_POOL_SIZE`` in all).
 
 A call is retried (``TENTACULO_PROXY_RETRIES`` times) only when all of these hold: the method
 is idempotent per RFC 9110 section 9.2.2 and has no request body (GET, HEAD, OPTIONS, PUT,
