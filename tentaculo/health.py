@@ -7,7 +7,7 @@ one of ``on | off | degraded | error`` and, unless ``on``, a reason fit to show 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -39,11 +39,6 @@ class Health:
     @property
     def ok(self) -> bool:
         return self.status == "on"
-
-    def __iter__(self) -> Iterator[str | None]:
-        """``status, reason = health``: code written when a health was a ``(status, reason)`` pair still reads it."""
-        yield self.status
-        yield self.reason
 
 
 Health.ON = Health("on")

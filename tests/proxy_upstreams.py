@@ -337,6 +337,21 @@ async def drop_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await writer.drain()
 
 
+async def close_unanswered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    """The connection is closed without a byte of an answer."""
+
+
+async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    """Never answers; waits until the caller gives up and closes."""
+    await reader.read()
+
+
+async def break_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    """Promises 100 bytes, sends 10 and closes."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+    await writer.drain()
+
+
 async def raw_request(
     port: int, target: str, headers: dict[str, str], *, method: str = "GET", host: str = "gateway", body: bytes = b""
 ) -> tuple[int, dict[str, str], bytes]:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.db import queries
-from tentaculo.proxy.transport import _ModulePool
+from tentaculo.proxy.lean_transport import ModulePool
 from tentaculo.settings import AllowRule, ModuleTimeouts, Settings
 from tests.helpers import ADMIN_TOKEN, audit_row_of, serve, wait_for
 from tests.proxy_upstreams import GZIPPED, HOSTILE_HEADERS, ModuleApp, problem_of, raw_request
@@ -580,7 +580,7 @@ async def test_sequential_calls_reuse_one_keep_alive_connection(start_gateway, m
 
 async def test_connections_left_idle_after_a_burst_are_closed(start_gateway, module, admin_headers,
                                                               monkeypatch) -> None:
-    monkeypatch.setattr(_ModulePool, "IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(ModulePool, "IDLE_SECONDS", 0.2)
     gateway = await start_gateway()
     burst = await asyncio.gather(*(gateway.get(url("madre/slow?delay=0.1"), headers=admin_headers) for _ in range(4)))
     assert [r.status for r in burst] == [200] * 4

@@ -18,7 +18,7 @@ from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.settings import ModuleTimeouts, Settings
 from tests.helpers import audit_row_of, serve, wait_for
-from tests.proxy_upstreams import RawModule, drop_first, early_hints, garbage
+from tests.proxy_upstreams import RawModule, break_off, close_unanswered, drop_first, early_hints, garbage, hang
 
 Gateway = Callable[..., Awaitable[TestClient]]
 
@@ -92,15 +92,32 @@ async def test_an_interim_answer_is_skipped_and_the_real_one_forwarded(start_gat
         await raw.close()
 
 
-async def test_unreachable_module_is_upstream_unavailable_without_its_address(start_gateway, admin_headers) -> None:
-    raw = await RawModule(garbage).start()
-    await raw.close()  # nothing listens on that port any more
-    gw = await start_gateway(raw.url)
-    resp = await gw.get(url("x"), headers={**admin_headers, "X-Correlation-ID": "refused-1"})
-    assert resp.status == 502
-    problem = await resp.json()
-    assert_problem(problem, "upstream_unavailable", "refused-1")
-    assert problem["detail"] == "module 'madre' is unreachable: connection refused"
+@pytest.mark.parametrize(("respond", "status", "code", "reason"), [
+    (None, 502, "upstream_unavailable", "is unreachable: connection refused"),
+    (close_unanswered, 502, "upstream_unavailable", "closed the connection before answering"),
+    (garbage, 502, "upstream_unavailable", "sent an invalid HTTP response"),
+    (hang, 504, "upstream_timeout", "did not answer within 0.3 s"),
+    (break_off, 502, "upstream_unavailable", "broke off its response"),
+], ids=["refuses", "closes", "garbage", "hangs", "breaks-off"])
+@pytest.mark.parametrize("method", ["GET", "POST"])  # the lean GET path and aiohttp's client
+async def test_each_transports_failures_answer_the_same_problem_without_the_modules_address(
+    start_gateway, admin_headers, respond, status, code, reason, method
+) -> None:
+    raw = await RawModule(respond or garbage).start()
+    if respond is None:
+        await raw.close()  # nothing listens on that port any more
+    try:
+        gw = await start_gateway(raw.url, service_timeouts={"madre": ModuleTimeouts(read=0.3)})
+        cid = f"{code}-{method}"
+        resp = await gw.request(method, url("x"), data=b"x" if method == "POST" else None,
+                                headers={**admin_headers, "X-Correlation-ID": cid})
+        assert resp.status == status
+        assert resp.content_type == "application/problem+json"
+        problem = await resp.json()
+        assert_problem(problem, code, cid)
+        assert problem["detail"] == f"module 'madre' {reason}"
+    finally:
+        await raw.close()
 
 
 async def test_module_that_never_accepts_is_upstream_timeout_after_its_connect_timeout(
@@ -185,8 +202,8 @@ async def test_failing_module_opens_its_circuit_shows_error_and_publishes_it(
     assert_problem(await refused.json(), "upstream_unavailable", "open-1")
     assert len(module.requests_to("/base/status")) == 2
     registry = gw.app[keys.SERVICES]
-    status, reason = registry.status_of("madre")
-    assert status == "error" and "circuit open" in (reason or "")
+    health = registry.status_of("madre")
+    assert health.status == "error" and "circuit open" in (health.reason or "")
     opened = {"circuit": "open", "status": "error", "correlation_id": "failing-1"}
     await wait_for(lambda: any(opened.items() <= e.items() for e in seen))
 

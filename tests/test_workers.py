@@ -25,6 +25,7 @@ from tentaculo.embedded import free_port
 from tentaculo.http.server import shutdown_total
 from tentaculo.settings import Settings
 from tentaculo.workers import Worker, check_address, worker_environment
+from tests.confirm_helpers import CONFIRM_HEADER
 from tests.helpers import ADMIN_TOKEN, with_database
 
 DRAIN, TIMEOUT, FLUSH = 0.5, 1.0, 1.0
@@ -223,8 +224,14 @@ async def test_a_flag_turned_off_on_one_worker_is_obeyed_by_the_other(gateway: G
     async with _pinned(gateway, first) as one, _pinned(gateway, second) as other:
         assert not await disabled(other)
         try:
-            async with one.put(f"{gateway.base}/operator/api/features/file_explorer", headers=HEADERS,
-                               json={"status": "off", "reason": "workers test"}) as resp:
+            # Turning a feature off is high risk: a 428 with a one-time token, then the same call confirmed.
+            off = {"status": "off", "reason": "workers test"}
+            step = {**HEADERS, "X-Correlation-ID": f"workers-{uuid.uuid4().hex[:8]}"}
+            async with one.put(f"{gateway.base}/operator/api/features/file_explorer", headers=step, json=off) as resp:
+                assert resp.status == 428, await resp.text()
+                token = (await resp.json())["confirmation"]["token"]
+            async with one.put(f"{gateway.base}/operator/api/features/file_explorer", json=off,
+                               headers={**step, CONFIRM_HEADER: token}) as resp:
                 assert resp.status == 200, await resp.text()
             turned_off = time.monotonic()
             while not await disabled(other):

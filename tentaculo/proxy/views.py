@@ -17,11 +17,9 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from tentaculo import keys
 from tentaculo.auth.actions import Action, guard
@@ -29,24 +27,12 @@ from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER
 from tentaculo.auth.tokens import requires
 from tentaculo.http.errors import Problem
 from tentaculo.http.middlewares import CLIENT_CLOSED
-from tentaculo.proxy.transport import (
-    FAILURE_STATUSES,
-    WS_HEARTBEAT,
-    WS_MAX_MESSAGE,
-    BodyTooLarge,
-    ModuleProxy,
-    ModuleResponse,
-    RequestBody,
-    Upstream,
-    UpstreamUnavailable,
-    client_headers,
-    forwarded_query,
-    is_websocket,
-    module_path,
-    pump_websockets,
-    upstream_headers,
-)
-from tentaculo.settings import AllowRule, ModuleTimeouts, service_key, under_prefixes
+from tentaculo.proxy.call import BodyTooLarge, ProxyCall, RequestBody, UpstreamError, UpstreamUnavailable
+from tentaculo.proxy.headers import client_headers, upstream_headers
+from tentaculo.proxy.paths import forwarded_query, module_path
+from tentaculo.proxy.transport import ModuleProxy, UpstreamResponse
+from tentaculo.proxy.websocket import WS_HEARTBEAT, WS_MAX_MESSAGE, is_websocket, pump_websockets
+from tentaculo.settings import AllowRule, service_key, under_prefixes
 from tentaculo.status.features import feature
 from tentaculo.status.services import GATEWAY, ServiceRegistry, unconfigured_detail
 
@@ -55,8 +41,8 @@ log = structlog.get_logger("tentaculo.proxy")
 NAME_MAX = 64
 # Bodies up to this size with a Content-Length are read whole and answered in one write.
 SMALL_BODY = 64 * 1024
-# Failures of the module while its body streams (the client already has the status line).
-_READ_FAILURES = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
+# Module statuses that count against its circuit: it is failing, not the request.
+FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 
 
 def proxy_scope(request: web.Request) -> str:
@@ -121,7 +107,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if entry.enabled and address is None:
         raise Problem("module_unconfigured", unconfigured_detail(name), service=name)
     if not entry.enabled or address is None:
-        _, reason = registry.status_of(name)
+        reason = registry.status_of(name).reason
         raise Problem("feature_disabled", f"module {name!r} is off: {reason}", feature="proxy", service=name)
     transport = app[keys.PROXY]
     try:
@@ -154,9 +140,6 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         public=transport.public,
     )
     headers.popall(CONFIRM_HEADER, None)  # the gateway's own: the module never sees it
-    query = forwarded_query(raw_query)
-    auth = None if key in settings.service_tokens else target.auth
-    timeouts = settings.service_timeouts.get(key)
     websocket = is_websocket(request)
     offered = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
     if websocket and not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
@@ -165,18 +148,36 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if not entry.breaker.allow():
         retry_in = entry.breaker.snapshot()["retry_in_s"] or 0
         raise UpstreamUnavailable(
-            f"module {name!r} is failing: its circuit is open after repeated failures",
+            name, "is failing: its circuit is open after repeated failures",
             headers={"Retry-After": str(max(1, math.ceil(retry_in)))},
-            service=name,
         )
+    body: RequestBody | None = None
+    if request.body_exists and not websocket:
+        if buffered is not None:
+            body = _ReadBody(buffered)
+            headers.popall("Transfer-Encoding", None)
+            headers["Content-Length"] = str(len(buffered))
+        else:
+            body = RequestBody(request.content, settings.proxy_max_body_bytes)
+            if length is not None:
+                headers["Content-Length"] = str(length)
+    call = ProxyCall(
+        service=name,
+        method=request.method,
+        target=target,
+        rest=rest,
+        query=forwarded_query(raw_query),
+        headers=headers,
+        body=body,
+        auth=None if key in settings.service_tokens else target.auth,
+        timeouts=transport.timeouts(settings.service_timeouts.get(key)),
+    )
     verdict = Verdict(registry, entry.name)
     try:
         if websocket:
-            response = await _websocket(request, transport, verdict, name, target.url(rest, query), headers,
-                                        offered, auth, timeouts)
+            response = await _websocket(request, transport, verdict, call, offered)
         else:
-            response = await _forward(request, transport, verdict, name, target, rest, query, headers, auth,
-                                      timeouts, buffered)
+            response = await _forward(request, transport, verdict, call)
     except Problem as problem:
         if action is not None:
             action.done(problem.status)
@@ -225,37 +226,14 @@ def _check_allowed(rules: tuple[AllowRule, ...] | None, method: str, path: str, 
     )
 
 
-async def _forward(
-    request: web.Request,
-    transport: ModuleProxy,
-    verdict: Verdict,
-    name: str,
-    target: Upstream,
-    rest: str,
-    query: str,
-    headers: CIMultiDict[str],
-    auth: aiohttp.BasicAuth | None,
-    timeouts: ModuleTimeouts | None,
-    buffered: bytes | None = None,
-) -> web.StreamResponse:
-    settings = request.app[keys.SETTINGS]
-    body: RequestBody | None = None
-    if buffered is not None:
-        if request.body_exists:
-            body = _ReadBody(buffered)
-            headers.popall("Transfer-Encoding", None)
-            headers["Content-Length"] = str(len(buffered))
-    elif request.body_exists:
-        body = RequestBody(request.content, settings.proxy_max_body_bytes)
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
+async def _forward(request: web.Request, transport: ModuleProxy, verdict: Verdict, call: ProxyCall) -> web.StreamResponse:
+    name, body = call.service, call.body
     try:
-        upstream = await transport.send(
-            name, request.method, target, rest, query, headers, body=body, auth=auth, timeouts=timeouts
-        )
+        upstream = await transport.send(call)
     except BodyTooLarge:
-        raise Problem("payload_too_large", f"the request body exceeds {settings.proxy_max_body_bytes} bytes") from None
-    except Problem as problem:
+        limit = request.app[keys.SETTINGS].proxy_max_body_bytes
+        raise Problem("payload_too_large", f"the request body exceeds {limit} bytes") from None
+    except UpstreamError as problem:
         if body is not None and body.timed_out is not None:
             raise body.timed_out from None  # the client's fault, not the module's: no verdict
         if body is not None and body.client_failed:
@@ -270,7 +248,7 @@ async def _forward(
             verdict.failed(f"answered HTTP {upstream.status}")
         else:
             verdict.ok()
-        headers = client_headers(upstream.headers, target, name)
+        headers = client_headers(upstream.headers, call.target, name)
         length = upstream.content_length
         if (length is not None and length <= SMALL_BODY and request.method != "HEAD"
                 and upstream.status not in (204, 304) and "Transfer-Encoding" not in upstream.headers):
@@ -278,18 +256,17 @@ async def _forward(
             # a module that breaks off here still gets a clean 502 instead of a truncated body.
             try:
                 payload = await upstream.read()
-            except _READ_FAILURES as exc:
-                broke = transport.failure(name, exc, timeouts)
+            except UpstreamError as broke:
                 verdict.failed(broke.detail)
                 log.warning("proxy_upstream_broke_off", service=name, detail=broke.detail, sent=0)
                 raise broke from None
             finished = True
             return web.Response(body=payload, status=upstream.status, headers=headers)
-        response = await _relay(request, upstream, headers, verdict, name, timeouts)
+        response = await _relay(request, upstream, headers, verdict, name)
         finished = True
         return response
     finally:
-        if finished and upstream.content.is_eof():
+        if finished and upstream.at_eof():
             upstream.release()
         else:
             upstream.close()  # a connection with an unread body is never reused
@@ -297,11 +274,10 @@ async def _forward(
 
 async def _relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse | ModuleResponse,
+    upstream: UpstreamResponse,
     headers: CIMultiDict[str],
     verdict: Verdict,
     name: str,
-    timeouts: ModuleTimeouts | None,
 ) -> web.StreamResponse:
     """Stream the module's body to the client chunk by chunk as it arrives."""
     response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -311,12 +287,10 @@ async def _relay(
         await response.prepare(request)
     except ConnectionError:
         return response  # the client left before the status line went out
-    content = upstream.content
     while True:
         try:
-            chunk = await content.readany()
-        except _READ_FAILURES as exc:
-            problem = request.app[keys.PROXY].failure(name, exc, timeouts)
+            chunk = await upstream.read_chunk()
+        except UpstreamError as problem:
             verdict.failed(problem.detail)
             log.warning("proxy_upstream_broke_off", service=name, detail=problem.detail, sent=response.body_length)
             # The status line is gone: the only honest signal left is an incomplete response.
@@ -338,21 +312,12 @@ async def _relay(
 
 
 async def _websocket(
-    request: web.Request,
-    transport: ModuleProxy,
-    verdict: Verdict,
-    name: str,
-    url: URL,
-    headers: CIMultiDict[str],
-    offered: tuple[str, ...],
-    auth: aiohttp.BasicAuth | None,
-    timeouts: ModuleTimeouts | None,
+    request: web.Request, transport: ModuleProxy, verdict: Verdict, call: ProxyCall, offered: tuple[str, ...]
 ) -> web.StreamResponse:
+    name = call.service
     try:
-        module_ws = await transport.websocket(
-            name, url, headers, protocols=offered, auth=auth, timeouts=timeouts
-        )
-    except Problem as problem:
+        module_ws = await transport.websocket(call, offered)
+    except UpstreamError as problem:
         status = problem.extra.get("upstream_status")
         if status is None or status in FAILURE_STATUSES:
             verdict.failed(problem.detail)
