@@ -43,7 +43,7 @@ from tentaculo.db import queries
 from tentaculo.embedded import free_port
 from tentaculo.http.errors import Problem, database_unreachable
 from tentaculo.http.middlewares import _check_feature, _passed_routing, add_rate_limit_headers, auth_middleware, presented_token
-from tentaculo.proxy.headers import TrustedProxies
+from tentaculo.http.trusted import TrustedProxies
 
 NAME = "limits"
 ROUNDS = 3

@@ -33,8 +33,8 @@ from tentaculo.health import Health
 from tentaculo.http import spec
 from tentaculo.http.cors import cors_headers
 from tentaculo.http.middlewares import add_correlation_header, add_rate_limit_headers, middleware_chain
+from tentaculo.http.trusted import TrustedProxies
 from tentaculo.proxy import views as proxy_views
-from tentaculo.proxy.headers import TrustedProxies
 from tentaculo.proxy.transport import ModuleProxy
 from tentaculo.settings import Settings
 from tentaculo.status import (

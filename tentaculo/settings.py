@@ -128,6 +128,8 @@ class Settings:
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
     # The variable that set an option when it was an alias (DEEPSEEK_API_KEY), for error messages.
     provider_option_sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The fields whose TENTACULO_* variable was set, for the policies' "source": see from_env.
+    from_environment: frozenset[str] = field(default=frozenset(), repr=False)
     breaker_failures: int = 5
     breaker_reset_seconds: float = 30.0
     chat_max_chars: int = 200_000
@@ -177,7 +179,7 @@ class Settings:
         values: dict[str, object] = {}
         for f in fields(cls):
             if f.name in ("provider_options", "provider_option_sources", "service_urls", "service_tokens",
-                          "service_timeouts", "service_allow", "service_read_upgrades"):
+                          "service_timeouts", "service_allow", "service_read_upgrades", "from_environment"):
                 continue
             var = f"TENTACULO_{f.name.upper()}"
             parse = _parser(f.name, f.type, var)
@@ -185,6 +187,7 @@ class Settings:
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = parse(var, raw.strip())
+        values["from_environment"] = frozenset(values)
         values["provider_options"], values["provider_option_sources"] = _plugin_options(env)
         values["service_urls"] = read_service_urls(env)
         values.update(read_service_options(env))

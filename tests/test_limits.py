@@ -213,7 +213,7 @@ def test_the_counted_address_of_a_client() -> None:
     from aiohttp.test_utils import make_mocked_request
 
     from tentaculo.auth.limits import client_address
-    from tentaculo.proxy.headers import TrustedProxies
+    from tentaculo.http.trusted import TrustedProxies
 
     def address(peer: str, forwarded: str | None = None, trusted: tuple[str, ...] = ()) -> str:
         headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}

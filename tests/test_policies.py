@@ -324,3 +324,14 @@ def test_cli_lists_sets_and_removes_rules(settings) -> None:
     after = _policy_cli(settings, "list")
     assert after.returncode == 0 and pattern not in after.stdout
     assert _policy_cli(settings, "set", "stop", "urgent").returncode == 2
+
+
+def test_a_variable_set_to_the_shipped_value_is_still_its_source() -> None:
+    from tentaculo.status.policies import setting_source
+
+    default = Settings()
+    assert setting_source(default, "proxy_retries") == "default"
+    chosen = Settings.from_env({"TENTACULO_PROXY_RETRIES": str(default.proxy_retries)})
+    assert chosen.proxy_retries == default.proxy_retries
+    assert setting_source(chosen, "proxy_retries") == "environment"
+    assert setting_source(chosen, "proxy_read_timeout") == "default"

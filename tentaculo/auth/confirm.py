@@ -21,8 +21,6 @@ Tokens are compared in constant time and never logged; only the gateway's answer
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import binascii
 import hashlib
 import hmac
@@ -37,9 +35,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tentaculo.auth.signing import SigningKey, b64, unb64
 from tentaculo.auth.tokens import Principal
-from tentaculo.db import DB_FAILURES, queries
-from tentaculo.http.errors import Problem, database_unreachable
+from tentaculo.http.errors import Problem
 
 log = structlog.get_logger("tentaculo.confirm")
 
@@ -50,13 +48,6 @@ _KEY_LABEL = b"tentaculo confirmation v1"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}\.[A-Za-z0-9_-]{43}")
 _ID_BYTES = 16
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def caller_of(principal: Principal) -> str:
@@ -80,27 +71,11 @@ class Confirmations:
         ttl_seconds: int = TTL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._pool = pool
         self._redis = redis
         self._prefix = f"{prefix}confirm:"
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._key: bytes | None = None
-        self._lock = asyncio.Lock()
-
-    async def _signing_key(self) -> bytes:
-        if self._key is not None:
-            return self._key
-        async with self._lock:
-            if self._key is None:
-                try:
-                    material = await queries.shared_secret(self._pool, SECRET_NAME, secrets.token_bytes(32))
-                except DB_FAILURES:
-                    raise database_unreachable(
-                        "the confirmation key is kept in PostgreSQL, which is unreachable; try again shortly"
-                    ) from None
-                self._key = hmac.new(material, _KEY_LABEL, hashlib.sha256).digest()
-        return self._key
+        self._key = SigningKey(pool, SECRET_NAME, _KEY_LABEL, "the confirmation key")
 
     def _mac(self, key: bytes, head: bytes, caller: str, method: str, target: str, body_hash: str) -> bytes:
         bound = "\0".join((caller, method, target, body_hash)).encode("utf-8", "surrogateescape")
@@ -109,8 +84,8 @@ class Confirmations:
     async def issue(self, principal: Principal, method: str, target: str, body_hash: str) -> str:
         """A token that confirms exactly this call, once, within ``ttl_seconds``."""
         head = secrets.token_bytes(_ID_BYTES) + struct.pack(">Q", int(self._clock()) + self.ttl_seconds)
-        mac = self._mac(await self._signing_key(), head, caller_of(principal), method, target, body_hash)
-        return f"{_b64(head)}.{_b64(mac)}"
+        mac = self._mac(await self._key.get(), head, caller_of(principal), method, target, body_hash)
+        return f"{b64(head)}.{b64(mac)}"
 
     async def redeem(self, token: str, principal: Principal, method: str, target: str, body_hash: str) -> None:
         """Accept ``token`` for this call and mark it used; raise 403 ``confirmation_invalid`` otherwise."""
@@ -118,12 +93,12 @@ class Confirmations:
             raise invalid("the confirmation token is malformed; repeat the call without it to get a new one")
         head_text, _, mac_text = token.partition(".")
         try:
-            head, given = _unb64(head_text), _unb64(mac_text)
+            head, given = unb64(head_text), unb64(mac_text)
         except (binascii.Error, ValueError):
             raise invalid("the confirmation token is malformed") from None
         if len(head) != _ID_BYTES + 8:
             raise invalid("the confirmation token is malformed")
-        expected = self._mac(await self._signing_key(), head, caller_of(principal), method, target, body_hash)
+        expected = self._mac(await self._key.get(), head, caller_of(principal), method, target, body_hash)
         if not hmac.compare_digest(given, expected):
             raise invalid("the confirmation token was not issued for this call: the caller, method, path and body "
                           "must be those of the call that asked for it")

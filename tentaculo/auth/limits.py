@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from tentaculo.health import Status
 from tentaculo.http.errors import Problem, failure_reason
-from tentaculo.proxy.headers import TrustedProxies
+from tentaculo.http.trusted import TrustedProxies
 
 log = structlog.get_logger("tentaculo.limits")
 

@@ -10,8 +10,6 @@ token voids its tickets too (within the token cache's seconds on other instances
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import binascii
 import hashlib
 import hmac
@@ -23,8 +21,8 @@ from collections.abc import Callable
 import asyncpg
 import orjson
 
+from tentaculo.auth.signing import SigningKey, b64, unb64
 from tentaculo.auth.tokens import Principal, TokenStore, TokenStoreUnavailable
-from tentaculo.db import DB_FAILURES, queries
 from tentaculo.http.errors import Problem, database_unreachable
 
 PURPOSE = "events"
@@ -33,13 +31,6 @@ MAX_TICKET_CHARS = 2048
 _KEY_LABEL = b"tentaculo event ticket v1"
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def rejected(detail: str, reason: str) -> Problem:
@@ -64,31 +55,14 @@ class EventTickets:
         tokens: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._pool = pool
         self._tokens = tokens  # checks that a ticket's token is still active; None: no check
-        self._secret = secret
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._key: bytes | None = None
-        self._lock = asyncio.Lock()
+        self._key = SigningKey(pool, SECRET_NAME, _KEY_LABEL, "the ticket signing key", secret)
 
     async def key(self) -> bytes:
         """The HMAC key: derived from the configured secret, else from the one kept in PostgreSQL."""
-        if self._key is not None:
-            return self._key
-        async with self._lock:
-            if self._key is None:
-                if self._secret is not None:
-                    material = self._secret.encode()
-                else:
-                    try:
-                        material = await queries.shared_secret(self._pool, SECRET_NAME, secrets.token_bytes(32))
-                    except DB_FAILURES:
-                        raise database_unreachable(
-                            "the ticket signing key is kept in PostgreSQL, which is unreachable; try again shortly"
-                        ) from None
-                self._key = hmac.new(material, _KEY_LABEL, hashlib.sha256).digest()
-        return self._key
+        return await self._key.get()
 
     async def issue(self, principal: Principal) -> str:
         """A ticket for ``principal`` that expires in ``ttl_seconds``."""
@@ -102,9 +76,9 @@ class EventTickets:
                 "j": secrets.token_urlsafe(9),
             }
         )
-        body = _b64(payload)
+        body = b64(payload)
         signature = hmac.new(await self.key(), body.encode(), hashlib.sha256).digest()
-        return f"{body}.{_b64(signature)}"
+        return f"{body}.{b64(signature)}"
 
     async def verify(self, ticket: str) -> Principal:
         """The principal a ticket stands for; raise a 401 problem when it is malformed, forged or expired."""
@@ -114,14 +88,14 @@ class EventTickets:
                 "the event ticket is malformed; request one with POST /operator/api/events/ticket", "malformed"
             )
         try:
-            given = _unb64(signature)
+            given = unb64(signature)
         except (binascii.Error, ValueError):
             raise rejected("the event ticket is malformed", "malformed") from None
         expected = hmac.new(await self.key(), body.encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(given, expected):
             raise rejected("the event ticket's signature is not valid", "bad_signature")
         try:
-            claims = orjson.loads(_unb64(body))
+            claims = orjson.loads(unb64(body))
             purpose, name, scopes, expires = claims["p"], claims["n"], claims["s"], claims["exp"]
             token_id = claims["t"]
         except (binascii.Error, ValueError, TypeError, KeyError):

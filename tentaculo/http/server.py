@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tentaculo import keys
 from tentaculo.http.errors import Problem
 from tentaculo.http.middlewares import BASE_HEADERS, new_correlation_id
-from tentaculo.proxy.headers import TrustedProxies
+from tentaculo.http.trusted import TrustedProxies
 from tentaculo.settings import Settings
 
 log = structlog.get_logger("tentaculo.http")

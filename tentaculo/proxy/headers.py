@@ -49,12 +49,10 @@ handshake headers are passed on.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
-
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from tentaculo.http.trusted import TrustedProxies
 from tentaculo.proxy.call import Upstream
 
 PROXY_ROOT = "/operator/api/proxy"
@@ -90,22 +88,6 @@ _RESPONSE_DROP_PREFIXES = ("proxy-", "access-control-", "content-security-policy
 # On every proxied response: a module's page gets an opaque origin and runs no script, so it can
 # never act as the console; nothing it serves is sniffed into another type.
 SANDBOXED = (("Content-Security-Policy", "sandbox"), ("X-Content-Type-Options", "nosniff"))
-
-
-class TrustedProxies:
-    """``TENTACULO_TRUSTED_PROXIES``: addresses whose X-Forwarded-* headers are believed."""
-
-    def __init__(self, items: Iterable[str]) -> None:
-        self._networks = tuple(ipaddress.ip_network(i, strict=False) for i in items)
-
-    def __contains__(self, address: object) -> bool:
-        if not self._networks or not isinstance(address, str):
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._networks)
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:

@@ -57,9 +57,9 @@ import aiohttp
 import structlog
 from multidict import CIMultiDictProxy
 
+from tentaculo.http.trusted import TrustedProxies
 from tentaculo.proxy.aiohttp_transport import AiohttpTransport
 from tentaculo.proxy.call import CallTimeouts, ProxyCall, Upstream, UpstreamError
-from tentaculo.proxy.headers import TrustedProxies
 from tentaculo.proxy.lean_transport import LeanTransport
 from tentaculo.settings import ModuleTimeouts, Settings, public_origin
 

@@ -39,8 +39,11 @@ def _default(name: str) -> Any:
 
 
 def setting_source(settings: Settings, *names: str) -> str:
-    """``environment`` when any of the settings ``names`` differs from its shipped default."""
-    return "environment" if any(getattr(settings, n) != _default(n) for n in names) else "default"
+    """``environment`` when a variable set any of the settings ``names``, or (settings built in code)
+    when one differs from its shipped default; ``default`` otherwise."""
+    if any(n in settings.from_environment or getattr(settings, n) != _default(n) for n in names):
+        return "environment"
+    return "default"
 
 
 def _from(settings: Settings, name: str, value: Any = None) -> dict[str, Any]:
