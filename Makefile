@@ -25,7 +25,7 @@ test: $(STAMP) ## run the test suite against real PostgreSQL and Redis (embedded
 	@$(BIN)/python -m tests.browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## measure the gateway against a bare aiohttp app and print ratios
+bench: $(STAMP) ## measure the gateway against a bare aiohttp app; ends with the baseline table
 	$(BIN)/python -m bench
 
 chaos: $(STAMP) ## PostgreSQL and Redis faults under load, a stop with streams open: one table (SCENARIOS=... for some)
