@@ -79,11 +79,11 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     renderer: Any
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
-        # A traceback quotes exception messages, which may hold a secret: scrub it once it is text.
-        pre_render: list[Any] = [structlog.processors.format_exc_info, pre[-1]]
     else:
         renderer = structlog.dev.ConsoleRenderer()
-        pre_render = []
+    # A traceback quotes exception messages, which may hold a secret: scrub it once it is text, in
+    # either format (the console then prints the plain traceback rather than its own rendering).
+    pre_render: list[Any] = [structlog.processors.format_exc_info, pre[-1]]
     numeric = _LEVELS[level.lower()]
     structlog.configure(
         processors=[*pre, structlog.processors.StackInfoRenderer(), *pre_render, renderer],

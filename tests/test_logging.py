@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -63,5 +64,20 @@ def test_a_json_log_line_with_bytes_that_are_not_utf8_is_still_written(capsys) -
         structlog.get_logger("t").warning("odd_path", path="/operator/api/\udcff\udcfe")
         record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
         assert record["event"] == "odd_path" and record["path"] == "/operator/api/\udcff\udcfe"
+    finally:
+        structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_secret_quoted_in_a_traceback_is_scrubbed(capsys, log_format) -> None:
+    configure_logging(log_format, "info", secrets=["sk-quoted-in-a-traceback"])
+    try:
+        try:
+            raise RuntimeError("upstream said: bad key sk-quoted-in-a-traceback")
+        except RuntimeError:
+            structlog.get_logger("t").exception("call_failed")
+        err = capsys.readouterr().err
+        assert "call_failed" in err and "RuntimeError" in err
+        assert "sk-quoted-in-a-traceback" not in err
     finally:
         structlog.reset_defaults()
