@@ -203,6 +203,11 @@ class ModuleApp:
         self._record(request)
         raise web.HTTPFound(f"{self.url}/base/landing?x=1")
 
+    async def redirect_to(self, request: web.Request) -> web.Response:
+        """A 302 to whatever ``to`` says, as a module whose answers someone else controls might send."""
+        self._record(request)
+        return web.Response(status=302, headers={"Location": request.query["to"]})
+
     async def gzipped(self, request: web.Request) -> web.Response:
         self._record(request)
         return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
@@ -245,6 +250,7 @@ class ModuleApp:
         r.add_route("*", "/base/upload", self.upload)
         r.add_route("*", "/base/hostile", self.hostile)
         r.add_get("/base/redirect", self.redirect)
+        r.add_get("/base/redirect-to", self.redirect_to)
         r.add_get("/base/gzipped", self.gzipped)
         r.add_get("/base/ws", self.ws)
         return app

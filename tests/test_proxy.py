@@ -600,3 +600,21 @@ async def test_connections_left_idle_after_a_burst_are_closed(start_gateway, mod
         return open_ports & burst_ports == {kept}
 
     await wait_for(only_the_used_one_open, timeout=5)
+
+
+@pytest.mark.parametrize(("to", "location"), [
+    ("/base/login?next=1", "/operator/api/proxy/madre/login?next=1"),  # a path into the module
+    ("landing", "landing"),  # relative: resolved against the proxy path by the browser
+    ("/elsewhere", "/elsewhere"),  # a path of the gateway's own origin
+    ("https://evil.example/phish", None),
+    ("//evil.example/phish", None),
+    ("/\\evil.example/phish", None),
+    (" \t//evil.example", None),
+    ("javascript:alert(1)", None),
+], ids=["into-module", "relative", "same-origin", "other-origin", "scheme-relative", "backslash", "spaces",
+        "javascript"])
+async def test_a_modules_redirect_never_leaves_the_gateways_origin(start_gateway, admin_headers, to, location) -> None:
+    gw = await start_gateway()
+    resp = await gw.get(url("madre/redirect-to"), params={"to": to}, headers=admin_headers, allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers.get("Location") == location

@@ -49,6 +49,8 @@ handshake headers are passed on.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -56,6 +58,9 @@ from tentaculo.http.trusted import TrustedProxies
 from tentaculo.proxy.call import Upstream
 
 PROXY_ROOT = "/operator/api/proxy"
+# A reference a browser resolves to another origin: a scheme, or "//", "/\\", "\\" first (after
+# the spaces and control characters browsers strip).
+_LEAVES_ORIGIN = re.compile(r"[\x00-\x20]*([A-Za-z][A-Za-z0-9+.-]*:|[/\\][\t\n\r]*[/\\]|\\)")
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
 })
@@ -147,16 +152,30 @@ def client_headers(upstream: CIMultiDictProxy[str], target: Upstream, service: s
         if lower in _RESPONSE_DROP or lower.startswith(_RESPONSE_DROP_PREFIXES) or lower in named:
             continue
         if lower in ("location", "content-location"):
-            value = public_location(value, target, service)
+            public = public_location(value, target, service)
+            if public is None:
+                continue  # it would send the client off the gateway's origin
+            value = public
         out.add(name, value)
     return out
 
 
 
-def public_location(location: str, target: Upstream, service: str) -> str:
-    """A ``Location`` into the module, as the gateway's proxy path; others unchanged."""
+def public_location(location: str, target: Upstream, service: str) -> str | None:
+    """A ``Location`` as the client may follow it on the gateway's origin.
+
+    Into the module (absolute, or a path under its base path): the gateway's proxy path for it.
+    A relative reference, or a path of the gateway's origin: unchanged. Anywhere else (another
+    origin, a scheme, ``//host``, ``/\\host``): None, so the header is dropped; passed on, it would
+    make the gateway's origin an open redirect for whoever controls a module's answers.
+    """
     for base in (f"{target.origin}{target.base_path}/", f"{target.origin}{target.base_path}"):
         after = location[len(base):]
         if location.startswith(base) and (base.endswith("/") or after[:1] in ("", "?", "#")):
             return f"{PROXY_ROOT}/{service}/{after.lstrip('/')}"
+    if _LEAVES_ORIGIN.match(location):
+        return None
+    base = target.base_path
+    if location.startswith("/") and base and (location == base or location.startswith((base + "/", base + "?"))):
+        return f"{PROXY_ROOT}/{service}/{location[len(base):].lstrip('/')}"
     return location
