@@ -20,7 +20,7 @@ from aiohttp import web
 from tentaculo import keys
 from tentaculo.auth.tokens import requires
 from tentaculo.chat.registry import ChatRequest, ChatStream, Chunk, Message, ProviderRegistry
-from tentaculo.chat.streaming import Frame, relay
+from tentaculo.chat.relay import Frame, relay
 from tentaculo.chat.turn import ChatSpec, ChatTurn
 from tentaculo.chat.views import FIELD_MAX, check_messages, check_options
 from tentaculo.http.errors import Problem, ValidationFailed, openai_error

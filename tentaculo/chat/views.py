@@ -12,7 +12,7 @@ from aiohttp import web
 from tentaculo import keys
 from tentaculo.auth.tokens import requires
 from tentaculo.chat.registry import ROLES, ChatRequest, ChatStream, Chunk, Message, ProviderRegistry
-from tentaculo.chat.streaming import Frame, relay
+from tentaculo.chat.relay import Frame, relay
 from tentaculo.chat.turn import ChatSpec, ChatTurn
 from tentaculo.http.errors import Problem, ValidationFailed
 from tentaculo.http.jsonio import json_response, read_json_object
