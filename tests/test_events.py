@@ -387,6 +387,20 @@ async def test_revoking_a_token_voids_the_tickets_it_was_given(gw, admin_headers
     still.close()
 
 
+async def test_a_ticket_of_an_expired_token_says_the_token_expired(aiohttp_client, ev_settings, db,
+                                                                     make_token) -> None:
+    client = await serve(aiohttp_client, create_app(dataclasses.replace(ev_settings, token_cache_seconds=0)))
+    name = f"tk-{uuid.uuid4().hex[:6]}"
+    token = await make_token("read", name=name)
+    ticket = (await (await client.post(TICKET, headers={"X-VX11-Token": token})).json())["ticket"]
+    await db.execute("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE name = $1", name)
+    refused = await client.get(f"{EVENTS}?ticket={ticket}")
+    assert refused.status == 401
+    problem = await refused.json()
+    assert problem["ticket_error"] == "token_expired" and "expired" in problem["detail"], problem
+    assert "revoked" not in problem["detail"]
+
+
 async def _revoked_error(sse: SSE) -> dict[str, Any]:
     """The stream's last event, once it ends because its token was revoked."""
     # The revocation's own operator_action events may reach the stream before it is ended.

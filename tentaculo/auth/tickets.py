@@ -110,9 +110,11 @@ class EventTickets:
             raise rejected("the event ticket is malformed", "malformed")
         if token_id is not None and self._tokens is not None:
             try:
-                active = await self._tokens.is_active(token_id)
+                state = await self._tokens.state(token_id)
             except TokenStoreUnavailable:
                 raise database_unreachable("the token database is unreachable; try again shortly") from None
-            if not active:
+            if state == "expired":
+                raise rejected("the token this event ticket was issued to has expired", "token_expired")
+            if state != "active":
                 raise rejected("the token this event ticket was issued to has been revoked", "revoked")
         return Principal(name, frozenset(s for s in scopes if isinstance(s, str)), token_id)

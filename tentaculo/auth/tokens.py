@@ -159,33 +159,38 @@ class TokenStore:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[bytes, _Cached] = {}
-        self._active: dict[int, tuple[float, bool]] = {}
+        self._states: dict[int, tuple[float, str]] = {}
 
     def invalidate(self) -> None:
         """Forget cached answers (after a revocation on this instance)."""
         self._cache.clear()
-        self._active.clear()
+        self._states.clear()
 
     async def is_active(self, token_id: int) -> bool:
-        """Whether the token row ``token_id`` is still unrevoked (cached like tokens are).
+        """Whether the token row ``token_id`` is still unrevoked and unexpired (cached like tokens are).
 
         Raises TokenStoreUnavailable when the database cannot say and nothing cached answers.
         """
+        return await self.state(token_id) == "active"
+
+    async def state(self, token_id: int) -> str:
+        """``active``, ``revoked``, ``expired`` or ``unknown`` for the token row ``token_id``, cached
+        like tokens are; TokenStoreUnavailable when the database cannot say and nothing cached answers."""
         now = self._clock()
-        cached = self._active.get(token_id)
+        cached = self._states.get(token_id)
         if cached is not None and now < cached[0]:
             return cached[1]
         try:
-            active = await within(queries.token_is_active(self._pool, token_id), self._deadline)
+            state = await within(queries.token_state(self._pool, token_id), self._deadline)
         except DB_FAILURES as exc:
             if cached is not None:
                 return cached[1]
             raise TokenStoreUnavailable(str(exc)) from exc
         if self._cache_seconds > 0:
-            if len(self._active) >= self.MAX_CACHE:
-                self._active.clear()
-            self._active[token_id] = (now + self._cache_seconds, active)
-        return active
+            if len(self._states) >= self.MAX_CACHE:
+                self._states.clear()
+            self._states[token_id] = (now + self._cache_seconds, state)
+        return state
 
     async def flush_usage(self) -> int:
         """Write ``last_used_at`` of the tokens used since the last flush; returns how many.

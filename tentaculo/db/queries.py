@@ -84,12 +84,18 @@ async def find_active_token(db: Executor, token_hash: bytes) -> asyncpg.Record |
     )
 
 
-async def token_is_active(db: Executor, token_id: int) -> bool:
-    """Whether the token row ``token_id`` exists, is not revoked and has not expired."""
-    return bool(await db.fetchval(
-        "SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM api_tokens WHERE id = $1",
+async def token_state(db: Executor, token_id: int) -> str:
+    """``active``, ``revoked``, ``expired`` or ``unknown`` (no such row) for the token row ``token_id``."""
+    state = await db.fetchval(
+        """
+        SELECT CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+                    WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
+                    ELSE 'active' END
+          FROM api_tokens WHERE id = $1
+        """,
         token_id,
-    ))
+    )
+    return str(state) if state is not None else "unknown"
 
 
 async def list_tokens(db: Executor) -> list[asyncpg.Record]:
