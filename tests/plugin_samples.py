@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from importlib.metadata import EntryPoint
 
+import structlog
+
 from tentaculo.chat.options import Option
 from tentaculo.chat.plugin import (
     ENTRY_POINT_GROUP,
@@ -112,3 +114,55 @@ class SpillsItsSecret(Declares):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         raise ProviderUnavailable(f"licence {self.context.options['licence']} refused")
         yield Chunk()  # pragma: no cover - makes this a generator
+
+
+def _as_integer(value: str) -> None:
+    int(value)  # its ValueError quotes the value: "invalid literal for int() with base 10: '...'"
+
+
+def _looked_up(value: str) -> None:
+    raise KeyError(value)  # a check that fails otherwise than by ValueError, quoting the value
+
+
+def _typed_wrong(value: str) -> None:
+    raise TypeError(f"cannot use {value}")
+
+
+class SecretCheckQuotes(Working):
+    """Its secret option's check refuses a value with a message quoting it."""
+
+    options = (Option("credential", secret=True, check=_as_integer),)
+
+
+class SecretCheckBreaks(Working):
+    """Its secret option's check raises a KeyError holding the value."""
+
+    options = (Option("credential", secret=True, check=_looked_up),)
+
+
+class SecretNumber(Working):
+    """A secret option of type int: text given for it must not be quoted back."""
+
+    options = (Option("pin", int, secret=True),)
+
+
+class CheckBreaks(Working):
+    """A plain option whose check raises a TypeError."""
+
+    options = (Option("region", check=_typed_wrong),)
+
+
+class TakesANumber(Working):
+    """A float option with no minimum."""
+
+    options = (Option("ratio", float, default=1.0),)
+
+
+def _logs_it(value: str) -> None:
+    structlog.get_logger("tests.plugin_samples").info("option_checked", detail=f"checking {value}")
+
+
+class SecretCheckLogs(Working):
+    """Its secret option's check writes the value to the log (and accepts it)."""
+
+    options = (Option("credential", secret=True, check=_logs_it),)

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from tentaculo.chat.options import OptionError
+from tentaculo.chat.options import Option, OptionError
 from tentaculo.chat.registry import ProviderRegistry, collect
 from tentaculo.logging import shared_processors
 from tentaculo.settings import Settings
 from tentaculo.testing import chat_request, make_context
 from tests.chat_helpers import chat_gateway
 from tests.conftest import ADMIN_TOKEN
-from tests.plugin_samples import Declares, ep
+from tests.plugin_samples import Declares, TakesANumber, ep
 
 LICENCE = "lic-7f3a9c0e1b2d4f68"  # a secret whose option name ("licence") does not sound like one
 
@@ -157,3 +158,103 @@ async def test_a_declared_secret_never_shows_in_status_providers_chats_or_logs(
     assert any(e["event"] == "licence_in_use" and e["detail"] == "licence [redacted]" for e in logs)
     for name, text in {**bodies, "logs": json.dumps(logs, default=str)}.items():
         assert LICENCE not in text, name
+
+
+SECRET = "hunter2-SECRET-4b1d"  # a secret option's value, in tests of what a refusal may say
+
+
+def as_written() -> list:
+    """The log processors of a running gateway up to rendering: scrubbed, tracebacks as scrubbed text."""
+    pre = shared_processors([])
+    return [*pre, structlog.processors.format_exc_info, pre[-1]]
+
+
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **plugins: str) -> None:
+    """Install a distribution whose entry points are ``plugins`` (name -> object reference)."""
+    dist = tmp_path / "odd_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: odd-plugins\nVersion: 1.0\n")
+    lines = "".join(f"{name} = {value}\n" for name, value in plugins.items())
+    (dist / "entry_points.txt").write_text(f"[tentaculo.providers]\n{lines}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize(("sample", "option", "reason"), [
+    ("SecretCheckQuotes", "credential", "the value is not valid"),  # its ValueError quotes the value
+    ("SecretCheckBreaks", "credential", "rejected by the plugin's check"),  # a KeyError holding the value
+    ("SecretNumber", "pin", "expected an integer"),  # text for a secret int
+])
+async def test_a_refused_secret_is_a_load_error_that_never_shows_it(
+        aiohttp_client, settings, admin_headers, tmp_path: Path, monkeypatch, sample, option, reason) -> None:
+    install(tmp_path, monkeypatch, p1=f"tests.plugin_samples:{sample}")
+    with capture_logs(processors=as_written()) as logs:
+        gw = await chat_gateway(aiohttp_client, settings, providers=("p1", "mock"),
+                                provider_options={"p1": {option: SECRET}})
+        chat = await gw.post("/operator/api/chat", json={"message": "hi"}, headers=admin_headers)
+        status = await gw.get("/operator/api/status", headers=admin_headers)
+        providers = await gw.get("/operator/api/providers", headers=admin_headers)
+    assert chat.status == 200 and (await chat.json())["provider"] == "mock"  # the gateway still serves
+    bodies = {"status": await status.text(), "providers": await providers.text()}
+    p1 = next(p for p in json.loads(bodies["providers"])["providers"] if p["name"] == "p1")
+    assert (p1["status"], p1["reason"]) == ("error", f"TENTACULO_PLUGIN_P1__{option.upper()}: {reason}")
+    assert any(e["event"] == "provider_options_invalid" and e["provider"] == "p1" for e in logs)
+    for name, text in {**bodies, "logs": json.dumps(logs, default=str)}.items():
+        assert "hunter2" not in text, name
+
+
+async def test_a_check_that_raises_is_a_load_error_not_a_failed_start(http) -> None:
+    env = {"TENTACULO_PLUGIN_P1__CREDENTIAL": SECRET, "TENTACULO_PLUGIN_P2__REGION": "eu-1",
+           "TENTACULO_PLUGIN_P3__CREDENTIAL": SECRET}
+    with capture_logs(processors=as_written()) as logs:
+        registry = await started(http, env, ep("p1", "tests.plugin_samples:SecretCheckBreaks"),
+                                 ep("p2", "tests.plugin_samples:CheckBreaks"),
+                                 ep("p3", "tests.plugin_samples:SecretCheckQuotes"),
+                                 ep("mock", "providers.mock:MockProvider"), provider_chain=("p1", "p2", "mock"))
+    found = states(registry)
+    assert found["p1"] == ("error", "TENTACULO_PLUGIN_P1__CREDENTIAL: rejected by the plugin's check")
+    assert found["p2"] == ("error", "TENTACULO_PLUGIN_P2__REGION: rejected by the plugin's check: "
+                                    "TypeError: cannot use eu-1")  # not a secret: what the check said helps
+    assert found["p3"] == ("error", "TENTACULO_PLUGIN_P3__CREDENTIAL: the value is not valid")
+    assert found["mock"] == ("on", None)
+    assert (await collect(await registry.open(chat_request("x")))).content
+    assert "hunter2" not in json.dumps([found, logs], default=str)
+    await registry.close()
+
+
+async def test_a_secret_is_scrubbed_from_the_log_before_its_check_runs(http) -> None:
+    env = {"TENTACULO_PLUGIN_P1__CREDENTIAL": SECRET}
+    with capture_logs(processors=as_written()) as logs:
+        registry = await started(http, env, ep("p1", "tests.plugin_samples:SecretCheckLogs"))
+    assert states(registry)["p1"] == ("on", None)
+    assert any(e["event"] == "option_checked" and e["detail"] == "checking [redacted]" for e in logs)
+    assert "hunter2" not in json.dumps(logs, default=str)
+    await registry.close()
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+async def test_a_number_option_must_be_finite(http, value) -> None:
+    env = {"TENTACULO_PLUGIN_MOCK__DELAY_MS": value, "TENTACULO_PLUGIN_RATIO__RATIO": value}
+    registry = await started(http, env, ep("mock", "providers.mock:MockProvider"),
+                             ep("ratio", "tests.plugin_samples:TakesANumber"), ep("w", "tests.plugin_samples:Working"),
+                             provider_chain=("mock", "ratio", "w"))
+    found = states(registry)
+    assert found["mock"] == ("error", f"TENTACULO_PLUGIN_MOCK__DELAY_MS: expected a finite number, got {value!r}")
+    assert found["ratio"] == ("error", f"TENTACULO_PLUGIN_RATIO__RATIO: expected a finite number, got {value!r}")
+    assert (await collect(await registry.open(chat_request("x")))).content == "hi"  # w still answers
+    await registry.close()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+async def test_a_typed_number_option_must_be_finite(http, value) -> None:
+    with pytest.raises(OptionError) as refused:
+        make_context("x", http, TakesANumber, ratio=value)
+    assert str(refused.value) == "TENTACULO_PLUGIN_X__RATIO: expected a finite number"
+
+
+async def test_a_declaration_that_cannot_apply_names_the_variable(http) -> None:
+    class Odd(Declares):
+        options = (Option("level", minimum=1, secret=True),)  # a minimum for text
+
+    with pytest.raises(OptionError) as refused:
+        make_context("x", http, Odd, level=SECRET)
+    assert str(refused.value) == "TENTACULO_PLUGIN_X__LEVEL: its declaration cannot check the value (TypeError)"

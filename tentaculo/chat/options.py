@@ -9,6 +9,7 @@ variable; the value of a secret option never appears in a repr, a log line, a st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ OptionType = type[str] | type[int] | type[float] | type[bool]
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false"}
+_CHECK_SAID = 120  # how much of what a failing check raised is shown (never for a secret option)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +30,9 @@ class Option:
     ``type`` is ``str``, ``int``, ``float`` or ``bool``; ``default`` is the value when the variable
     is unset or empty. ``secret`` keeps the value out of every repr, log, status and error.
     ``choices`` and ``minimum`` restrict the value; ``check`` may refuse it by raising
-    ``ValueError`` with what is wrong (``"must be an http:// or https:// URL"``).
+    ``ValueError`` with what is wrong (``"must be an http:// or https:// URL"``). A number must be
+    finite. What a check says is shown only for an option that is not secret; a secret one's
+    refusal says only that the value is not valid.
     """
 
     name: str
@@ -46,6 +50,7 @@ class OptionError(ValueError):
     def __init__(self, variable: str, message: str) -> None:
         super().__init__(f"{variable}: {message}")
         self.variable = variable
+        self.message = message
 
 
 class PluginOptions(Mapping[str, Any]):
@@ -95,6 +100,8 @@ def _parse(option: Option, variable: str, raw: Any) -> Any:
             value = float(raw)
         if not isinstance(value, option.type) or (option.type is not bool and isinstance(value, bool)):
             raise OptionError(variable, f"expected {_TYPE_WORDS.get(option.type, 'text')}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(variable, "expected a finite number")
         return value
     shown = "" if option.secret else f", got {raw!r}"
     if option.type is bool:
@@ -103,23 +110,53 @@ def _parse(option: Option, variable: str, raw: Any) -> Any:
         raise OptionError(variable, f"expected true or false{shown}")
     if option.type in (int, float):
         try:
-            return option.type(raw)
+            number = option.type(raw)
         except ValueError:
             raise OptionError(variable, f"expected {_TYPE_WORDS[option.type]}{shown}") from None
+        if not math.isfinite(number):  # nan slips past a minimum, inf is a wait without end
+            raise OptionError(variable, f"expected a finite number{shown}")
+        return number
     return raw
 
 
+def _check(option: Option, variable: str, value: Any) -> None:
+    """Run the plugin's own check: an isolation boundary, whatever it raises is a refusal.
+
+    What it says is shown for an option that is not secret; for a secret one it may quote the
+    value (``int()``'s message does), so it is left out, and so is the exception it came from.
+    """
+    assert option.check is not None
+    try:
+        option.check(value)
+    except ValueError as exc:
+        if option.secret:
+            raise OptionError(variable, "the value is not valid") from None
+        raise OptionError(variable, str(exc)) from None
+    except Exception as exc:  # isolation boundary: a broken check refuses the value, it stops nothing
+        if option.secret:
+            raise OptionError(variable, "rejected by the plugin's check") from None
+        said = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(said) > _CHECK_SAID:
+            said = said[: _CHECK_SAID - 3] + "..."
+        raise OptionError(variable, f"rejected by the plugin's check: {said}") from None
+
+
 def _checked(option: Option, variable: str, raw: Any) -> Any:
-    value = _parse(option, variable, raw)
-    if option.choices and value not in option.choices:
-        raise OptionError(variable, f"must be one of {', '.join(option.choices)}")
-    if option.minimum is not None and value < option.minimum:
-        raise OptionError(variable, f"must be at least {option.minimum:g}")
-    if option.check is not None:
-        try:
-            option.check(value)
-        except ValueError as exc:
-            raise OptionError(variable, str(exc)) from None
+    try:
+        value = _parse(option, variable, raw)
+        if option.choices and value not in option.choices:
+            raise OptionError(variable, f"must be one of {', '.join(option.choices)}")
+        if option.minimum is not None and value < option.minimum:
+            raise OptionError(variable, f"must be at least {option.minimum:g}")
+        if option.check is not None:
+            _check(option, variable, value)
+    except OptionError as exc:
+        text = str(raw)
+        if option.secret and text and text in exc.message:  # whatever said it, a secret is not repeated
+            raise OptionError(variable, exc.message.replace(text, "[redacted]")) from None
+        raise
+    except Exception as exc:  # a declaration that cannot apply (a minimum for text): still this variable's error
+        raise OptionError(variable, f"its declaration cannot check the value ({type(exc).__name__})") from None
     return value
 
 
@@ -131,6 +168,14 @@ def declared_options(factory: object) -> Sequence[Option] | None:
     if not isinstance(declared, list | tuple) or not all(isinstance(o, Option) for o in declared):
         raise TypeError("its options must be a sequence of tentaculo.chat.options.Option")
     return declared
+
+
+def secret_option_values(plugin: str, declared: Sequence[Option] | None, settings: Settings) -> list[str]:
+    """The raw values given for the options ``declared`` secret, as set: to scrub them out of text
+    before anything (a check, an error) may repeat them."""
+    given = settings.provider_options.get(plugin_key(plugin), {})
+    return [str(given[o.name]) for o in declared or () if o.secret and given.get(o.name) is not None
+            and str(given[o.name])]
 
 
 def resolve_options(plugin: str, declared: Sequence[Option] | None, given: Mapping[str, Any],

@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 
 from tentaculo.chat.breaker import CircuitBreaker
-from tentaculo.chat.options import OptionError, declared_options, settings_options
+from tentaculo.chat.options import OptionError, declared_options, secret_option_values, settings_options
 from tentaculo.chat.plugin import (
     ENTRY_POINT_GROUP,
     INTERFACE_VERSION,
@@ -245,14 +245,26 @@ class ProviderRegistry:
             log.exception("provider_import_failed", provider=ep.name, value=ep.value)
             return
         try:
-            options = settings_options(ep.name, declared_options(factory), self.settings)
-        except (OptionError, TypeError) as exc:
+            declared = declared_options(factory)
+        except TypeError as exc:
             slot.load_error = shorten(str(exc), secrets=self._secrets)
             log.error("provider_options_invalid", provider=ep.name, error=slot.load_error)
             return
-        # Before the plugin runs: whatever it or its errors say, its secrets are scrubbed from logs.
-        self._secrets = (*self._secrets, *options.secret_values())
-        redact_also(options.secret_values())
+        # Before any of its code runs (an option's check is its code): whatever it or an error
+        # says, the values given for its secret options are scrubbed from logs and reasons.
+        self._remember_secrets(secret_option_values(ep.name, declared, self.settings))
+        try:
+            options = settings_options(ep.name, declared, self.settings)
+        except OptionError as exc:
+            slot.load_error = shorten(str(exc), secrets=self._secrets)
+            log.error("provider_options_invalid", provider=ep.name, error=slot.load_error)
+            return
+        except Exception as exc:  # isolation boundary: declarations the checks cannot apply
+            slot.load_error = shorten(f"its options could not be checked: {type(exc).__name__}: {exc}",
+                                      secrets=self._secrets)
+            log.error("provider_options_invalid", provider=ep.name, error=slot.load_error)
+            return
+        self._remember_secrets(options.secret_values())  # as typed, when that reads otherwise
         context = ProviderContext(ep.name, self._http, options, timeouts=self.timeouts)
         try:
             provider = factory(context)
@@ -272,6 +284,12 @@ class ProviderRegistry:
             log.error("provider_incomplete", provider=ep.name, missing=missing)
             return
         slot.provider = provider
+
+    def _remember_secrets(self, values: Sequence[str]) -> None:
+        fresh = [value for value in values if value and value not in self._secrets]
+        if fresh:
+            self._secrets = (*self._secrets, *fresh)
+            redact_also(fresh)
 
     async def _start(self, slot: ProviderSlot) -> None:
         assert slot.provider is not None
