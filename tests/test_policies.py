@@ -335,3 +335,179 @@ def test_a_variable_set_to_the_shipped_value_is_still_its_source() -> None:
     assert chosen.proxy_retries == default.proxy_retries
     assert setting_source(chosen, "proxy_retries") == "environment"
     assert setting_source(chosen, "proxy_read_timeout") == "default"
+
+
+# ------------------------------------------------------------------ review fixes: fail-safe rules, spelling, scope
+
+
+async def test_rules_that_cannot_be_read_are_the_shipped_ones_and_locked_ones_are_a_floor() -> None:
+    import asyncpg
+
+    from tentaculo.auth.risk import DEFAULT_RULES, RiskRules
+
+    # PostgreSQL down at start: nothing listens on port 1.
+    pool = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:1/postgres", min_size=0, timeout=1)
+    rules = RiskRules(pool, reload_seconds=60)
+    try:
+        await rules.start(wait=2)
+        assert rules.loaded_at is None and rules.load_error is not None
+        assert rules.source == "default (database unreadable)"
+        for method, path in (("DELETE", "/jobs/7"), ("POST", "/jobs/7/stop"), ("POST", "/jobs/7/kill"),
+                             ("POST", "/jobs/7/terminate"), ("POST", "/destroy")):
+            assert rules.classify("madre", method, path).risk == "high", (method, path)
+        assert rules.classify("hermes", "POST", "/x/stop").risk == "high"
+        assert rules.classify("hermes", "POST", "/x/restart").risk == "medium"
+        assert rules.classify("hermes", "POST", "/x").risk == "low"
+    finally:
+        await rules.close()
+        await pool.close()
+    # Once read, a table that lost the locked madre rules still cannot lower them.
+    rules.apply([r for r in DEFAULT_RULES if not r.locked and r.pattern not in ("/**", "/**/stop/**")])
+    assert rules.source == "database"
+    assert rules.classify("madre", "POST", "/jobs/7/stop").risk == "high"
+    assert rules.classify("madre", "DELETE", "/jobs/7").risk == "high"
+    assert rules.classify("hermes", "POST", "/jobs/7/stop").risk == "low"  # the table's word for other modules
+
+
+async def test_the_shipped_rules_in_code_are_those_the_migrations_seed(db) -> None:
+    from tentaculo.auth.risk import DEFAULT_RULES
+
+    rows = await db.fetch("SELECT module, method, pattern, risk, reason, locked FROM risk_rules "
+                          "WHERE created_by = 'default' ORDER BY id")
+    seeded = {tuple(r) for r in rows}
+    assert {(r.module, r.method, r.pattern, r.risk, r.reason, r.locked) for r in DEFAULT_RULES} <= seeded
+    assert {(r.module, r.method, r.pattern) for r in DEFAULT_RULES} == {r[:3] for r in seeded}
+
+
+async def test_policies_say_when_the_shipped_rules_stand_in(start_gateway, admin_headers) -> None:
+    from tentaculo import keys
+    from tentaculo.auth.risk import DEFAULT_RULES
+
+    gw = await start_gateway()
+    # As if the table had never been readable: no refresh, the shipped rules, the last error.
+    rules = gw.app[keys.RISK_RULES]
+    await rules.close()
+    rules.apply(list(DEFAULT_RULES))
+    rules.loaded_at, rules.load_error = None, "connection refused"
+    policies = (await (await gw.get(POLICIES, headers=admin_headers)).json())["policies"]
+    assert policies["risk"]["rules"]["source"] == "default (database unreadable)"
+    assert policies["proxy"]["modules"]["madre"]["risk_rules"]["source"] == "default (database unreadable)"
+    listed = await (await gw.get(RULES, headers=admin_headers)).json()
+    assert listed["source"] == "default (database unreadable)" and listed["loaded_at"] is None
+    asked = await gw.post(proxy("madre/echo/jobs/7/kill"), data=b"", headers=admin_headers)
+    assert asked.status == 428
+
+
+def test_verbs_match_in_every_spelling_of_a_segment_but_only_whole_segments() -> None:
+    from tentaculo.auth.risk import DEFAULT_RULES, classify
+
+    def risk(path: str) -> str:
+        return classify(DEFAULT_RULES, "POST", path).risk
+
+    for path in ("/jobs/7/stop;x", "/jobs/7/stop.json", "/jobs/7/%73top", "/jobs/7/%2573top", "/jobs/7/STOP.tar.gz",
+                 "/jobs/7/stop;a=b/now", "/db/restore.json", "/jobs/7/%ef%bd%93top"):
+        assert risk(path) == "high", path
+    for path in ("/jobs/7/stopped", "/restore-points", "/jobs/stop-all", "/nonstop.json", "/jobs/7/update-log"):
+        assert risk(path) == "low", path
+    assert risk("/jobs/7/restart.json") == "medium"
+
+
+async def test_a_verb_spelled_otherwise_through_the_proxy_still_waits_for_confirmation(
+    start_gateway, module, make_token
+) -> None:
+    gw = await start_gateway()
+    operator = {"X-VX11-Token": await make_token("operate")}
+    for spelled in ("stop;x", "stop.json", "%2573top"):
+        asked = await gw.post(proxy(f"madre/echo/jobs/7/{spelled}"), data=b"", headers=operator)
+        assert (asked.status, (await asked.json())["code"]) == (428, "confirmation_required"), spelled
+    assert module.seen == []
+    assert (await gw.post(proxy("madre/echo/jobs/7/stopped"), data=b"", headers=operator)).status == 200
+    assert (await gw.post(proxy("madre/echo/restore-points"), data=b"", headers=operator)).status == 200
+
+
+async def test_a_read_token_cannot_ask_for_or_perform_a_risky_get(start_gateway, module, make_token) -> None:
+    gw = await start_gateway()
+    reader = {"X-VX11-Token": await make_token("read")}
+    refused = await gw.get(proxy("madre/echo/jobs/7/stop"), headers=reader)
+    problem = await refused.json()
+    assert (refused.status, problem["code"], problem["required_scope"]) == (403, "forbidden", "operate")
+    assert "confirmation" not in problem
+    assert (await gw.get(proxy("madre/echo/jobs/7/restart"), headers=reader)).status == 403  # medium too
+    assert (await gw.get(proxy("madre/echo/jobs/7"), headers=reader)).status == 200  # a plain read
+    operator = {"X-VX11-Token": await make_token("read", "operate")}
+    asked = await gw.get(proxy("madre/echo/jobs/7/stop"), headers=operator)
+    assert (asked.status, (await asked.json())["code"]) == (428, "confirmation_required")
+    assert [s.raw_path for s in module.seen] == ["/base/echo/jobs/7"]
+
+
+async def test_killing_terminating_or_destroying_madre_stays_high(start_gateway, admin_headers) -> None:
+    gw = await start_gateway()
+    rules = (await (await gw.get(RULES, headers=admin_headers)).json())["rules"]
+    for verb in ("kill", "terminate", "destroy"):
+        pattern = f"/**/{verb}/**"
+        [locked] = [r for r in rules if r["module"] == "madre" and r["pattern"] == pattern]
+        assert locked["locked"] and locked["risk"] == "high" and locked["source"] == "default"
+        removed = await gw.delete(f"{RULES}/{locked['id']}", headers=admin_headers)
+        assert (removed.status, (await removed.json())["code"]) == (409, "conflict"), verb
+        lowered = await gw.post(RULES, json={"module": "madre", "method": "*", "pattern": pattern, "risk": "low"},
+                                headers=admin_headers)
+        assert lowered.status == 409, verb
+
+
+async def test_a_confirmed_revoke_that_fails_publishes_its_failure(
+    start_gateway, admin_headers, make_token, monkeypatch
+) -> None:
+    import asyncpg
+
+    from tentaculo.auth import views as auth_views
+
+    gw = await start_gateway()
+    name = f"victim-{uuid.uuid4().hex[:6]}"
+    await make_token("read", name=name)
+
+    async def unreachable(*_: object, **__: object) -> None:
+        raise asyncpg.CannotConnectNowError("the database system is shutting down")
+
+    monkeypatch.setattr(auth_views.queries, "revoke_token", unreachable)
+    cid = f"rvk-{uuid.uuid4().hex[:8]}"
+    done = await confirmed(gw, "DELETE", f"/operator/api/tokens/{name}", headers={**admin_headers, "X-Correlation-ID": cid})
+    assert done.status >= 500
+    events = await actions(gw, cid, 2)
+    assert [e["outcome"] for e in events] == ["confirmation_required", "failed"]
+    assert events[1]["confirmed"] and events[1]["error"] == "CannotConnectNowError"
+
+
+async def test_a_confirmed_proxied_call_that_breaks_publishes_its_failure(
+    start_gateway, make_token, monkeypatch
+) -> None:
+    from tentaculo.proxy import views as proxy_views
+
+    gw = await start_gateway()
+
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(proxy_views, "_forward", broken)
+    cid = f"brk-{uuid.uuid4().hex[:8]}"
+    operator = {"X-VX11-Token": await make_token("operate"), "X-Correlation-ID": cid}
+    done = await confirmed(gw, "POST", proxy("madre/echo/jobs/7/stop"), data=b"", headers=operator)
+    assert done.status == 500
+    events = await actions(gw, cid, 2)
+    assert [e["outcome"] for e in events] == ["confirmation_required", "failed"]
+    assert events[1]["error"] == "RuntimeError" and events[1]["confirmed"]
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+async def test_a_high_risk_body_may_be_as_large_as_any_proxied_one(start_gateway, module, make_token) -> None:
+    gw = await start_gateway(proxy_max_body_bytes=3 * 1024 * 1024)
+    operator = {"X-VX11-Token": await make_token("operate")}
+    payload = b"x" * (2 * 1024 * 1024)  # above TENTACULO_MAX_BODY_BYTES (1 MiB), within the proxy's limit
+    done = await confirmed(gw, "POST", proxy("madre/echo/db/reset"), data=payload, headers=operator)
+    assert done.status == 200 and (await done.json())["size"] == len(payload)
+
+    async def chunks() -> Any:
+        for _ in range(4):
+            yield b"y" * (1024 * 1024)
+
+    too_large = await gw.post(proxy("madre/echo/db/reset"), data=chunks(), headers=operator)  # chunked, no length
+    assert (too_large.status, (await too_large.json())["code"]) == (413, "payload_too_large")

@@ -1,5 +1,7 @@
-"""Risk at the door: a medium or high call publishes ``operator_action``; a high one waits for its
-confirmation (``tentaculo/auth/confirm.py``) before it is performed.
+"""Risk at the door: a medium or high call needs the ``operate`` scope (the gateway's own admin
+calls: ``admin``) and publishes ``operator_action``; a high one waits for its confirmation
+(``tentaculo/auth/confirm.py``) before it is performed. Every confirmed or medium call publishes
+its outcome, ``failed`` too when it ends in an error or is cancelled.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from tentaculo.http.errors import Problem
 
 log = structlog.get_logger("tentaculo.actions")
 
+OPERATE = "operate"
+
 
 @dataclass(slots=True)
 class Action:
@@ -32,9 +36,15 @@ class Action:
         publish_action(self.request, self.service, self.verdict, "performed" if status < 400 else "failed",
                        status=status, confirmed=self.confirmed)
 
+    def failed(self, error: BaseException) -> None:
+        """The call ended in ``error`` (an exception or cancellation): publish ``failed``."""
+        status = error.status if isinstance(error, Problem | web.HTTPException) else None
+        publish_action(self.request, self.service, self.verdict, "failed", status=status, confirmed=self.confirmed,
+                       error=type(error).__name__)
+
 
 def publish_action(request: web.Request, service: str, verdict: Verdict, outcome: str, *,
-                   status: int | None = None, confirmed: bool = False) -> None:
+                   status: int | None = None, confirmed: bool = False, error: str | None = None) -> None:
     """Publish an ``operator_action`` event (who, what, risk, outcome) and log the same (no token)."""
     data: dict[str, Any] = {
         "who": request[keys.PRINCIPAL].name,
@@ -46,28 +56,41 @@ def publish_action(request: web.Request, service: str, verdict: Verdict, outcome
         "status": status,
         "confirmed": confirmed,
     }
+    if error is not None:
+        data["error"] = error  # the exception's class only: its text may hold what the event must not
     log.info("operator_action", who=data["who"], method=request.method, path=request.path, service=service,
              risk=verdict.risk, outcome=outcome, status=status)
     severity = "warning" if verdict.risk == "high" or outcome in ("refused", "failed") else "info"
     request.app[keys.EVENTS].publish("operator_action", data, severity=severity)
 
 
-async def guard(request: web.Request, service: str, verdict: Verdict, body: bytes | None = None) -> Action | None:
+def check_scope(request: web.Request, verdict: Verdict, scope: str = OPERATE) -> None:
+    """403 ``forbidden`` unless the caller holds ``scope``, for a call riskier than low."""
+    if verdict.risk != "low" and scope not in request[keys.PRINCIPAL].scopes:
+        raise Problem("forbidden", f"this call needs the '{scope}' scope: it is a {verdict.risk}-risk action "
+                      f"({verdict.reason})", required_scope=scope)
+
+
+async def guard(request: web.Request, service: str, verdict: Verdict, body_hash: str | None = None, *,
+                scope: str = OPERATE) -> Action | None:
     """Let a call through by its risk: low plainly (None), medium with an event, high only when confirmed.
 
-    A high call without ``X-VX11-Confirm`` raises 428 ``confirmation_required`` carrying a token;
-    with one it is redeemed (403 ``confirmation_invalid`` when it does not fit). ``body`` is the
-    call's whole body (read here when None).
+    Above low the caller needs ``scope`` (``operate``; the gateway's admin calls pass ``admin``):
+    403 ``forbidden`` otherwise, before any confirmation is issued, whatever scope the method
+    alone needs (a GET that stops is not a read). A high call without ``X-VX11-Confirm`` raises
+    428 ``confirmation_required`` carrying a token; with one it is redeemed (403
+    ``confirmation_invalid`` when it does not fit). ``body_hash`` is the SHA-256 (hex) of the
+    call's whole body (the body is read here when None).
     """
     if verdict.risk == "low":
         return None
+    check_scope(request, verdict, scope)
+    principal = request[keys.PRINCIPAL]
     if verdict.risk == "medium":
         return Action(request, service, verdict, confirmed=False)
-    if body is None:
-        body = await request.read()
+    if body_hash is None:
+        body_hash = hashlib.sha256(await request.read()).hexdigest()
     confirmations = request.app[keys.CONFIRMATIONS]
-    principal = request[keys.PRINCIPAL]
-    body_hash = hashlib.sha256(body).hexdigest()
     given = request.headers.get(HEADER)
     if given is None:
         token = await confirmations.issue(principal, request.method, request.raw_path, body_hash)

@@ -7,8 +7,19 @@ number of segments (none included), so ``/**/stop/**`` matches ``/stop``, ``/job
 care about case must not let ``/STOP`` pass for a read.
 
 A call's risk is the highest of the rules that match it (none: ``low``). Raising a risk is adding
-a rule; lowering one is removing the rule that raised it. Locked rules (stopping or deleting
-madre, and the gateway's own destructive calls) cannot be removed.
+a rule; lowering one is removing the rule that raised it. Locked rules (stopping, killing,
+terminating, destroying or deleting madre, and the gateway's own destructive calls) cannot be
+removed.
+
+A path is matched segment by segment as the module may read it: each segment fully
+percent-decoded (as many layers as the proxy's path checks look through), its ``;params``
+dropped, and, for a second match, cut to its stem before the first ``.`` (``stop.json`` is
+``stop``). So ``/jobs/7/stop;x``, ``/jobs/7/stop.json`` and ``/jobs/7/%2573top`` are stops;
+``/stopped`` and ``/restore-points`` still are not.
+
+Until the table has been read (PostgreSQL down at start, the table missing), the shipped rules in
+``DEFAULT_RULES`` (those the migrations seed) apply; once it has been read, its rules apply, and
+the shipped locked rules always do, whatever the table holds.
 
 ``RiskRules`` keeps the rules in memory: changes made through the API reload it here at once and
 on every other instance when their ``policy_change`` event arrives; a periodic re-read
@@ -19,15 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import asyncpg
 import structlog
 
 from tentaculo.db import DB_FAILURES, queries
+from tentaculo.files.sandbox import DECODE_LAYERS
 from tentaculo.http.errors import failure_reason
 from tentaculo.tasks import stop_task
 
@@ -138,6 +152,66 @@ FEATURE_OFF = _builtin("PUT", "/operator/api/features/*", "turning a feature off
 GATEWAY_RULES = (REVOKE_TOKEN, FEATURE_OFF)
 
 
+def _shipped(module: str, method: str, pattern: str, risk: str, reason: str, locked: bool = False) -> RiskRule:
+    return RiskRule(None, module, method, pattern, risk, reason, locked, "default", None, compile_pattern(pattern))
+
+
+_MADRE_DELETES = "deleting in madre, the orchestrator, is always high"
+# The shipped classification, as migrations 0004 and 0005 seed it: what applies until the table is
+# read, and (the locked ones) always. tests/test_policies.py checks it matches the seeded rows.
+DEFAULT_RULES = (
+    _shipped(ANY, "GET", "/**", "low", "reads"),
+    _shipped(ANY, "HEAD", "/**", "low", "reads"),
+    _shipped(ANY, "PATCH", "/**", "medium", "patches a resource"),
+    _shipped(ANY, ANY, "/**/restart/**", "medium", "restarts"),
+    _shipped(ANY, ANY, "/**/suspend/**", "medium", "suspends"),
+    _shipped(ANY, ANY, "/**/patch/**", "medium", "patches"),
+    _shipped(ANY, ANY, "/**/update/**", "medium", "updates"),
+    _shipped(ANY, "DELETE", "/**", "high", "deletes"),
+    _shipped(ANY, ANY, "/**/delete/**", "high", "deletes"),
+    _shipped(ANY, ANY, "/**/drop/**", "high", "drops data"),
+    _shipped(ANY, ANY, "/**/destroy/**", "high", "destroys"),
+    _shipped(ANY, ANY, "/**/reset/**", "high", "resets state"),
+    _shipped(ANY, ANY, "/**/migrate/**", "high", "migrates data"),
+    _shipped(ANY, ANY, "/**/restore/**", "high", "restores from a backup"),
+    _shipped(ANY, ANY, "/**/stop/**", "high", "stops"),
+    _shipped(ANY, ANY, "/**/kill/**", "high", "kills"),
+    _shipped(ANY, ANY, "/**/terminate/**", "high", "terminates"),
+    _shipped("madre", "DELETE", "/**", "high", _MADRE_DELETES, locked=True),
+    _shipped("madre", ANY, "/**/delete/**", "high", _MADRE_DELETES, locked=True),
+    _shipped("madre", ANY, "/**/stop/**", "high", "stopping madre, the orchestrator, is always high", locked=True),
+    _shipped("madre", ANY, "/**/kill/**", "high", "killing madre, the orchestrator, is always high", locked=True),
+    _shipped("madre", ANY, "/**/terminate/**", "high", "terminating madre, the orchestrator, is always high",
+             locked=True),
+    _shipped("madre", ANY, "/**/destroy/**", "high", "destroying in madre, the orchestrator, is always high",
+             locked=True),
+)
+LOCKED_DEFAULT_RULES = tuple(r for r in DEFAULT_RULES if r.locked)
+
+
+def _segment_forms(segment: str) -> tuple[str, str]:
+    """A decoded path segment as a module may read it, and its stem before the first ``.``."""
+    for _ in range(DECODE_LAYERS):  # the proxy refused a path encoded more deeply than this
+        if "%" not in segment:
+            break
+        segment = unquote(segment, errors="replace")
+    segment = unicodedata.normalize("NFKC", segment).split(";", 1)[0]
+    stem = segment.split(".", 1)[0]
+    return segment, stem or segment
+
+
+def match_paths(path: str) -> tuple[str, ...]:
+    """The forms of ``path`` (decoded once, relative to the module's base) that rules are matched against.
+
+    Every segment fully percent-decoded, without ``;params`` (and NFKC-normalised); then the same
+    with each segment cut to its stem before a ``.``.
+    """
+    forms = [_segment_forms(s) for s in path.split("/")]
+    whole = "/".join(f[0] for f in forms)
+    stems = "/".join(f[1] for f in forms)
+    return (whole,) if stems == whole else (whole, stems)
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """How risky one call is and the rule that made it so (None: no rule matched, low)."""
@@ -154,10 +228,11 @@ LOW = Verdict("low", None)
 
 
 def classify(rules: Iterable[RiskRule], method: str, path: str) -> Verdict:
-    """The highest-risk rule among ``rules`` matching ``method`` and ``path`` (a decoded module path)."""
+    """The highest-risk rule among ``rules`` matching ``method`` and any form of ``path`` (see ``match_paths``)."""
+    paths = match_paths(path)
     best = LOW
     for rule in rules:
-        if RANK[rule.risk] > RANK[best.risk] and rule.matches(method, path):
+        if RANK[rule.risk] > RANK[best.risk] and any(rule.matches(method, p) for p in paths):
             best = Verdict(rule.risk, rule)
             if rule.risk == "high":
                 break
@@ -170,7 +245,8 @@ class RiskRules:
     def __init__(self, pool: asyncpg.Pool, *, reload_seconds: float = DEFAULT_RELOAD_SECONDS) -> None:
         self._pool = pool
         self.reload_seconds = reload_seconds
-        self.rules: tuple[RiskRule, ...] = ()
+        # The shipped rules until the table has been read (``loaded_at`` set), then the table's.
+        self.rules: tuple[RiskRule, ...] = DEFAULT_RULES
         # module -> the rules that may apply to it (its own and '*'), highest risk first.
         self._by_module: dict[str, tuple[RiskRule, ...]] = {}
         self.loaded_at: datetime | None = None
@@ -237,10 +313,19 @@ class RiskRules:
                 except Exception:  # isolation boundary
                     log.exception("risk_rules_change_callback_failed")
 
+    @property
+    def source(self) -> str:
+        """Where the rules in force come from: ``database``, or the shipped defaults and why."""
+        if self.loaded_at is not None:
+            return "database"
+        return "default (database unreadable)" if self.load_error != "not read yet" else "default (not read yet)"
+
     def _candidates(self, module: str) -> tuple[RiskRule, ...]:
         found = self._by_module.get(module)
         if found is None:
-            found = tuple(sorted((r for r in self.rules if r.module in (ANY, module)),
+            # The shipped locked rules are a floor: a table that lost them still cannot lower them.
+            floor = LOCKED_DEFAULT_RULES if self.loaded_at is not None else ()
+            found = tuple(sorted((r for r in self.rules + floor if r.module in (ANY, module)),
                                  key=lambda r: -RANK[r.risk]))
             if len(self._by_module) < 1024:  # module names come from the registry, but stay bounded
                 self._by_module[module] = found

@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from tentaculo import keys
-from tentaculo.auth.actions import guard
+from tentaculo.auth.actions import Action, guard
 from tentaculo.auth.risk import REVOKE_TOKEN, Verdict
 from tentaculo.auth.tokens import (
     MAX_EXPIRES_IN,
@@ -101,15 +101,25 @@ async def create_token(request: web.Request) -> web.Response:
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke the active token with this name (high risk: confirmed first)."""
     name = request.match_info["name"]
-    action = await guard(request, "tentaculo", Verdict("high", REVOKE_TOKEN))
+    action = await guard(request, "tentaculo", Verdict("high", REVOKE_TOKEN), scope="admin")
     # Shielded: a client leaving mid-call must not leave the row revoked but the cache and streams not.
-    if not await asyncio.shield(_revoke(request.app, name)):
-        if action is not None:
-            action.done(404)
-        raise Problem("not_found", f"no active token named {name!r}")
+    # The outcome is published when the revocation itself ends, whether or not the client waited.
+    revoking = asyncio.ensure_future(_revoke(request.app, name))
     if action is not None:
-        action.done(204)
+        revoking.add_done_callback(lambda task: _outcome(action, task))
+    if not await asyncio.shield(revoking):
+        raise Problem("not_found", f"no active token named {name!r}")
     return web.Response(status=204)
+
+
+def _outcome(action: Action, task: asyncio.Future[bool]) -> None:
+    """Publish how a confirmed revocation ended: performed (204), no such token (404) or failed."""
+    if task.cancelled():
+        action.failed(asyncio.CancelledError())
+    elif (error := task.exception()) is not None:
+        action.failed(error)
+    else:
+        action.done(204 if task.result() else 404)
 
 
 async def _revoke(app: web.Application, name: str) -> bool:

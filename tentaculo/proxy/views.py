@@ -14,6 +14,7 @@ its confirmation, 428 ``confirmation_required``) and the module's circuit breake
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import AsyncIterator
 
@@ -22,19 +23,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tentaculo import keys
-from tentaculo.auth.actions import Action, guard
+from tentaculo.auth.actions import Action, check_scope, guard
 from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER
 from tentaculo.auth.tokens import requires
 from tentaculo.http.errors import Problem
 from tentaculo.http.middlewares import CLIENT_CLOSED
-from tentaculo.proxy.call import BodyTooLarge, ProxyCall, RequestBody, UpstreamError, UpstreamUnavailable
+from tentaculo.proxy.call import BodyTooLarge, ProxyCall, RequestBody, Upstream, UpstreamError, UpstreamUnavailable
 from tentaculo.proxy.headers import client_headers, upstream_headers
 from tentaculo.proxy.paths import forwarded_query, module_path
 from tentaculo.proxy.transport import ModuleProxy, UpstreamResponse
 from tentaculo.proxy.websocket import WS_HEARTBEAT, WS_MAX_MESSAGE, is_websocket, pump_websockets
 from tentaculo.settings import AllowRule, service_key, under_prefixes
 from tentaculo.status.features import feature
-from tentaculo.status.services import GATEWAY, ServiceRegistry, unconfigured_detail
+from tentaculo.status.services import GATEWAY, ServiceEntry, ServiceRegistry, unconfigured_detail
 
 log = structlog.get_logger("tentaculo.proxy")
 
@@ -129,9 +130,57 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     buffered: bytes | None = None
     action: Action | None = None
     if risk.risk != "low":
+        check_scope(request, risk)  # before a body is read for it
+        body_hash = None
         if risk.risk == "high":
-            buffered = await request.read()  # at most TENTACULO_MAX_BODY_BYTES; its hash binds the confirmation
-        action = await guard(request, entry.name, risk, buffered)
+            # Its hash binds the confirmation; only the confirmed call needs the body itself.
+            body_hash, buffered = await _read_body(request, settings.proxy_max_body_bytes,
+                                                   keep=CONFIRM_HEADER in request.headers)
+        action = await guard(request, entry.name, risk, body_hash)
+    try:
+        response = await _perform(request, name, entry, target, rest, raw_query, buffered)
+    except Problem as problem:
+        if action is not None:
+            action.done(problem.status)
+        raise
+    except BaseException as error:  # cancelled, or a bug: the spent confirmation still gets its outcome
+        if action is not None:
+            action.failed(error)
+        raise
+    if action is not None:
+        action.done(response.status)
+    return response
+
+
+async def _read_body(request: web.Request, limit: int, *, keep: bool) -> tuple[str, bytes | None]:
+    """The SHA-256 (hex) of the request body, hashed as it arrives, and the body when ``keep``.
+
+    413 ``payload_too_large`` past ``limit`` (``TENTACULO_PROXY_MAX_BODY_BYTES``, as for any proxied body).
+    """
+    digest = hashlib.sha256()
+    kept = bytearray() if keep else None
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise Problem("payload_too_large", f"the request body exceeds {limit} bytes")
+        digest.update(chunk)
+        if kept is not None:
+            kept += chunk
+    return digest.hexdigest(), bytes(kept) if kept is not None else None
+
+
+async def _perform(
+    request: web.Request, name: str, entry: ServiceEntry, target: Upstream, rest: str, raw_query: str,
+    buffered: bytes | None,
+) -> web.StreamResponse:
+    """Forward an admitted call (its risk settled) and relay the answer."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    registry = app[keys.SERVICES]
+    transport = app[keys.PROXY]
+    key = service_key(name)
+    length = request.content_length
     headers = upstream_headers(
         request,
         correlation_id=request[keys.CORRELATION_ID],
@@ -175,18 +224,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     verdict = Verdict(registry, entry.name)
     try:
         if websocket:
-            response = await _websocket(request, transport, verdict, call, offered)
-        else:
-            response = await _forward(request, transport, verdict, call)
-    except Problem as problem:
-        if action is not None:
-            action.done(problem.status)
-        raise
+            return await _websocket(request, transport, verdict, call, offered)
+        return await _forward(request, transport, verdict, call)
     finally:
         verdict.release()  # no-op once a verdict was given; frees a half-open trial otherwise
-    if action is not None:
-        action.done(response.status)
-    return response
 
 
 class _ReadBody(RequestBody):

@@ -56,11 +56,17 @@ async def set_feature(request: web.Request) -> web.Response:
     if errors or not is_flag_status(status):
         raise ValidationFailed(errors)
     principal = request[keys.PRINCIPAL]
-    action = await guard(request, "tentaculo", Verdict("high", FEATURE_OFF)) if status == "off" else None
+    action = await guard(request, "tentaculo", Verdict("high", FEATURE_OFF), scope="admin") if status == "off" else None
     try:
         _, previous = await flags.set(name, status, reason, principal.name)
     except UnknownFeature:
+        if action is not None:
+            action.done(404)
         raise _unknown(name, flags.names()) from None
+    except BaseException as error:  # PostgreSQL away, the client gone: the spent confirmation says failed
+        if action is not None:
+            action.failed(error)
+        raise
     if action is not None:
         action.done(200)
     publish_change(request.app, "feature", "changed", {"feature": name, "status": status, "previous_status": previous})

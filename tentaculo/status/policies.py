@@ -21,7 +21,7 @@ from aiohttp import web
 
 from tentaculo import keys
 from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER, Confirmations
-from tentaculo.auth.risk import GATEWAY_RULES, RiskRules
+from tentaculo.auth.risk import GATEWAY_RULES, LOCKED_DEFAULT_RULES, RiskRules
 from tentaculo.auth.tokens import MAX_EXPIRES_IN, MAX_REQUESTS_PER_MINUTE
 from tentaculo.settings import Settings, service_key
 from tentaculo.status.rollup import RETENTION as METRICS_RETENTION
@@ -116,7 +116,8 @@ def _module(s: Settings, name: str, rules: RiskRules) -> dict[str, Any]:
         "own_credential": {"value": key in s.service_tokens,
                            "source": "environment" if key in s.service_tokens else "default"},
         "risk_rules": {"value": module_rules,
-                       "source": "database" if any(r["source"] == "database" for r in module_rules) else "default"},
+                       "source": rules.source if rules.loaded_at is None
+                       else "database" if any(r["source"] == "database" for r in module_rules) else "default"},
     }
 
 
@@ -180,9 +181,13 @@ def _files(s: Settings) -> dict[str, Any]:
 
 def _risk(rules: RiskRules) -> dict[str, Any]:
     table = [r.view() for r in rules.rules]
+    if rules.loaded_at is None:  # the shipped rules stand in: say so, and why
+        source = rules.source
+    else:
+        source = "database" if any(r["source"] == "database" for r in table) else "default"
     return {
-        "rules": {"value": table,
-                  "source": "database" if any(r["source"] == "database" for r in table) else "default"},
+        "rules": {"value": table, "source": source},
+        "locked_floor": _fixed([r.view() for r in LOCKED_DEFAULT_RULES]),
         "gateway_rules": _fixed([r.view() for r in GATEWAY_RULES]),
         "evaluation": _fixed("a call's risk is the highest of the rules matching it (none: low); low passes, "
                              "medium passes and publishes operator_action, high waits for a confirmation"),

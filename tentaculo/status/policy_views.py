@@ -24,8 +24,8 @@ async def list_policies(request: web.Request) -> web.Response:
 async def list_rules(request: web.Request) -> web.Response:
     """The risk rules as this instance holds them."""
     rules = request.app[keys.RISK_RULES]
-    return json_response({"rules": [r.view() for r in rules.rules], "loaded_at": rules.loaded_at,
-                          "load_error": rules.load_error})
+    return json_response({"rules": [r.view() for r in rules.rules], "source": rules.source,
+                          "loaded_at": rules.loaded_at, "load_error": rules.load_error})
 
 
 @requires("admin")
