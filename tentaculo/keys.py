@@ -27,6 +27,7 @@ from tentaculo.settings import Settings
 from tentaculo.status.dependencies import DependencyMonitor
 from tentaculo.status.features import FeatureFlags
 from tentaculo.status.metrics import RequestMetrics
+from tentaculo.status.policy_notices import PolicyNotices
 from tentaculo.status.prober import ServiceProber
 from tentaculo.status.rollup import MetricsRollup
 from tentaculo.status.services import ServiceRegistry
@@ -101,6 +102,7 @@ RATE_COUNTER = web.AppKey("rate_counter", SharedGcra)
 AUTH_LIMITER = web.AppKey("auth_limiter", AuthFailureLimiter)
 RISK_RULES = web.AppKey("risk_rules", RiskRules)
 CONFIRMATIONS = web.AppKey("confirmations", Confirmations)
+POLICY_NOTICES = web.AppKey("policy_notices", PolicyNotices)
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

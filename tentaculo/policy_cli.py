@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
+from typing import Any
 
 import asyncpg
+import orjson
 
-from tentaculo.auth.risk import rule_errors
+from tentaculo.auth.risk import RiskRule, rule_errors
 from tentaculo.db import queries
 from tentaculo.db.migrate import migrate
 from tentaculo.settings import Settings
@@ -58,22 +61,30 @@ async def policy_command(settings: Settings, args: argparse.Namespace) -> int:
                       f"{r['pattern']:<28} {r['reason']}{mark}")
             return 0
         if args.policy_command == "remove":
-            if await queries.delete_risk_rule(conn, args.id) is None:
+            gone = await queries.delete_risk_rule(conn, args.id)
+            if gone is None:
                 locked = await queries.risk_rule(conn, args.id) is not None
                 print(f"tentaculo: risk rule {args.id} is locked" if locked else f"tentaculo: no risk rule {args.id}",
                       file=sys.stderr)
                 return 1
-            print(f"removed risk rule {args.id}; running gateways re-read the rules within "
-                  f"{settings.policy_reload_seconds:g} s")
+            await _notify(conn, "removed", RiskRule.from_row(gone).view())
+            print(f"removed risk rule {args.id}; running gateways apply it at once")
             return 0
         row, created = await queries.upsert_risk_rule(conn, data["module"], data["method"], data["pattern"],
                                                       data["risk"], data["reason"], "cli")
+        if row["risk"] == data["risk"]:
+            await _notify(conn, "added" if created else "changed", RiskRule.from_row(row).view())
     finally:
         await conn.close()
     if row["risk"] != data["risk"]:
         print(f"tentaculo: risk rule {row['id']} is locked: its risk stays {row['risk']}", file=sys.stderr)
         return 1
     print(f"{'added' if created else 'updated'} risk rule {row['id']}: {row['module']} {row['method']} "
-          f"{row['pattern']} -> {row['risk']}; running gateways re-read the rules within "
-          f"{settings.policy_reload_seconds:g} s")
+          f"{row['pattern']} -> {row['risk']}; running gateways apply it at once")
     return 0
+
+
+async def _notify(conn: asyncpg.Connection, change: str, rule: dict[str, Any]) -> None:
+    """Tell running gateways at once; they re-read the rules and one publishes ``policy_change``."""
+    notice = {"id": uuid.uuid4().hex, "what": "risk_rule", "change": change, "rule": rule, "by": "cli"}
+    await queries.notify_risk_rules(conn, orjson.dumps(notice, default=str).decode())

@@ -3,6 +3,7 @@ Redis and a loopback module."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tentaculo import keys
 from tentaculo.app import create_app
 from tentaculo.auth.confirm import Confirmations
 from tentaculo.auth.risk import compile_pattern
@@ -511,3 +513,40 @@ async def test_a_high_risk_body_may_be_as_large_as_any_proxied_one(start_gateway
 
     too_large = await gw.post(proxy("madre/echo/db/reset"), data=chunks(), headers=operator)  # chunked, no length
     assert (too_large.status, (await too_large.json())["code"]) == (413, "payload_too_large")
+
+
+async def test_a_rule_set_from_the_cli_applies_at_once_everywhere_and_is_announced_once(
+    start_gateway, settings, admin_headers
+) -> None:
+    # A periodic re-read far off: only the CLI's notice can bring the rule in during the test.
+    one, two = await start_gateway(policy_reload_seconds=300), await start_gateway(policy_reload_seconds=300)
+    await wait_for(lambda: one.app[keys.POLICY_NOTICES].listening and two.app[keys.POLICY_NOTICES].listening)
+    pattern = f"/cli-{uuid.uuid4().hex[:6]}/**"
+    env = {**os.environ, "TENTACULO_DATABASE_URL": settings.database_url or "", "TENTACULO_LOG_FORMAT": "json"}
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tentaculo", "policy", "set", "--module", "hermes", "--method", "post", pattern,
+        "high", "--reason", "from the CLI", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await cli.communicate()
+    assert cli.returncode == 0, err.decode()
+    assert "apply it at once" in out.decode()
+
+    def holds(gw: TestClient) -> bool:
+        return any(r.pattern == pattern for r in gw.app[keys.RISK_RULES].rules)
+
+    await wait_for(lambda: holds(one) and holds(two))
+    await wait_for(lambda: not one.app[keys.POLICY_NOTICES].pending and not two.app[keys.POLICY_NOTICES].pending)
+
+    async def announced(gw: TestClient) -> list[dict[str, Any]]:
+        page = await (await gw.get(f"{EVENTS}?types=policy_change&limit=50",
+                                   headers={**admin_headers, "Accept": "application/json"})).json()
+        return [e["data"] for e in page["events"] if (e["data"].get("rule") or {}).get("pattern") == pattern]
+
+    async def seen_by_both() -> bool:
+        return bool(await announced(one)) and bool(await announced(two))
+
+    await wait_for(seen_by_both)
+    for gw in (one, two):
+        [event] = await announced(gw)  # once, though both instances heard the notice
+        assert (event["what"], event["change"], event["by"]) == ("risk_rule", "added", "cli")
+    asked = await two.post(proxy(f"hermes{pattern[:-3]}/x"), data=b"", headers=admin_headers)
+    assert (asked.status, (await asked.json())["code"]) == (428, "confirmation_required")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 
@@ -17,15 +18,22 @@ class ChannelListener:
     again later.
     """
 
-    def __init__(self, database_url: str | None, channel: str, heard: asyncio.Event) -> None:
+    def __init__(self, database_url: str | None, channel: str, heard: asyncio.Event,
+                 on_payload: Callable[[str], None] | None = None) -> None:
         self.database_url = database_url
         self.channel = channel
         self.heard = heard
+        self.on_payload = on_payload  # called with each notification's payload, besides ``heard``
         self._conn: asyncpg.Connection | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether a live connection is listening now."""
+        return self._conn is not None and not self._conn.is_closed()
 
     async def ensure(self) -> None:
         """Listen, unless already listening on a live connection."""
-        if self._conn is not None and not self._conn.is_closed():
+        if self.listening:
             return
         await self.close()
         try:
@@ -50,5 +58,7 @@ class ChannelListener:
             except (TimeoutError, *DB_FAILURES):
                 conn.terminate()
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
         self.heard.set()
+        if self.on_payload is not None and isinstance(payload, str):
+            self.on_payload(payload)

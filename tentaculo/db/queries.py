@@ -463,6 +463,15 @@ async def delete_risk_rule(db: Executor, rule_id: int) -> asyncpg.Record | None:
     )
 
 
+# A risk rule changed outside the gateway (``tentaculo policy``): the payload is a JSON notice.
+RISK_RULES_CHANNEL = "tentaculo_risk_rules"
+
+
+async def notify_risk_rules(db: Executor, notice: str) -> None:
+    """Tell every running instance listening on RISK_RULES_CHANNEL that the rules changed."""
+    await db.execute("SELECT pg_notify($1, $2)", RISK_RULES_CHANNEL, notice)
+
+
 async def risk_rule(db: Executor, rule_id: int) -> asyncpg.Record | None:
     """One rule by id."""
     return await db.fetchrow(f"SELECT {_RISK_RULE_COLUMNS} FROM risk_rules WHERE id = $1", rule_id)

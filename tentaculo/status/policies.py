@@ -24,6 +24,7 @@ from tentaculo.auth.confirm import HEADER as CONFIRM_HEADER, Confirmations
 from tentaculo.auth.risk import GATEWAY_RULES, LOCKED_DEFAULT_RULES, RiskRules
 from tentaculo.auth.tokens import MAX_EXPIRES_IN, MAX_REQUESTS_PER_MINUTE
 from tentaculo.settings import Settings, service_key
+from tentaculo.status.policy_notices import PolicyNotices
 from tentaculo.status.rollup import RETENTION as METRICS_RETENTION
 from tentaculo.status.services import GATEWAY
 
@@ -230,7 +231,8 @@ def on_policy_event(rules: RiskRules) -> Any:
 
 
 async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Risk rules (read at start, re-read on ``policy_change`` and periodically) and confirmations."""
+    """Risk rules (read at start, re-read on ``policy_change``, on a ``tentaculo policy`` notice and
+    periodically) and confirmations."""
     settings = app[keys.SETTINGS]
     rules = RiskRules(app[keys.DB_POOL], reload_seconds=settings.policy_reload_seconds)
     app[keys.RISK_RULES] = rules
@@ -239,6 +241,10 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
     listener = on_policy_event(rules)
     hub.listeners.append(listener)
     await rules.start()
+    notices = PolicyNotices(settings, rules, app[keys.REDIS], hub)
+    app[keys.POLICY_NOTICES] = notices
+    notices.start()
     yield
+    await notices.close()
     hub.listeners.remove(listener)
     await rules.close()
