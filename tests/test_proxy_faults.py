@@ -104,10 +104,12 @@ async def test_each_transports_failures_answer_the_same_problem_without_the_modu
     start_gateway, admin_headers, respond, status, code, reason, method
 ) -> None:
     raw = await RawModule(respond or garbage).start()
-    if respond is None:
-        await raw.close()  # nothing listens on that port any more
     try:
+        # The gateway's own test server binds while the module still holds its port, so it can
+        # never be given that port once the module lets it go.
         gw = await start_gateway(raw.url, service_timeouts={"madre": ModuleTimeouts(read=0.3)})
+        if respond is None:
+            await raw.close()  # nothing listens on that port any more
         cid = f"{code}-{method}"
         resp = await gw.request(method, url("x"), data=b"x" if method == "POST" else None,
                                 headers={**admin_headers, "X-Correlation-ID": cid})

@@ -45,6 +45,9 @@ class ChannelListener:
         except DB_FAILURES:
             await conn.close(timeout=2)
             return
+        except BaseException:  # cancelled (the owner is stopping): never leave the connection open
+            conn.terminate()
+            raise
         conn.add_termination_listener(lambda _: self.heard.set())
         self._conn = conn
         self.heard.set()
