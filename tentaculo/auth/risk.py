@@ -29,6 +29,7 @@ on every other instance when their ``policy_change`` event arrives; a periodic r
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -200,12 +201,24 @@ def _segment_forms(segment: str) -> tuple[str, str]:
     return segment, stem or segment
 
 
+@functools.lru_cache(maxsize=4096)
+def _needle(pattern: str) -> str:
+    """The longest literal piece of ``pattern``, lower-cased: any path it matches holds it ('' if none)."""
+    return max((piece for segment in pattern.split("/") for piece in segment.split("*")), key=len).lower()
+
+
 def match_paths(path: str) -> tuple[str, ...]:
     """The forms of ``path`` (decoded once, relative to the module's base) that rules are matched against.
 
     Every segment fully percent-decoded, without ``;params`` (and NFKC-normalised); then the same
     with each segment cut to its stem before a ``.``.
     """
+    if path.isascii() and "%" not in path and ";" not in path:
+        # The common case: nothing to decode or strip, and NFKC leaves ASCII alone.
+        if "." not in path:
+            return (path,)
+        cut = "/".join(s.split(".", 1)[0] or s for s in path.split("/"))
+        return (path,) if cut == path else (path, cut)
     forms = [_segment_forms(s) for s in path.split("/")]
     whole = "/".join(f[0] for f in forms)
     stems = "/".join(f[1] for f in forms)
@@ -229,10 +242,16 @@ LOW = Verdict("low", None)
 
 def classify(rules: Iterable[RiskRule], method: str, path: str) -> Verdict:
     """The highest-risk rule among ``rules`` matching ``method`` and any form of ``path`` (see ``match_paths``)."""
-    paths = match_paths(path)
+    # Each form with its lower-case spelling when ASCII: a rule whose literal text is not in it
+    # cannot match, and skipping its regex is most of the check's cost (non-ASCII forms always
+    # go to the regex, whose case-insensitive matching folds more than lower() does).
+    forms = [(p, p.lower() if p.isascii() else None) for p in match_paths(path)]
     best = LOW
     for rule in rules:
-        if RANK[rule.risk] > RANK[best.risk] and any(rule.matches(method, p) for p in paths):
+        if (rule.method != ANY and rule.method != method) or RANK[rule.risk] <= RANK[best.risk]:
+            continue
+        needle = _needle(rule.pattern)
+        if any((low is None or needle in low) and rule.regex.match(p) is not None for p, low in forms):
             best = Verdict(rule.risk, rule)
             if rule.risk == "high":
                 break
@@ -324,7 +343,10 @@ class RiskRules:
         found = self._by_module.get(module)
         if found is None:
             # The shipped locked rules are a floor: a table that lost them still cannot lower them.
-            floor = LOCKED_DEFAULT_RULES if self.loaded_at is not None else ()
+            floor: tuple[RiskRule, ...] = ()
+            if self.loaded_at is not None:  # only those the table does not hold as they are
+                held = {(r.module, r.method, r.pattern, r.risk) for r in self.rules}
+                floor = tuple(r for r in LOCKED_DEFAULT_RULES if (r.module, r.method, r.pattern, r.risk) not in held)
             found = tuple(sorted((r for r in self.rules + floor if r.module in (ANY, module)),
                                  key=lambda r: -RANK[r.risk]))
             if len(self._by_module) < 1024:  # module names come from the registry, but stay bounded
