@@ -55,7 +55,7 @@ async def policy_command(settings: Settings, args: argparse.Namespace) -> int:
             rows = await queries.list_risk_rules(conn)
             print(f"{'ID':<6} {'MODULE':<16} {'METHOD':<8} {'RISK':<7} {'SOURCE':<9} {'PATTERN':<28} REASON")
             for r in rows:
-                source = "default" if r["created_by"] == "default" else "database"
+                source = RiskRule.from_row(r).source
                 mark = " (locked)" if r["locked"] else ""
                 print(f"{r['id']:<6} {r['module']:<16} {r['method']:<8} {r['risk']:<7} {source:<9} "
                       f"{r['pattern']:<28} {r['reason']}{mark}")

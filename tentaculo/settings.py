@@ -290,9 +290,8 @@ def secret_values(settings: Settings) -> list[str]:
     return [value for value in (*own, *plugins) if value]
 
 
-def plugin_key(name: str) -> str:
-    """How a plugin's name appears in ``TENTACULO_PLUGIN_<NAME>__<OPTION>``, lower-cased: dashes become ``_``."""
-    return name.replace("-", "_").lower()
+# How a plugin's name appears in TENTACULO_PLUGIN_<NAME>__<OPTION>: as a module's does in its variables.
+plugin_key = service_key
 
 
 def _plugin_options(env: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:

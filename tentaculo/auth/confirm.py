@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from tentaculo.auth.signing import SigningKey, b64, unb64
 from tentaculo.auth.tokens import Principal
-from tentaculo.http.errors import Problem
+from tentaculo.http.errors import Problem, unavailable
 
 log = structlog.get_logger("tentaculo.confirm")
 
@@ -110,7 +110,6 @@ class Confirmations:
             fresh = await self._redis.set(self._prefix + head[:_ID_BYTES].hex(), b"1", nx=True,
                                           ex=max(1, int(left) + 1))
         except (RedisError, OSError):
-            raise Problem("upstream_unavailable", "confirmations cannot be checked while Redis is unreachable; "
-                          "try again shortly", status=503, headers={"Retry-After": "2"}) from None
+            raise unavailable("confirmations cannot be checked while Redis is unreachable; try again shortly") from None
         if not fresh:
             raise invalid("the confirmation token was already used; repeat the call without it to get a new one")

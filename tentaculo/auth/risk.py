@@ -32,7 +32,7 @@ import asyncio
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,7 +44,7 @@ import structlog
 from tentaculo.db import DB_FAILURES, queries
 from tentaculo.files.sandbox import DECODE_LAYERS
 from tentaculo.http.errors import failure_reason
-from tentaculo.tasks import stop_task
+from tentaculo.tasks import Periodic
 
 log = structlog.get_logger("tentaculo.risk")
 
@@ -270,42 +270,27 @@ class RiskRules:
         self._by_module: dict[str, tuple[RiskRule, ...]] = {}
         self.loaded_at: datetime | None = None
         self.load_error: str | None = "not read yet"
-        self.on_change: list[Callable[[], Any]] = []
-        self._task: asyncio.Task[None] | None = None
         self._reload_now = asyncio.Event()
+        self._refresh = Periodic("risk-rules", self._reread, reload_seconds, wake=self._reload_now)
 
     async def start(self, wait: float = 5.0) -> None:
         """Read the rules (waiting up to ``wait`` s for PostgreSQL), then keep them fresh."""
-        try:
-            async with asyncio.timeout(wait):
-                await self.reload()
-        except DB_FAILURES as exc:
-            self._failed(exc)
-        self._task = asyncio.create_task(self._run(), name="risk-rules")
+        await self._reread(wait)
+        self._refresh.start()
 
     async def close(self) -> None:
-        await stop_task(self._task)
-        self._task = None
+        await self._refresh.stop()
 
     def reload_soon(self) -> None:
         """Re-read the rules now, in the background (another instance changed them)."""
         self._reload_now.set()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.reload_seconds):
-                    await self._reload_now.wait()
-            except TimeoutError:
-                pass
-            self._reload_now.clear()
-            try:
-                async with asyncio.timeout(max(self.reload_seconds, 2.0)):
-                    await self.reload()
-            except DB_FAILURES as exc:
-                self._failed(exc)
-            except Exception:  # isolation boundary: the refresh must outlive a bug
-                log.exception("risk_rules_reload_error")
+    async def _reread(self, wait: float | None = None) -> None:
+        try:
+            async with asyncio.timeout(wait if wait is not None else max(self.reload_seconds, 2.0)):
+                await self.reload()
+        except DB_FAILURES as exc:
+            self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
         reason = failure_reason(exc)
@@ -321,16 +306,9 @@ class RiskRules:
 
     def apply(self, rules: list[RiskRule]) -> None:
         """Hold ``rules`` from now on (the per-module index is rebuilt once, not per call)."""
-        changed = [r.view() for r in rules] != [r.view() for r in self.rules]
         self.rules = tuple(rules)
         self._by_module = {}
         self.loaded_at = datetime.now().astimezone()
-        if changed:
-            for callback in list(self.on_change):
-                try:
-                    callback()
-                except Exception:  # isolation boundary
-                    log.exception("risk_rules_change_callback_failed")
 
     @property
     def source(self) -> str:

@@ -1,7 +1,7 @@
 """HMAC keys for what the gateway signs (event tickets, confirmation tokens), and their encoding.
 
 A key is derived from a configured secret when there is one, else from a random secret kept in
-PostgreSQL (``shared_secrets``), made by whichever instance asks first and then read by all, so a
+PostgreSQL (``gateway_secrets``), made by whichever instance asks first and then read by all, so a
 value signed by one instance is accepted by every other.
 """
 

@@ -18,13 +18,14 @@ class ChannelListener:
     again later.
     """
 
-    def __init__(self, database_url: str | None, channel: str, heard: asyncio.Event,
+    def __init__(self, database_url: str | None, channel: str, heard: asyncio.Event | None = None,
                  on_payload: Callable[[str], None] | None = None) -> None:
         self.database_url = database_url
         self.channel = channel
-        self.heard = heard
+        self.heard = heard if heard is not None else asyncio.Event()
         self.on_payload = on_payload  # called with each notification's payload, besides ``heard``
         self._conn: asyncpg.Connection | None = None
+        self._connecting: asyncio.Task[None] | None = None
 
     @property
     def listening(self) -> bool:
@@ -32,10 +33,19 @@ class ChannelListener:
         return self._conn is not None and not self._conn.is_closed()
 
     async def ensure(self) -> None:
-        """Listen, unless already listening on a live connection."""
+        """Listen, unless already listening on a live connection.
+
+        The connect runs shielded: an owner cancelled mid-connect (its loop stopping) would
+        otherwise leave a half-made connection behind; ``close()`` waits for it and closes it.
+        """
         if self.listening:
             return
-        await self.close()
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect(), name=f"listen-{self.channel}")
+        await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> None:
+        await self._drop()
         try:
             conn = await asyncpg.connect(self.database_url, timeout=2)
         except (*DB_FAILURES, ValueError):
@@ -45,7 +55,7 @@ class ChannelListener:
         except DB_FAILURES:
             await conn.close(timeout=2)
             return
-        except BaseException:  # cancelled (the owner is stopping): never leave the connection open
+        except BaseException:  # never leave the connection open
             conn.terminate()
             raise
         conn.add_termination_listener(lambda _: self.heard.set())
@@ -53,6 +63,11 @@ class ChannelListener:
         self.heard.set()
 
     async def close(self) -> None:
+        if self._connecting is not None:
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        await self._drop()
+
+    async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:

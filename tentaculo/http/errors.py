@@ -118,9 +118,14 @@ def openai_error(problem: Problem) -> dict[str, Any]:
     return error
 
 
+def unavailable(detail: str) -> Problem:
+    """The answer to a call that needs a dependency while it is away: 503 with a time to come back."""
+    return Problem("upstream_unavailable", detail, status=503, headers={"Retry-After": "2"})
+
+
 def database_unreachable(detail: str = "PostgreSQL is unreachable; try again shortly") -> Problem:
     """The answer to a call that needs PostgreSQL while it is away: 503 with a time to come back."""
-    return Problem("upstream_unavailable", detail, status=503, headers={"Retry-After": "2"})
+    return unavailable(detail)
 
 
 def failure_reason(exc: BaseException) -> str:

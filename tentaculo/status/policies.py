@@ -201,7 +201,7 @@ def policies(app: Mapping[Any, Any]) -> dict[str, Any]:
     """Every section of the gateway's policies, from memory."""
     settings: Settings = app[keys.SETTINGS]
     rules: RiskRules = app[keys.RISK_RULES]
-    modules = [m["name"] for m in app[keys.SERVICES].summary() if m["name"] != GATEWAY]
+    modules = [e.name for e in app[keys.SERVICES].entries() if e.name != GATEWAY]
     return {
         "auth": _auth(settings),
         "limits": _limits(settings),

@@ -39,10 +39,8 @@ class PolicyNotices:
         self._redis = redis
         self._hub = hub
         self._prefix = f"{settings.redis_prefix}policy_notice:"
-        self._listener = ChannelListener(settings.database_url, queries.RISK_RULES_CHANNEL, asyncio.Event(),
-                                         on_payload=self._heard)
-        self._watch = Periodic("policy-notices", self._keep_listening, LISTEN_CHECK_SECONDS, at_once=True)
-        self._ensuring: asyncio.Task[None] | None = None
+        self._listener = ChannelListener(settings.database_url, queries.RISK_RULES_CHANNEL, on_payload=self._heard)
+        self._watch = Periodic("policy-notices", self._listener.ensure, LISTEN_CHECK_SECONDS, at_once=True)
         self.pending: set[asyncio.Task[None]] = set()  # notices being claimed and published
 
     @property
@@ -53,17 +51,8 @@ class PolicyNotices:
     def start(self) -> None:
         self._watch.start()
 
-    async def _keep_listening(self) -> None:
-        # Shielded: stopping mid-connect would leave a half-made connection to PostgreSQL behind;
-        # close() lets it finish (within its connect timeout) and then closes it.
-        if self._ensuring is None or self._ensuring.done():
-            self._ensuring = asyncio.create_task(self._listener.ensure(), name="policy-notices-listen")
-        await asyncio.shield(self._ensuring)
-
     async def close(self) -> None:
         await self._watch.stop()
-        if self._ensuring is not None:
-            await asyncio.gather(self._ensuring, return_exceptions=True)
         await self._listener.close()
         for task in list(self.pending):
             task.cancel()
